@@ -1,0 +1,3 @@
+from pystatsd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""What a flush hands to aggregate forwarders: the finished statistics of one interval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pystatsd.sample import Tags
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesStats:
+    """The statistics of one series over one interval.
+
+    ``stats`` keys by type:
+      counter            count (sample-rate weighted sum), rate (count per second)
+      gauge              value
+      timer, histogram   count, sum, min, max, mean, median, stddev, and one key per configured
+                         percentile: p50, p90, p99, p99_9 (the dot becomes an underscore)
+      set                count (unique members)
+      trace              count (events in the interval; or since start with ``trace_cumulative``)
+    """
+
+    name: str
+    type: str
+    tags: Tags
+    stats: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        """The series identity as one string: name, then ``,k=v`` per tag in sorted order."""
+        if not self.tags:
+            return self.name
+        return self.name + "," + ",".join(f"{k}={v}" for k, v in self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One interval's flush.
+
+    ``start`` is the interval's start in seconds since the epoch (aligned to the interval),
+    ``interval`` its real length in seconds, ``host`` the daemon's host name.
+    """
+
+    start: float
+    interval: float
+    host: str
+    series: list[SeriesStats] = field(default_factory=list)
