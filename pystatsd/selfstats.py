@@ -22,12 +22,14 @@ REJECT_REASONS = (
     "not_utf8",
     "bad_line",
     "too_many_series",
+    "not_metric",
 )
 """Why an input is dropped: JSON that does not parse (bad_json), an object or line without a
 name, type or value (missing_field), a value that is not a number or a sample rate out of (0, 1]
 (bad_value), a type that is not known (unknown_type), a line or datagram over the size limit
 (too_long), bytes that are not UTF-8 (not_utf8), a statsd line that does not have the
-`name:value|type` shape (bad_line), a new series past `max_series` (too_many_series)."""
+`name:value|type` shape (bad_line), a new series past `max_series` (too_many_series), a
+DogStatsD event or service check, well-formed but not a metric (not_metric)."""
 
 
 class SelfStats:

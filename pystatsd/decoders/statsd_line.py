@@ -1,0 +1,114 @@
+"""One statsd / DogStatsD line -> samples.
+
+``name[,k=v...]:value[:value...]|type[|@rate][|#k:v,flag][|c:container][|Ttimestamp]``
+The full grammar, and why each choice, is in docs/input-formats.md."""
+
+from __future__ import annotations
+
+from pystatsd.decoders.errors import DecodeError
+from pystatsd.decoders.limits import (
+    MAX_LINE_BYTES,
+    check_name,
+    check_rate,
+    check_timestamp,
+    parse_number,
+)
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Sample, Tags
+
+STATSD_TYPES = {
+    "c": COUNTER,
+    "g": GAUGE,
+    "ms": TIMER,
+    "h": HISTOGRAM,
+    "d": HISTOGRAM,  # DogStatsD distribution: aggregated here like a histogram
+    "s": SET,
+}
+
+
+def parse_statsd_line(line: bytes) -> list[Sample]:
+    """Given one statsd or DogStatsD line (no newline; surrounding whitespace is ignored),
+    return its samples, one per packed value; raise :class:`DecodeError` if it is not a metric.
+
+    A pure function of its bytes, so a caller may cache its result by line."""
+    if len(line) > MAX_LINE_BYTES:
+        raise DecodeError("too_long", f"line of {len(line)} bytes (limit {MAX_LINE_BYTES})")
+    try:
+        text = line.strip().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("not_utf8", f"byte {exc.start} is not UTF-8") from None
+    if text.startswith("_e{"):
+        raise DecodeError("not_metric", "DogStatsD event")
+    if text.startswith("_sc|"):
+        raise DecodeError("not_metric", "DogStatsD service check")
+
+    fields = text.split("|")
+    head = fields[0]
+    colon = head.find(":")
+    if colon < 0 or len(fields) < 2:
+        raise DecodeError("bad_line", "not shaped name:value|type")
+    kind = STATSD_TYPES.get(fields[1])
+    if kind is None:
+        if not fields[1]:
+            raise DecodeError("missing_field", "no metric type after '|'")
+        raise DecodeError("unknown_type", f"metric type {fields[1][:20]!r}")
+
+    name, tags = _split_name(head[:colon])
+    value_text = head[colon + 1:]
+    if not value_text:
+        raise DecodeError("missing_field", "no value after ':'")
+
+    rate = 1.0
+    timestamp: float | None = None
+    for field in fields[2:]:
+        if field.startswith("@"):
+            rate = check_rate(parse_number(field[1:], "sample rate"))
+        elif field.startswith("#"):
+            tags = _merge(tags, _dogstatsd_tags(field[1:]))
+        elif field.startswith("T"):
+            # DogStatsD v1.3 writes T1656581400; T:1656581400 is taken too.
+            stamp = field[2:] if field.startswith("T:") else field[1:]
+            timestamp = check_timestamp(parse_number(stamp, "timestamp"))
+        # c:<container id> and any field a newer client adds are ignored on purpose.
+
+    if kind == SET:
+        # A set member is a string and may itself contain ':' (an IPv6 address); DogStatsD
+        # does not pack several members in one line.
+        return [Sample(name, SET, value_text, rate, tags, False, timestamp)]
+    samples = []
+    for value in value_text.split(":"):
+        number = parse_number(value, "value")
+        delta = kind == GAUGE and value[0] in "+-"  # Etsy: a signed gauge value is a change
+        samples.append(Sample(name, kind, number, rate, tags, delta, timestamp))
+    return samples
+
+
+def _split_name(name_part: str) -> tuple[str, Tags]:
+    """Given ``name`` or InfluxDB-style ``name,k=v,k2=v2``, return the name and its tags."""
+    if "," not in name_part:
+        return check_name(name_part), ()
+    name, *pairs = name_part.split(",")
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key:
+            tags[key] = value
+    return check_name(name), tuple(sorted(tags.items()))
+
+
+def _dogstatsd_tags(text: str) -> dict[str, str]:
+    """Given ``k:v,k2:v2,flag``, return {k: v, k2: v2, flag: ""}; a value may contain ':'."""
+    tags: dict[str, str] = {}
+    for item in text.split(","):
+        key, _, value = item.partition(":")
+        if key:
+            tags[key] = value
+    return tags
+
+
+def _merge(tags: Tags, more: dict[str, str]) -> Tags:
+    """Return ``tags`` with ``more`` added; a key in ``more`` replaces the same key in ``tags``."""
+    if not tags:
+        return tuple(sorted(more.items()))
+    merged = dict(tags)
+    merged.update(more)
+    return tuple(sorted(merged.items()))
