@@ -127,8 +127,8 @@ def _forwarder_errors(name: str, section: dict[str, Any]) -> list[str]:
 
 def _schema_errors(schema: dict[str, Any], instance: Any, prefix: tuple[Any, ...]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
-    found = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.path])
-    return [line for error in found for line in _describe(error, prefix)]
+    return sorted(line for error in validator.iter_errors(instance)
+                  for line in _describe(error, prefix))
 
 
 def _describe(error: jsonschema.ValidationError, prefix: tuple[Any, ...]) -> Iterable[str]:

@@ -1,0 +1,87 @@
+"""The ``pystatsd`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from pystatsd import __version__
+from pystatsd.config import Config, ConfigError, build_config, load_config
+
+DEFAULT_CONFIG_PATH = "/etc/pystatsd/pystatsd.conf"
+
+_EPILOG = """\
+signals:
+  TERM, INT  stop: close listeners, flush, drain forwarders within shutdown_timeout, exit 0
+             (a second TERM/INT stops at once, exit 1)
+  HUP        reload the config file; an invalid file is refused and the old config keeps running
+  USR1       reopen the log file (logrotate)
+
+exit status: 0 clean stop or valid config, 1 bad config or start-up failure, 2 bad usage.
+config reference: README.md "Configuration" (generated from the schema), --print-default-config
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pystatsd",
+        description="Receive statsd/DogStatsD lines and JSON metrics over UDP and TCP, merge "
+        "agent tags, aggregate per flush interval and forward each flush (Kafka, statsd relay, "
+        "console, file). Runs in the foreground; logs to stderr by default.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"config file (default: {DEFAULT_CONFIG_PATH} if it exists, else "
+                        "built-in defaults: listen on 127.0.0.1:5090, print flushes to stdout)")
+    parser.add_argument("--check-config", metavar="FILE",
+                        help="validate FILE, print every error with its key, exit 0 or 1")
+    parser.add_argument("--print-default-config", action="store_true",
+                        help="print the documented default config (YAML) and exit")
+    parser.add_argument("--version", action="version", version=_version_text())
+    return parser
+
+
+def _version_text() -> str:
+    from forwarders import known_forwarder_names
+
+    return f"pystatsd {__version__} (forwarders: {', '.join(known_forwarder_names())})"
+
+
+def _report(error: ConfigError) -> None:
+    for line in error.errors:
+        print(f"{error.source}: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.print_default_config:
+        from pystatsd.config_docs import render_sample_config
+
+        sys.stdout.write(render_sample_config())
+        return 0
+    if args.check_config:
+        try:
+            load_config(args.check_config)
+        except ConfigError as error:
+            _report(error)
+            return 1
+        print(f"{args.check_config}: ok")
+        return 0
+    path = args.config
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    try:
+        config: Config = load_config(path) if path else build_config({}, "<built-in defaults>")
+    except ConfigError as error:
+        _report(error)
+        return 1
+    from pystatsd.daemon import run_daemon
+
+    return run_daemon(config, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The sockets metrics arrive on.
+
+UDP runs a plain blocking receive loop in its own thread (asyncio's DatagramProtocol tops out
+far below what one core can take: see DESIGN.md). TCP, where throughput per connection is
+lower and connections many, runs on an asyncio loop in one more thread. Both hand complete
+payloads to a single ``deliver`` callable, which the daemon serializes with its ingest lock."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pystatsd.selfstats import SelfStats
+
+log = logging.getLogger("pystatsd.listeners")
+
+Deliver = Callable[[bytes], None]
+
+# How often a blocked receive wakes to see whether it should stop.
+_POLL_SECONDS = 0.25
+
+
+class ListenerError(OSError):
+    """A listener cannot bind; the message names the address and the reason."""
+
+
+def _bind(protocol: str, address: str, port: int) -> socket.socket:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    try:
+        infos = socket.getaddrinfo(address or None, port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenerError(f"{protocol} {address}:{port}: cannot resolve: {exc}") from exc
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        if family == socket.AF_INET6:
+            # "::" should take IPv4 clients too, whatever the system default says.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"{protocol} {address}:{port}: cannot bind: {exc.strerror}") from exc
+    return sock
+
+
+class UdpListener:
+    """Receives datagrams on one socket in a dedicated thread."""
+
+    def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
+        self.spec = spec
+        self._deliver = deliver
+        self._stats = stats
+        self._sock = _bind("udp", spec["address"], spec["port"])
+        if spec["receive_buffer_bytes"]:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                  spec["receive_buffer_bytes"])
+        self._sock.settimeout(_POLL_SECONDS)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="udp-listener", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop receiving; whatever the kernel still buffers is read and delivered first."""
+        self._stopping.set()
+        self._thread.join()
+        self._sock.close()
+
+    def _run(self) -> None:
+        sock, deliver, size = self._sock, self._deliver, self.spec["max_datagram_bytes"]
+        recv = sock.recv
+        stopping = self._stopping.is_set
+        while True:
+            try:
+                payload = recv(size)
+            except TimeoutError:
+                if stopping():
+                    return
+                continue
+            except BlockingIOError:
+                return  # stopping, and the kernel buffer is drained
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                self._stats.incr("listener.udp.errors")
+                log.error("udp receive failed: %s", exc)
+                continue
+            try:
+                deliver(payload)
+            except Exception:  # whatever a payload does, the listener must keep receiving
+                self._stats.incr("listener.udp.ingest_errors")
+                log.exception("ingest failed for a %d-byte datagram", len(payload))
+            if stopping():
+                # Drain what already arrived, so a stop loses nothing the kernel accepted.
+                sock.setblocking(False)
+                stopping = _always
+
+
+def _always() -> bool:
+    return False
+
+
+class TcpListener:
+    """Newline-delimited metrics over TCP, on an asyncio loop in its own thread."""
+
+    def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
+        self.spec = spec
+        self._deliver = deliver
+        self._stats = stats
+        self._sock = _bind("tcp", spec["address"], spec["port"])
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-listener",
+                                        daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result()
+
+    async def _serve(self) -> None:
+        self._server = await asyncio.start_server(self._handle, sock=self._sock,
+                                                  limit=self.spec["max_datagram_bytes"])
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting, let open connections deliver what they already sent, then close."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(timeout), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    async def _shutdown(self, timeout: float) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._connections:
+            _, pending = await asyncio.wait(self._connections, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self._stats.incr("listener.tcp.connections")
+        try:
+            await self._read_lines(reader)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _read_lines(self, reader: asyncio.StreamReader) -> None:
+        limit = self.spec["max_datagram_bytes"]
+        pending = b""
+        skipping = False  # inside a line that already exceeded the limit
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data = pending + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                pending = data
+            else:
+                complete, pending = data[:cut], data[cut + 1:]
+                if skipping:
+                    # The rest of an over-long line ends at the first newline.
+                    complete = complete.partition(b"\n")[2]
+                    skipping = False
+                self._deliver_lines(complete, limit)
+            if len(pending) > limit:
+                if not skipping:
+                    self._stats.reject("too_long", f"tcp line over {limit} bytes", pending)
+                skipping, pending = True, b""
+        if pending and not skipping:
+            self._deliver_lines(pending, limit)
+
+    def _deliver_lines(self, complete: bytes, limit: int) -> None:
+        if not complete:
+            return
+        if len(complete) > limit:
+            kept = []
+            for line in complete.split(b"\n"):
+                if len(line) > limit:
+                    self._stats.reject("too_long", f"tcp line over {limit} bytes", line)
+                else:
+                    kept.append(line)
+            complete = b"\n".join(kept)
+        try:
+            self._deliver(complete)
+        except Exception:
+            self._stats.incr("listener.tcp.ingest_errors")
+            log.exception("ingest failed for %d bytes of tcp lines", len(complete))
+
+
+def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
+                   stats: SelfStats) -> list[UdpListener | TcpListener]:
+    """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
+    none receives until ``start``."""
+    opened: list[UdpListener | TcpListener] = []
+    try:
+        for spec in specs:
+            cls = UdpListener if spec["protocol"] == "udp" else TcpListener
+            opened.append(cls(spec, deliver, stats))
+    except Exception:
+        for listener in opened:
+            listener._sock.close()
+        raise
+    return opened
