@@ -45,10 +45,16 @@ def check_timestamp(timestamp: float) -> float:
     return timestamp
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_name(name: str) -> str:
-    """Return ``name`` if it is non-empty and within :data:`MAX_NAME_BYTES`, else raise."""
+    """Return ``name`` if it is non-empty, within :data:`MAX_NAME_BYTES` and free of control
+    characters (a newline in a name would split every line-based output), else raise."""
     if not name:
         raise DecodeError("missing_field", "empty metric name")
+    if _CONTROL.search(name) is not None:
+        raise DecodeError("bad_value", f"control character in metric name {name[:80]!r}")
     if len(name) > MAX_NAME_BYTES // 4 and len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise DecodeError("too_long", f"metric name of {len(name.encode('utf-8'))} bytes "
                                       f"(limit {MAX_NAME_BYTES})")

@@ -43,11 +43,11 @@ def decode_payload(payload: bytes, stats: SelfStats) -> list[Sample]:
         line = line.strip()
         if not line:
             continue
-        if line[0] in _JSON_START:
-            _decode_json_line(line, samples, stats)
-            continue
         try:
-            samples.extend(parse_statsd_line(line))
+            if line[0] in _JSON_START:
+                _decode_json_line(line, samples, stats)
+            else:
+                samples.extend(parse_statsd_line(line))
         except DecodeError as exc:
             stats.reject(exc.reason, exc.detail, line)
         except Exception:  # a decoder bug must cost one line, never the datagram or the daemon
@@ -59,6 +59,11 @@ def _decode_json_line(line: bytes, samples: list[Sample], stats: SelfStats) -> N
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        try:  # a statsd name may start with '{' or '[' too
+            samples.extend(parse_statsd_line(line))
+            return
+        except DecodeError:
+            pass
         reason = "bad_json" if _is_utf8(line) else "not_utf8"
         stats.reject(reason, f"JSON: {exc}", line)
         return
@@ -69,11 +74,12 @@ def _decode_json_document(document: Any, raw: bytes, samples: list[Sample],
                           stats: SelfStats) -> None:
     """Append the sample of each object in ``document`` (an object or an array of them)."""
     objects = document if isinstance(document, list) else [document]
-    for obj in objects:
+    for index, obj in enumerate(objects):
         try:
             samples.append(parse_json_object(obj))
         except DecodeError as exc:
-            stats.reject(exc.reason, exc.detail, orjson.dumps(obj) if len(objects) > 1 else raw)
+            where = f" (array item {index})" if isinstance(document, list) else ""
+            stats.reject(exc.reason, exc.detail + where, raw)
         except Exception:
             _internal_error(stats, "bad_json", raw)
 
