@@ -1,0 +1,379 @@
+"""The ``statsd_relay`` forwarder: every raw line to its owner in each destination group.
+
+Two threads share the work. The receive thread calls :meth:`submit_lines` once per datagram;
+it only routes: it looks the line's hash key up in a cache (key -> owner) and appends the line
+to that backend's pending list, under a lock taken once per datagram. The sender thread wakes
+every ``send_interval``, takes the pending lists, moves them into each backend's bounded byte
+queue (dropping and counting what does not fit) and sends without blocking. Health (send
+failures, optional TCP probes on a third thread) decides which backends are dead; with
+``dead_backend_policy: reroute`` their keys go to the next owner until they recover.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from forwarders.base import Forwarder, ForwarderContext
+from forwarders.statsd_relay.backend import Backend
+from forwarders.statsd_relay.groups import Group, build_groups
+from forwarders.statsd_relay.json_lines import json_to_statsd_lines
+from forwarders.statsd_relay.schema import CONFIG_SCHEMA
+
+__all__ = ["StatsdRelayForwarder"]
+
+_JSON_START = (ord("{"), ord("["))
+_LOG_EVERY = 10.0
+
+# A route is what the cache remembers for one hash key in the general path: for each group
+# that takes the line, (append to the owner's pending list, group, rerouted?), and for each
+# group that does not, (group, counter to bump).
+Action = tuple[Callable[[bytes], None], Group, bool]
+Route = tuple[tuple[Action, ...], tuple[tuple[Group, str], ...]]
+
+
+def _fill_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    from pystatsd.config import fill_defaults  # the daemon's own filler, so both agree
+
+    filled = copy.deepcopy(dict(config))
+    fill_defaults(CONFIG_SCHEMA, filled)
+    return filled
+
+
+class StatsdRelayForwarder(Forwarder):
+    """Relays raw statsd lines to backends chosen by consistent hash; see docs/relay.md."""
+
+    CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
+    RELAY: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
+        settings = _fill_defaults(config)
+        super().__init__(name, settings, context)
+        self.groups, slots = build_groups(settings["groups"])
+        self.backends = [
+            Backend(slot.address, queue_bytes=settings["queue_bytes"],
+                    max_datagram_bytes=settings["max_datagram_bytes"],
+                    connect_timeout=settings["connect_timeout"],
+                    backoff_min=settings["reconnect_backoff_min"],
+                    backoff_max=settings["reconnect_backoff_max"],
+                    dead_after=settings["dead_after"], health_port=slot.health_port)
+            for slot in slots
+        ]
+        self._by_tags = settings["hash_key"] == "name_and_tags"
+        self._convert_json = settings["json_lines"] == "convert"
+        self._max_pending = int(settings["queue_size"])
+        self._max_cache = int(settings["max_route_cache"])
+        self._send_interval = float(settings["send_interval"])
+        self._health_interval = float(settings["health_check_interval"])
+        self._pending: list[list[bytes]] = [[] for _ in self.backends]
+        self._appenders = [pending.append for pending in self._pending]
+        self._lock = threading.Lock()
+        self._cache: dict[bytes, Any] = {}
+        self._routes: dict[tuple[Any, ...], Route] = {}
+        self._dead: frozenset[int] = frozenset()
+        self._plain = (len(self.groups) == 1 and not self._by_tags
+                       and not self.groups[0].rewrites and self.groups[0].filter is None
+                       and self.groups[0].blacklist is None)
+        self._fast = self._plain
+        self._datagrams_in = 0
+        self._datagrams_taken = 0
+        self._stop = threading.Event()
+        self._drain_deadline = 0.0
+        self._sender: threading.Thread | None = None
+        self._health: threading.Thread | None = None
+        self._last_log = 0.0
+        self._unlogged = 0
+        self.counters.update({"not_relayable": 0, "json_converted": 0})
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.context.debug_mode:
+            self.open()
+        self._sender = threading.Thread(target=self._send_loop, name=f"relay-{self.name}",
+                                        daemon=True)
+        self._sender.start()
+        if self._health_interval > 0 and not self.context.debug_mode:
+            self._health = threading.Thread(target=self._health_loop,
+                                            name=f"relay-health-{self.name}", daemon=True)
+            self._health.start()
+
+    def open(self) -> None:
+        for backend in self.backends:
+            try:
+                backend.open()
+            except OSError as exc:  # unresolvable now: retried with backoff by the sender
+                self.log.warning("relay %s: backend %s not reachable yet: %s", self.name,
+                                 backend.address.key, exc)
+
+    def close(self, timeout: float) -> int:
+        """Send what is queued within ``timeout``; return (and log) the lines left over."""
+        self._drain_deadline = time.monotonic() + timeout
+        self._stop.set()
+        for thread in (self._sender, self._health):
+            if thread is not None:
+                thread.join(max(0.0, self._drain_deadline - time.monotonic()) + 0.5)
+        with self._lock:
+            left = sum(len(pending) for pending in self._pending)
+            for pending in self._pending:
+                pending.clear()
+        for backend in self.backends:
+            left += backend.discard_queue()
+            backend.close()
+        self.counters["undelivered_at_close"] += left
+        if left:
+            self.log.warning("relay %s left %d lines undelivered at shutdown", self.name, left)
+        return left
+
+    def stats(self) -> dict[str, float]:
+        result: dict[str, float] = dict(self.counters)
+        result["queued"] = self._datagrams_in - self._datagrams_taken
+        result["sent"] = sum(b.counters["relayed_lines"] for b in self.backends)
+        for backend in self.backends:
+            for stat, value in backend.stats().items():
+                result[f"backend.{backend.address.key}.{stat}"] = value
+        for group in self.groups:
+            for stat, value in group.counters.items():
+                result[f"group.{group.name}.{stat}"] = value
+        return result
+
+    # -- receive thread -------------------------------------------------------------------
+    def submit_lines(self, lines: list[bytes]) -> bool:
+        """Route one datagram's lines to their owners' pending lists; never blocks for long
+        (the lock is only ever held for one datagram or one swap of the pending lists)."""
+        if self._datagrams_in - self._datagrams_taken >= self._max_pending:
+            self.counters["dropped_queue_full"] += len(lines)
+            return False
+        with self._lock:
+            self._datagrams_in += 1
+            get = self._cache.get
+            if self._fast:
+                for line in lines:
+                    i = line.find(b":")
+                    if i > 0:
+                        append = get(line[:i])
+                        if append is None:
+                            append = self._resolve_plain(line[:i])
+                        append(line)
+                    elif line:
+                        self._not_relayable(line)
+            else:
+                for line in lines:
+                    i = line.find(b":")
+                    if i > 0:
+                        self._dispatch(line, i)
+                    elif line:
+                        self._not_relayable(line)
+        self.counters["submitted"] += len(lines)
+        return True
+
+    def _resolve_plain(self, name: bytes) -> Callable[[bytes], None]:
+        """Cache miss in the one-group, no-rewrite path: the owner's append (or the JSON or
+        not-relayable handler when the "name" is the start of a JSON object)."""
+        if len(self._cache) >= self._max_cache:
+            self._cache.clear()
+        handler: Callable[[bytes], None]
+        if name[0] in _JSON_START:
+            handler = self._json_line if self._convert_json else self._not_relayable
+        else:
+            handler = self._appenders[self._owner(self.groups[0], name)[0]]
+        self._cache[name] = handler
+        return handler
+
+    def _dispatch(self, line: bytes, i: int) -> None:
+        """The general path: filters, several groups, rewrites, tags in the key, reroutes."""
+        name = line[:i]
+        if name[0] in _JSON_START:
+            if self._convert_json:
+                self._json_line(line)
+            else:
+                self._not_relayable(line)
+            return
+        tags = b""
+        if self._by_tags:
+            j = line.find(b"|#", i)
+            if j > 0:
+                k = line.find(b"|", j + 2)
+                tags = line[j:k] if k > 0 else line[j:]
+        key = name + tags
+        route = self._cache.get(key)
+        if route is None:
+            route = self._resolve(name, tags)
+            if len(self._cache) >= self._max_cache:
+                self._cache.clear()
+            self._cache[key] = route
+        actions, skips = route
+        for append, group, rerouted in actions:
+            if group.rewrites:
+                append(_rewrite(group, line, i))
+            else:
+                append(line)
+            if rerouted:
+                group.counters["rerouted_lines"] += 1
+        for group, reason in skips:
+            group.counters[reason] += 1
+
+    def _resolve(self, name: bytes, raw_tags: bytes) -> Route:
+        hash_tags = b""
+        if raw_tags:
+            hash_tags = b"|#" + b",".join(sorted(raw_tags[2:].split(b",")))
+        actions: list[tuple[int, int, bool]] = []
+        skips: list[tuple[int, str]] = []
+        for group in self.groups:
+            reason = group.accepts(name)
+            if reason is not None:
+                skips.append((group.index, reason))
+                continue
+            hashed = name
+            if group.hash_rewritten_name:
+                hashed = group.prefix + name + group.suffix
+            owner, rerouted = self._owner(group, hashed + hash_tags)
+            actions.append((owner, group.index, rerouted))
+        signature = (tuple(actions), tuple(skips))
+        route = self._routes.get(signature)
+        if route is None:  # routes are shared by every key that goes the same way
+            route = (
+                tuple((self._appenders[b], self.groups[g], r) for b, g, r in actions),
+                tuple((self.groups[g], reason) for g, reason in skips),
+            )
+            self._routes[signature] = route
+        return route
+
+    def _owner(self, group: Group, key: bytes) -> tuple[int, bool]:
+        owner = group.router.owner(key)
+        if group.reroute and owner in self._dead:
+            fallback = group.router.fallback(key, self._dead)
+            if fallback is not None:
+                return fallback, True
+        return owner, False
+
+    def _json_line(self, line: bytes) -> None:
+        converted = json_to_statsd_lines(line)
+        if converted is None:
+            self._not_relayable(line)
+            return
+        self.counters["json_converted"] += 1
+        for statsd_line in converted:
+            i = statsd_line.find(b":")
+            if self._fast:
+                append = self._cache.get(statsd_line[:i]) or self._resolve_plain(statsd_line[:i])
+                append(statsd_line)
+            else:
+                self._dispatch(statsd_line, i)
+
+    def _not_relayable(self, line: bytes) -> None:
+        self.counters["not_relayable"] += 1
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY:
+            self.log.warning("relay %s: dropped %d lines that are not relayable, e.g. %r",
+                             self.name, self._unlogged + 1, line[:120])
+            self._last_log = now
+            self._unlogged = 0
+        else:
+            self._unlogged += 1
+
+    # -- sender thread --------------------------------------------------------------------
+    def _take_pending(self) -> list[tuple[Backend, list[bytes]]]:
+        taken = []
+        with self._lock:
+            self._datagrams_taken = self._datagrams_in
+            for backend, pending in zip(self.backends, self._pending, strict=True):
+                if pending:
+                    taken.append((backend, pending.copy()))
+                    pending.clear()
+        return taken
+
+    def _send_loop(self) -> None:
+        while True:
+            stopping = self._stop.wait(self._send_interval)
+            try:
+                self._send_round()
+                if stopping:
+                    self._drain()
+                    return
+            except Exception:  # a bug in one round must not end relaying for good
+                self.counters["send_errors"] += 1
+                self.log.exception("relay %s: send round failed", self.name)
+                if stopping:
+                    return
+
+    def _send_round(self) -> None:
+        now = time.monotonic()
+        for backend, lines in self._take_pending():
+            if self.context.debug_mode:
+                for line in lines:
+                    self.log.info("debug_mode, not sent to %s: %s", backend.address.key,
+                                  line.decode("utf-8", "replace"))
+                continue
+            backend.enqueue(lines)
+        if self.context.debug_mode:
+            return
+        for backend in self.backends:
+            backend.pump(now)
+        self._update_dead(now)
+
+    def _drain(self) -> None:
+        while time.monotonic() < self._drain_deadline:
+            if not any(backend.buffer for backend in self.backends):
+                return
+            time.sleep(min(self._send_interval, 0.01))
+            self._send_round()
+
+    def _update_dead(self, now: float) -> None:
+        dead = frozenset(i for i, b in enumerate(self.backends) if not b.alive(now))
+        if dead == self._dead:
+            return
+        for i in sorted(dead - self._dead):
+            self.log.warning("relay %s: backend %s is dead (%s)", self.name,
+                             self.backends[i].address.key, self._policy_text(i))
+        for i in sorted(self._dead - dead):
+            self.log.warning("relay %s: backend %s is back", self.name,
+                             self.backends[i].address.key)
+        rerouting = any(g.reroute for g in self.groups)
+        with self._lock:
+            self._dead = dead
+            if rerouting:  # owners changed: forget every cached route
+                self._cache = {}
+                self._routes = {}
+                self._fast = self._plain and not dead
+        self.counters["dead_backend_changes"] = self.counters.get("dead_backend_changes", 0) + 1
+
+    def _policy_text(self, backend: int) -> str:
+        policies = {("reroute" if g.reroute else "hold") for g in self.groups
+                    if backend in g.backend_indexes}
+        if policies == {"hold"}:
+            return "holding its lines in its queue"
+        if policies == {"reroute"}:
+            return "rerouting its keys to their next owners"
+        return "held by some groups, rerouted by others"
+
+    # -- health thread --------------------------------------------------------------------
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self._health_interval):
+            for backend in self.backends:
+                port = backend.health_port
+                if port is None and backend.address.protocol == "tcp":
+                    port = backend.address.port
+                if port is None:
+                    continue
+                backend.probe_ok = _tcp_probe(backend.address.host, port,
+                                              backend.connect_timeout)
+
+
+def _rewrite(group: Group, line: bytes, i: int) -> bytes:
+    line = group.prefix + line[:i] + group.suffix + line[i:]
+    if group.append_tags:
+        line += (b"," if b"|#" in line else b"|#") + group.append_tags
+    return line
+
+
+def _tcp_probe(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
