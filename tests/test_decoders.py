@@ -135,6 +135,9 @@ _name = st.text(st.characters(codec="utf-8", exclude_characters=":|,#@\n\r=",
                 ).filter(lambda name: not name.startswith("_e{"))  # a DogStatsD event
 _tag_text = st.text(st.characters(codec="utf-8", exclude_characters="|,:\n\r=",
                                   exclude_categories=("Cc", "Zs", "Cs")), min_size=1, max_size=12)
+# A DogStatsD tag value may hold ':' (url:http://h:80) or be empty (a flag tag).
+_tag_value = st.one_of(st.just(""), _tag_text,
+                       st.tuples(_tag_text, _tag_text).map(lambda kv: f"{kv[0]}:{kv[1]}"))
 _number = st.one_of(st.integers(-10**9, 10**9),
                     st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False))
 
@@ -145,7 +148,7 @@ def valid_lines(draw: st.DrawFn) -> tuple[bytes, list[Sample]]:
     name = draw(_name)
     kind, code = draw(st.sampled_from([("counter", "c"), ("gauge", "g"), ("timer", "ms"),
                                        ("histogram", "h"), ("histogram", "d"), ("set", "s")]))
-    tags = draw(st.dictionaries(_tag_text, _tag_text, max_size=3))
+    tags = draw(st.dictionaries(_tag_text, _tag_value, max_size=3))
     rate = draw(st.sampled_from([1.0, 0.5, 0.1]))
     line = name
     if kind == "set":
@@ -162,12 +165,33 @@ def valid_lines(draw: st.DrawFn) -> tuple[bytes, list[Sample]]:
     if rate != 1.0:
         line += f"|@{rate}"
     if tags:
-        line += "|#" + ",".join(f"{k}:{v}" for k, v in tags.items())
+        line += "|#" + ",".join(f"{k}:{v}" if v else k for k, v in tags.items())
     return line.encode("utf-8"), samples
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=600))
+# Bytes that mean something to the decoders, so random payloads reach the deep branches too.
+_TOKENS = [b":", b"|", b"#", b"@", b",", b"=", b"\n", b"\r", b" ", b"{", b"[", b"]", b"}", b'"',
+           b"T", b"c", b"g", b"ms", b"h", b"d", b"s", b"a", b"1", b"-", b"+", b".", b"e", b"0",
+           b"\xff", b"\x00", b"\xc3", b"_e{", b"_sc|", b"nan", b"metric_name", b"value"]
+
+
+@st.composite
+def mangled_lines(draw: st.DrawFn) -> bytes:
+    """A valid statsd line with a few tokens inserted and a few bytes cut out."""
+    line = bytearray(draw(valid_lines())[0])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(line)))
+        if draw(st.booleans()):
+            line[at:at] = draw(st.sampled_from(_TOKENS))
+        else:
+            del line[at:at + draw(st.integers(1, 3))]
+    return bytes(line)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=600),
+                 st.lists(st.sampled_from(_TOKENS), max_size=80).map(b"".join),
+                 st.lists(mangled_lines(), min_size=1, max_size=5).map(b"\n".join)))
 def test_decode_payload_never_raises_on_arbitrary_bytes(payload: bytes) -> None:
     samples, stats = decode_checked(payload)
     assert set(rejects(stats)) <= set(REJECT_REASONS)
@@ -208,3 +232,15 @@ def test_rate_limits_are_inclusive_of_one_only() -> None:
     assert math.isclose(parse_statsd_line(b"a:1|c|@0.001")[0].rate, 0.001)
     with pytest.raises(DecodeError):
         parse_statsd_line(b"a:1|c|@1.0001")
+
+
+def test_every_reject_reason_the_decoders_use_is_documented() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "input-formats.md").read_text()
+    decoder_reasons = set(REJECT_REASONS) - {"too_many_series"}  # the aggregator's reason
+    undocumented = [r for r in decoder_reasons if f"| `{r}` |" not in docs]
+    assert undocumented == []
+    # and the corpus exercises each of them at least once
+    seen: set[str] = set()
+    for expected in (CORPUS / "invalid").glob("*.json"):
+        seen |= set(json.loads(expected.read_text())["rejected"])
+    assert seen == decoder_reasons
