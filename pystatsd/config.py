@@ -61,7 +61,8 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f"line {where.line + 1}: " if where is not None else ""
-        raise ConfigError(source, [f"{line}not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(source, [f"{line}not valid YAML: {problem}"]) from exc
     return build_config(raw if raw is not None else {}, source)
 
 

@@ -36,7 +36,8 @@ def render_sample_config() -> str:
     lines = [
         "# pystatsd configuration (YAML). Generated from the schema by",
         "# `python -m pystatsd.config_docs`: every option is shown with its default.",
-        "# Check a file with `pystatsd --check-config FILE`; reload with `systemctl reload pystatsd`.",
+        "# Check a file with `pystatsd --check-config FILE`;",
+        "# reload it with `systemctl reload pystatsd` (or SIGHUP).",
         "",
     ]
     for key, sub in schema["properties"].items():
@@ -103,7 +104,7 @@ def render_reference() -> str:
             continue
         parts += ["", f"### Forwarder `{name}`", "",
                   f"A section under `forwarders:` whose `type` (or name) is `{name}`.", "",
-                  *header, *_rows(schema, f"forwarders.<name>.")]
+                  *header, *_rows(schema, "forwarders.<name>.")]
     parts += ["", REFERENCE_END]
     return "\n".join(parts) + "\n"
 

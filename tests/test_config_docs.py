@@ -13,8 +13,12 @@ import yaml
 
 from forwarders import BUILTIN_FORWARDERS
 from pystatsd.config import build_config, forwarder_schema, main_schema
-from pystatsd.config_docs import REFERENCE_BEGIN, REFERENCE_END, render_reference, \
-    render_sample_config
+from pystatsd.config_docs import (
+    REFERENCE_BEGIN,
+    REFERENCE_END,
+    render_reference,
+    render_sample_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = "regenerate with: python -m pystatsd.config_docs"
