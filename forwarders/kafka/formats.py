@@ -1,0 +1,134 @@
+"""Turning one series of a flush into one Kafka message value, in each supported format.
+
+Every encoder takes ``(series, snapshot)`` and returns the message value as bytes, or ``None``
+when the series has nothing the format can carry (an InfluxDB line whose statistics are all
+NaN). The message key is not chosen here: it is always the series identity
+(:attr:`SeriesStats.key`), whatever the format.
+
+JSON Schemas of the three formats, for consumers, live in ``docs/schemas/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from pystatsd.snapshot import SeriesStats, Snapshot
+
+__all__ = [
+    "FORMATS",
+    "LEGACY_RESERVED",
+    "LEGACY_VALUE_STAT",
+    "Encoder",
+    "legacy_timestamp",
+    "make_encoder",
+]
+
+Encoder = Callable[[SeriesStats, Snapshot], "bytes | None"]
+
+LEGACY_RESERVED = frozenset({"name", "value", "apikey", "tenant_id", "@version", "@timestamp"})
+"""Fields of the legacy event that a tag may not overwrite; such a tag is sent as ``tag_<key>``."""
+
+LEGACY_VALUE_STAT: dict[str, str] = {
+    "counter": "count",
+    "gauge": "value",
+    "timer": "mean",
+    "histogram": "mean",
+    "set": "count",
+    "trace": "count",
+}
+"""Which statistic of a series becomes ``value`` in the legacy event, by type. The old daemon
+sent a trace's count and a gauge's value and nothing for counters; timers, histograms and sets
+did not exist. A type not listed sends its first statistic."""
+
+FORMATS = ("legacy", "json", "influx")
+
+
+def legacy_timestamp(epoch_seconds: float) -> str:
+    """The old daemon's ``@timestamp`` shape, ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC."""
+    whole = int(epoch_seconds)
+    millis = int(round((epoch_seconds - whole) * 1000))
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def _plain_number(value: float) -> float | int:
+    """An integral float as an int, so a count reads ``3`` as the old daemon sent it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
+    def encode(series: SeriesStats, snapshot: Snapshot) -> bytes:
+        stat = LEGACY_VALUE_STAT.get(series.type)
+        if stat is None or stat not in series.stats:
+            stat = next(iter(series.stats), "")
+        event: dict[str, Any] = {
+            "name": series.name,
+            "value": _plain_number(series.stats.get(stat, 0)),
+            "apikey": apikey,
+            "tenant_id": tenant_id,
+            "@version": "1",
+            "@timestamp": legacy_timestamp(snapshot.start),
+        }
+        for key, value in series.tags:
+            # A tag named like a reserved field used to overwrite it (the old daemon applied tags
+            # last); now it keeps its value under a prefixed name and the reserved field stays.
+            field = "tag_" + key if key in LEGACY_RESERVED else key
+            event.setdefault(field, value)
+        return orjson.dumps(event)
+
+    return encode
+
+
+def _json_encode(series: SeriesStats, snapshot: Snapshot) -> bytes:
+    # The same record as forwarders.base.snapshot_records, built per series.
+    return orjson.dumps({
+        "name": series.name,
+        "type": series.type,
+        "tags": dict(series.tags),
+        "stats": series.stats,
+        "interval_start": snapshot.start,
+        "interval": snapshot.interval,
+        "host": snapshot.host,
+    })
+
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\", "\n": "\\n"})
+_TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\=", "\\": "\\\\", "\n": "\\n"})
+
+
+def _influx_encode(series: SeriesStats, snapshot: Snapshot) -> bytes | None:
+    # Every field is a float (no `i` suffix) so a field keeps one type across intervals, which
+    # InfluxDB requires; NaN and infinities cannot be written, so they are left out.
+    fields = ",".join(
+        f"{key.translate(_TAG_ESCAPES)}={float(value)!r}"
+        for key, value in series.stats.items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    )
+    if not fields:
+        return None
+    head = series.name.translate(_MEASUREMENT_ESCAPES)
+    for key, value in series.tags:
+        if value == "":
+            continue  # line protocol has no empty tag values
+        head += f",{key.translate(_TAG_ESCAPES)}={value.translate(_TAG_ESCAPES)}"
+    nanoseconds = int(round(snapshot.start * 1000)) * 1_000_000
+    return f"{head} {fields} {nanoseconds}".encode()
+
+
+def make_encoder(format_name: str, apikey: str = "", tenant_id: str = "") -> Encoder:
+    """Given a format name (one of :data:`FORMATS`), return its encoder."""
+    if format_name == "legacy":
+        return _legacy_encoder(apikey, tenant_id)
+    if format_name == "json":
+        return _json_encode
+    if format_name == "influx":
+        return _influx_encode
+    raise ValueError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")

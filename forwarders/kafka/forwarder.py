@@ -1,0 +1,470 @@
+"""The Kafka forwarder: one message per series per flush, keyed by the series identity.
+
+Delivery, in order of preference (docs/kafka.md has the whole story):
+
+1. ``send`` encodes a flush and hands each message to one long-lived confluent-kafka producer
+   (idempotent, ``acks=all``), whose own queue is the bounded in-memory queue
+   (``memory_queue_messages``/``memory_queue_bytes``). It never waits on the broker.
+2. When that queue is full, or while the disk spool still holds older messages, messages go to
+   the spool (``spool_dir``, at most ``spool_max_bytes``). A pump thread serves the producer's
+   delivery reports and feeds the spool back to the producer, oldest first, a window at a time.
+3. A message whose delivery fails for a reason that can pass (timed out, broker unreachable)
+   goes back to the front of the spool (``retried``); one that can never succeed (too large,
+   not authorised) is dropped and counted (``failed``), with a rate-limited log line.
+4. At shutdown, what is still in the producer after the deadline is purged and written to the
+   front of the spool; the next start sends it first.
+
+Only a full spool drops messages, and it counts them (``spool_dropped``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from forwarders.base import Forwarder, ForwarderContext
+from forwarders.kafka.embedded_broker import (
+    EmbeddedBroker,
+    EmbeddedBrokerUnavailable,
+    broker_binary,
+)
+from forwarders.kafka.formats import FORMATS, make_encoder
+from forwarders.kafka.spool import Record, Spool
+from pystatsd.snapshot import SeriesStats, Snapshot
+
+__all__ = ["KafkaConfigError", "KafkaForwarder"]
+
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+# Delivery errors that say nothing about the message itself: sending it again later can work.
+_TRANSIENT = frozenset({
+    KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._FATAL,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NETWORK_EXCEPTION,
+})
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PROBLEM_LOG_INTERVAL = 60.0
+
+
+class KafkaConfigError(ValueError):
+    """A Kafka section cannot be used; the message starts with the key's path."""
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _integer(description: str, default: int, minimum: int = 0) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "default": default,
+            "description": description}
+
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["kafka_topic"],
+    "properties": {
+        "kafka_broker": _string(
+            "Bootstrap servers, `host:port[,host:port...]`. When absent, an embedded "
+            "memory-only Tansu broker is started on `embedded_broker_listen` (needs the "
+            "`embedded-broker` extra) and one log line says where."),
+        "kafka_topic": _string(
+            "Topic, fixed or a template: `{type}` is the metric type, `{tag:KEY}` the value of "
+            "tag KEY (`topic_missing_tag` when the series has no such tag). Characters Kafka "
+            "does not allow in a topic name become `_`.", minLength=1),
+        "topic_missing_tag": _string("Stands in for `{tag:KEY}` when a series lacks the tag.",
+                                     default="untagged", minLength=1),
+        "kafka_apikey": _string("`apikey` field of each legacy event.", default=""),
+        "kafka_tenant_id": _string("`tenant_id` field of each legacy event.", default=""),
+        "format": {
+            "enum": list(FORMATS), "default": "legacy",
+            "description": "Message format: `legacy` (the old daemon's event, so its consumers "
+            "keep working), `json` (structured record with every statistic) or `influx` "
+            "(InfluxDB line protocol, one series per message). Schemas: docs/schemas/.",
+        },
+        "compression": {
+            "enum": ["none", "gzip", "snappy", "lz4", "zstd"], "default": "lz4",
+            "description": "Batch compression (librdkafka `compression.type`).",
+        },
+        "linger_ms": _integer("How long the producer waits to fill a batch "
+                              "(librdkafka `linger.ms`).", 20),
+        "batch_bytes": _integer("Largest batch per partition (librdkafka `batch.size`).",
+                                1_000_000, 1),
+        "delivery_timeout": {
+            "type": "number", "exclusiveMinimum": 0, "default": 300,
+            "description": "Seconds a message may wait for acknowledgement (librdkafka "
+            "`message.timeout.ms`); past it the message goes back to the spool (`retried`).",
+        },
+        "memory_queue_messages": _integer(
+            "Messages the producer holds in memory (waiting or in flight) before new ones "
+            "spill to the spool.", 200_000, 1),
+        "memory_queue_bytes": _integer(
+            "Bytes the producer holds in memory before new messages spill to the spool.",
+            128 << 20, 1024),
+        "spool_dir": _string("Directory of the disk spool; default "
+                             "`<state_dir>/spool/<forwarder name>`."),
+        "spool_max_bytes": _integer("Size bound of the spool; past it new messages are dropped "
+                                    "and counted (`spool_dropped`).", 256 << 20, 0),
+        "security_protocol": {
+            "enum": ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"], "default": "plaintext",
+            "description": "librdkafka `security.protocol`.",
+        },
+        "sasl_mechanism": {
+            "enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+            "description": "SASL mechanism, with `sasl_username`/`sasl_password`.",
+        },
+        "sasl_username": _string("SASL user name."),
+        "sasl_password": _string("SASL password."),
+        "ssl_ca_location": _string("CA certificate file (PEM) to verify the brokers."),
+        "ssl_certificate_location": _string("Client certificate file (PEM), for mutual TLS."),
+        "ssl_key_location": _string("Client private key file (PEM)."),
+        "ssl_key_password": _string("Password of the client private key."),
+        "producer": {
+            "type": "object", "default": {},
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+            "description": "Any librdkafka producer setting, passed through as given; applied "
+            "last, so it overrides the keys above (e.g. `enable.idempotence: false`).",
+        },
+        "embedded_broker_listen": _string(
+            "Where the embedded broker listens when `kafka_broker` is absent.",
+            default="127.0.0.1:9092"),
+    },
+}
+
+
+class _ProblemLog:
+    """One log line per kind of problem per interval, saying how many were not logged."""
+
+    def __init__(self, log: logging.Logger, interval: float = _PROBLEM_LOG_INTERVAL) -> None:
+        self._log = log
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def report(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._suppressed.pop(kind, 0)
+        more = f" ({skipped} more like it since the last report)" if skipped else ""
+        self._log.error("%s%s", message, more)
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log, one line per connection attempt while a broker is down, goes to
+    DEBUG; the forwarder reports problems itself, once, through :class:`_ProblemLog`."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        self._log.debug(message, *args)
+
+
+def _topic_router(template: str, missing: str, where: str) -> Callable[[SeriesStats], str]:
+    pieces = _PLACEHOLDER.split(template)  # literal, placeholder, literal, ...
+    if len(pieces) == 1:
+        fixed = _TOPIC_UNSAFE.sub("_", template)
+        return lambda series: fixed
+    for placeholder in pieces[1::2]:
+        if placeholder != "type" and not placeholder.startswith("tag:"):
+            raise KafkaConfigError(f"{where}.kafka_topic: unknown placeholder {{{placeholder}}} "
+                                   "(known: {type}, {tag:KEY})")
+
+    def route(series: SeriesStats) -> str:
+        tags = dict(series.tags)
+        out = []
+        for index, piece in enumerate(pieces):
+            if index % 2 == 0:
+                out.append(piece)
+            elif piece == "type":
+                out.append(series.type)
+            else:
+                out.append(tags.get(piece[4:]) or missing)
+        return _TOPIC_UNSAFE.sub("_", "".join(out))[:249]
+
+    return route
+
+
+class KafkaForwarder(Forwarder):
+    """Each flush to Kafka, one message per series, keyed by series; see the module docstring."""
+
+    CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
+        super().__init__(name, config, context)
+        where = f"forwarders.{name}"
+        self.counters.update({
+            "delivered": 0, "failed": 0, "retried": 0, "spooled": 0, "spool_sent": 0,
+            "spool_dropped": 0, "broker_errors": 0,
+        })
+        self._encode = make_encoder(config.get("format", "legacy"),
+                                    config.get("kafka_apikey", ""),
+                                    config.get("kafka_tenant_id", ""))
+        self._topic_for = _topic_router(config["kafka_topic"],
+                                        config.get("topic_missing_tag", "untagged"), where)
+        self._spool_dir = Path(config.get("spool_dir") or context.state_dir / "spool" / name)
+        self._spool_max_bytes = int(config.get("spool_max_bytes", 256 << 20))
+        self._embedded: EmbeddedBroker | None = None
+        if not config.get("kafka_broker") and not context.debug_mode:
+            try:
+                broker_binary()
+            except EmbeddedBrokerUnavailable as exc:
+                raise KafkaConfigError(f"{where}.kafka_broker: not set, and {exc}") from exc
+        self._producer_settings = self._settings(config)
+        self._drain_window = max(1, min(10_000, int(config.get("memory_queue_messages",
+                                                               200_000)) // 2))
+        self._problems = _ProblemLog(self.log)
+        self._lock = threading.Lock()  # one producer of messages at a time keeps them in order
+        self._stopping = threading.Event()
+        self._producer: Producer | None = None
+        self._spool: Spool | None = None
+        self._pump: threading.Thread | None = None
+        self._requeue: list[Record] = []  # filled by delivery reports, moved to the spool front
+        self._fatal = False
+        self._bootstrap = ""
+
+    def _settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": config.get("compression", "lz4"),
+            "linger.ms": config.get("linger_ms", 20),
+            "batch.size": config.get("batch_bytes", 1_000_000),
+            "message.timeout.ms": int(float(config.get("delivery_timeout", 300)) * 1000),
+            "queue.buffering.max.messages": config.get("memory_queue_messages", 200_000),
+            "queue.buffering.max.kbytes": max(1, int(config.get("memory_queue_bytes",
+                                                                128 << 20)) // 1024),
+            # A metrics pipeline wants the broker back within seconds of it returning.
+            "reconnect.backoff.max.ms": 2000,
+            "security.protocol": config.get("security_protocol", "plaintext"),
+            "client.id": f"pystatsd-{self.name}",
+        }
+        optional = {
+            "sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
+            "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
+            "ssl_certificate_location": "ssl.certificate.location",
+            "ssl_key_location": "ssl.key.location", "ssl_key_password": "ssl.key.password",
+        }
+        for key, setting in optional.items():
+            if config.get(key) is not None:
+                settings[setting] = config[key]
+        settings.update(config.get("producer") or {})
+        return settings
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        bootstrap = self.config.get("kafka_broker")
+        if not bootstrap:
+            host, _, port = str(self.config.get("embedded_broker_listen",
+                                                "127.0.0.1:9092")).rpartition(":")
+            self._embedded = EmbeddedBroker(host or "127.0.0.1", int(port))
+            bootstrap = self._embedded.start()
+            self.log.warning("forwarder %s: no kafka_broker configured; started an embedded "
+                             "memory-only Tansu broker listening on %s", self.name, bootstrap)
+        self._bootstrap = bootstrap
+        self._producer = self._new_producer(bootstrap)
+        self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+        if self._spool:
+            self.log.info("forwarder %s: %d bytes spooled in %s from before; sending them first",
+                          self.name, self._spool.bytes, self._spool_dir)
+        self._pump = threading.Thread(target=self._pump_loop, name=f"kafka-pump-{self.name}",
+                                      daemon=True)
+        self._pump.start()
+
+    def _new_producer(self, bootstrap: str) -> Producer:
+        settings = {**self._producer_settings, "bootstrap.servers": bootstrap,
+                    "on_delivery": self._on_delivery, "error_cb": self._on_error,
+                    "logger": _LibrdkafkaLog(self.log)}
+        try:
+            return Producer(settings)
+        except KafkaException as exc:
+            raise KafkaConfigError(f"forwarders.{self.name}.producer: {exc.args[0].str()}") \
+                from exc
+
+    def shutdown(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        if self._pump is not None:
+            self._pump.join(min(1.0, timeout))
+        lost = 0
+        spooled_before = self.counters["spooled"]
+        if self._producer is not None:
+            reserve = min(1.0, timeout / 4)  # time kept to purge and spool what is left
+            left = self._producer.flush(max(0.0, deadline - time.monotonic() - reserve))
+            if left:
+                self._producer.purge(in_queue=True, in_flight=True)
+                until = time.monotonic() + max(0.2, reserve)
+                while len(self._producer) and time.monotonic() < until:
+                    self._producer.poll(0.05)
+        with self._lock:
+            if self._spool is not None:
+                lost += self._move_requeued_to_spool()
+                self._spool.close()
+        spooled = self.counters["spooled"] - spooled_before
+        if spooled:
+            self.log.warning("forwarder %s: %d messages undelivered at shutdown were spooled to "
+                             "%s; the next start sends them", self.name, spooled,
+                             self._spool_dir)
+        if self._embedded is not None:
+            self._embedded.stop()
+        return lost
+
+    # -- the flush path -------------------------------------------------------------------
+    def _records(self, snapshot: Snapshot) -> list[Record]:
+        records = []
+        for series in snapshot.series:
+            try:
+                value = self._encode(series, snapshot)
+            except Exception as exc:  # one odd series must not cost the rest of the flush
+                self.counters["failed"] += 1
+                self._problems.report("encode", f"forwarder {self.name}: cannot encode series "
+                                      f"{series.key!r}: {exc}")
+                continue
+            if value is not None:
+                records.append(Record(self._topic_for(series), series.key.encode(), value))
+        return records
+
+    def send(self, snapshot: Snapshot) -> None:
+        records = self._records(snapshot)
+        with self._lock:
+            assert self._spool is not None
+            if self._spool:
+                self._to_spool(records)  # older messages wait there: keep the order
+                return
+            for index, record in enumerate(records):
+                if not self._produce(record):
+                    self._to_spool(records[index:])
+                    return
+
+    def describe(self, item: Snapshot | list[bytes]) -> Iterator[str]:
+        if not isinstance(item, Snapshot):
+            yield from super().describe(item)
+            return
+        for record in self._records(item):
+            key = record.key.decode() if record.key is not None else ""
+            yield f"topic={record.topic} key={key} value={record.value.decode()}"
+
+    def stats(self) -> dict[str, float]:
+        result = super().stats()
+        result["in_producer"] = len(self._producer) if self._producer is not None else 0
+        result["spool_bytes"] = self._spool.bytes if self._spool is not None else 0
+        return result
+
+    # -- internals ------------------------------------------------------------------------
+    def _produce(self, record: Record) -> bool:
+        """Hand one message to the producer; False when its queue is full (spill instead)."""
+        assert self._producer is not None
+        try:
+            self._producer.produce(record.topic, value=record.value, key=record.key)
+        except BufferError:
+            return False
+        except KafkaException as exc:  # a message the producer refuses outright, e.g. too large
+            self.counters["failed"] += 1
+            error = exc.args[0]
+            self._problems.report(f"produce:{error.code()}", f"forwarder {self.name}: message "
+                                  f"for topic {record.topic} refused ({error.str()}); dropped")
+        return True
+
+    def _to_spool(self, records: list[Record]) -> None:
+        assert self._spool is not None
+        dropped = self._spool.append(records)
+        self.counters["spooled"] += len(records) - dropped
+        self._count_spool_drops(dropped)
+
+    def _count_spool_drops(self, dropped: int) -> int:
+        if dropped:
+            self.counters["spool_dropped"] += dropped
+            self._problems.report("spool_full", f"forwarder {self.name}: spool {self._spool_dir} "
+                                  f"is full ({self._spool_max_bytes} bytes); dropped {dropped} "
+                                  "messages")
+        return dropped
+
+    def _move_requeued_to_spool(self) -> int:
+        assert self._spool is not None
+        if not self._requeue:
+            return 0
+        records, self._requeue = self._requeue, []
+        dropped = self._spool.push_front(records)
+        self.counters["spooled"] += len(records) - dropped
+        return self._count_spool_drops(dropped)
+
+    def _drain_spool(self) -> None:
+        assert self._spool is not None and self._producer is not None
+        budget = self._drain_window - len(self._producer)
+        while budget > 0:
+            record = self._spool.peek()
+            if record is None or not self._produce(record):
+                return
+            self._spool.pop()
+            self.counters["spool_sent"] += 1
+            budget -= 1
+
+    def _pump_loop(self) -> None:
+        assert self._producer is not None
+        while not self._stopping.is_set():
+            try:
+                self._producer.poll(0.05)
+                with self._lock:
+                    if self._fatal:
+                        self._replace_producer()
+                    self._move_requeued_to_spool()
+                    self._drain_spool()
+            except Exception:  # the pump must outlive any surprise, or the spool never drains
+                self.log.exception("forwarder %s: delivery pump error", self.name)
+                time.sleep(0.5)
+
+    def _replace_producer(self) -> None:
+        """After a fatal producer error (the idempotent producer lost its sequence), move what it
+        still holds back to the spool and start a new producer."""
+        old = self._producer
+        assert old is not None
+        old.purge(in_queue=True, in_flight=True)
+        old.flush(1.0)
+        self._fatal = False
+        self._producer = self._new_producer(self._bootstrap)
+        self.log.warning("forwarder %s: producer replaced after a fatal error", self.name)
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.counters["delivered"] += 1
+            return
+        code = error.code()
+        record = Record(message.topic() or "", message.key(), message.value() or b"")
+        if code in _PURGED or code in _TRANSIENT or error.retriable():
+            if code not in _PURGED:
+                self.counters["retried"] += 1
+                self._problems.report("delivery_transient", f"forwarder {self.name}: delivery "
+                                      f"failed ({error.str()}); messages go back to the spool")
+            self._requeue.append(record)
+            return
+        self.counters["failed"] += 1
+        self._problems.report(f"delivery:{code}", f"forwarder {self.name}: message for topic "
+                              f"{record.topic} cannot be delivered ({error.str()}); dropped")
+
+    def _on_error(self, error: KafkaError) -> None:
+        self.counters["broker_errors"] += 1
+        if error.fatal():
+            self._fatal = True
+        code = error.code()
+        if code == KafkaError._AUTHENTICATION:
+            what = "authentication failed"
+        elif code == KafkaError._RESOLVE:
+            what = "cannot resolve the broker address"
+        elif code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            what = "broker unreachable"
+        else:
+            what = "producer error"
+        self._problems.report(f"error:{code}", f"forwarder {self.name}: kafka {what}: "
+                              f"{error.str()}; messages wait (then spool) until it recovers")
