@@ -137,6 +137,8 @@ class Backend:
         if not self.buffer:
             if self.address.protocol == "tcp" and self.connected:
                 self._notice_remote_close(now)
+            elif self._failing_since is not None and now >= self._next_attempt:
+                self._probe(now)  # nothing to send (its keys may be rerouted): is it back?
             return
         if now < self._next_attempt:
             return
@@ -164,6 +166,34 @@ class Backend:
         sock.connect(sockaddr)  # connected: the kernel reports ICMP "port unreachable" to us
         self.sock = sock
         self.connected = True
+
+    def _probe(self, now: float) -> None:
+        """TCP: connect. UDP: an empty datagram (statsd servers skip empty lines), whose
+        "port unreachable" shows up on the next probe or send."""
+        if self.address.protocol == "tcp":
+            self._connect(now)
+            return
+        if self.sock is None:
+            try:
+                self._open_udp()
+            except OSError:
+                self._failed(now)
+                return
+        assert self.sock is not None
+        try:
+            self.sock.send(b"")
+        except BlockingIOError:
+            return
+        except OSError:
+            self._udp_trial = False
+            self._failed(now)
+            return
+        if self._udp_trial:
+            self._udp_trial = False
+            self._succeeded()
+        else:
+            self._udp_trial = True
+            self._next_attempt = now + self.backoff_min
 
     def _pump_udp(self, now: float) -> None:
         if self.sock is None:
@@ -227,7 +257,11 @@ class Backend:
                 self._udp_trial = True
 
     def _pump_tcp(self, now: float) -> None:
-        if not self.connected and not self._connect(now):
+        if self.connected:
+            self._notice_remote_close(now)  # so no line is written into a closed connection
+            if not self.connected:
+                return
+        elif not self._connect(now):
             return
         sock = self.sock
         assert sock is not None

@@ -80,7 +80,7 @@ class TcpBackend:
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
-        self.received = bytearray()
+        self.connections: list[bytearray] = []  # what each accepted connection delivered
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._conns: list[socket.socket] = []
@@ -115,12 +115,16 @@ class TcpBackend:
                 return
             conn.settimeout(0.05)
             self._conns.append(conn)
-            reader = threading.Thread(target=self._read, args=(conn, stop), daemon=True)
+            received = bytearray()
+            with self._lock:
+                self.connections.append(received)
+            reader = threading.Thread(target=self._read, args=(conn, received, stop),
+                                      daemon=True)
             reader.start()
             self._threads.append(reader)
         listener.close()
 
-    def _read(self, conn: socket.socket, stop: threading.Event) -> None:
+    def _read(self, conn: socket.socket, received: bytearray, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 data = conn.recv(1 << 20)
@@ -131,13 +135,15 @@ class TcpBackend:
             if not data:
                 break
             with self._lock:
-                self.received += data
+                received += data
         conn.close()
 
     def lines(self) -> list[bytes]:
+        """Every complete line, connection after connection (a connection's unterminated
+        tail is not a line)."""
         with self._lock:
-            complete = bytes(self.received[: self.received.rfind(b"\n") + 1])
-        return [line for line in complete.split(b"\n") if line]
+            chunks = [bytes(c[: c.rfind(b"\n") + 1]) for c in self.connections]
+        return [line for chunk in chunks for line in chunk.split(b"\n") if line]
 
     def stop(self) -> None:
         self._stop.set()
