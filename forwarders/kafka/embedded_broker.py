@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerUnavailable", "broker_binary", "free_port"]
 
@@ -47,6 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+_PRCTL: Any
 try:  # looked up here, not in the forked child, where only async-signal-safe work belongs
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -88,7 +90,8 @@ class EmbeddedBroker:
         binary = broker_binary()
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.host}:{self.advertised_port}"
-        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        output: IO[bytes] | int = (open(self.log_path, "ab") if self.log_path  # noqa: SIM115
+                                   else subprocess.DEVNULL)
         try:
             self.process = subprocess.Popen(
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
@@ -98,7 +101,7 @@ class EmbeddedBroker:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads touch the child side)
             )
         finally:
-            if output is not subprocess.DEVNULL:
+            if not isinstance(output, int):
                 output.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -81,7 +81,7 @@ def tail_topic(bootstrap: str, topic: str, from_beginning: bool = False,
             if message.error():
                 raise KafkaException(message.error())
             last = time.monotonic()
-            yield TopicMessage(message.key(), message.partition(), message.offset(),
-                               message.value())
+            yield TopicMessage(message.key(), message.partition() or 0, message.offset() or 0,
+                               message.value() or b"")
     finally:
         consumer.close()
