@@ -127,7 +127,9 @@ class EmbeddedBroker:
         if self.process is not None:
             os.kill(self.process.pid, signal.SIGCONT)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``: Tansu waits for open client connections
+        before it exits, and being memory-only it has nothing to save anyway."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -138,7 +140,7 @@ class EmbeddedBroker:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout)
+            process.wait(5.0)
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()

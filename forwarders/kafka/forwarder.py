@@ -458,13 +458,17 @@ class KafkaForwarder(Forwarder):
         if error.fatal():
             self._fatal = True
         code = error.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            return  # always follows the error that says why (resolve, connect, login): counted
         if code == KafkaError._AUTHENTICATION:
-            what = "authentication failed"
+            kind, what = "authentication", "authentication failed"
         elif code == KafkaError._RESOLVE:
-            what = "cannot resolve the broker address"
-        elif code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            what = "broker unreachable"
+            kind, what = "connection", "cannot resolve the broker address"
+        elif code == KafkaError._TRANSPORT:
+            kind, what = "connection", "broker unreachable"
         else:
-            what = "producer error"
-        self._problems.report(f"error:{code}", f"forwarder {self.name}: kafka {what}: "
-                              f"{error.str()}; messages wait (then spool) until it recovers")
+            kind, what = f"error:{code}", "producer error"
+        # One line per kind of problem per minute: a broker that is down produces an error per
+        # connection attempt, and "cannot resolve" and "all brokers down" are one problem.
+        self._problems.report(kind, f"forwarder {self.name}: kafka {what}: {error.str()}; "
+                              "messages wait in memory, then in the spool, until it recovers")
