@@ -140,6 +140,26 @@ class StatsdRelayForwarder(Forwarder):
                 result[f"group.{group.name}.{stat}"] = value
         return result
 
+    def owners(self, name: bytes, tags: bytes = b"") -> list[tuple[str, str | None, int, str]]:
+        """Where a metric goes when every backend is alive: for each group, (group name,
+        backend ``host:port:proto`` or None, slot index or -1, why not: "" or the counter).
+        ``tags`` is the DogStatsD tag text (``k:v,k2:v2``), used with ``hash_key:
+        name_and_tags``. What ``tools/stathasher.py`` prints."""
+        hash_tags = b""
+        if self._by_tags and tags:
+            hash_tags = b"|#" + b",".join(sorted(tags.split(b",")))
+        result: list[tuple[str, str | None, int, str]] = []
+        for group in self.groups:
+            reason = group.accepts(name)
+            if reason is not None:
+                result.append((group.name, None, -1, reason))
+                continue
+            hashed = group.prefix + name + group.suffix if group.hash_rewritten_name else name
+            slot = group.router.owner_slot(hashed + hash_tags)
+            backend = self.backends[group.router.slot_backend[slot]]
+            result.append((group.name, backend.address.key, slot, ""))
+        return result
+
     # -- receive thread -------------------------------------------------------------------
     def submit_lines(self, lines: list[bytes]) -> bool:
         """Route one datagram's lines to their owners' pending lists; never blocks for long
