@@ -151,19 +151,20 @@ class Daemon:
         aligned_start = math.floor(started / interval) * interval
         snapshot = self.manager.snapshot(table, aligned_start, elapsed, self.host)
         if self.config["self_metrics"]["enabled"]:
-            snapshot.series.extend(self._self_metrics(counts, elapsed))
+            snapshot.series.extend(self._self_metrics(counts, elapsed, len(snapshot.series)))
         self.stats.incr("flush.count")
         for forwarder in self.forwarders:
             if not forwarder.RELAY:
                 forwarder.submit(snapshot)
         return snapshot
 
-    def _self_metrics(self, counts: dict[str, int], elapsed: float) -> list[SeriesStats]:
+    def _self_metrics(self, counts: dict[str, int], elapsed: float,
+                      flushed_series: int) -> list[SeriesStats]:
         prefix = self.config["self_metrics"]["prefix"]
         tags = self._tagger.apply(())
         series = [SeriesStats(prefix + name, COUNTER, tags, {"count": n, "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
-        gauges: dict[str, float] = {"series": float(self.manager.series_count())}
+        gauges: dict[str, float] = {"series": float(flushed_series)}
         for forwarder in self.forwarders:
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"

@@ -64,6 +64,7 @@ def test_udp_and_tcp_input_is_aggregated_and_flushed_on_sigterm(start_daemon: An
     assert {r["host"] for r in records} == {socket.gethostname()}
     user_series = [r for r in records if not r["name"].startswith("pystatsd.")]
     assert len(user_series) == 8
+    assert series[("pystatsd.series", "gauge", tags())]["stats"]["value"] == 8
 
 
 def test_flushes_run_on_aligned_deadlines_and_counters_reset(start_daemon: Any) -> None:
