@@ -258,7 +258,7 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     daemon.install_signal_handlers()
     try:
         daemon.start()
-    except OSError as exc:
+    except Exception as exc:  # a listener that cannot bind, a forwarder that cannot open
         log.error("cannot start: %s", exc)
         for forwarder in daemon.forwarders:
             forwarder.close(0)
