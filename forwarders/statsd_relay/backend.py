@@ -19,6 +19,7 @@ The queue holds ``\\n``-terminated lines, so every cut is taken at a line bounda
 from __future__ import annotations
 
 import errno
+import re
 import select
 import socket
 import time
@@ -43,6 +44,11 @@ class BackendAddress:
         """``host:port:proto``, the name used in stats and logs (lyft's backend key)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}:{self.protocol}"
+
+    @property
+    def stat_key(self) -> str:
+        """``host_port_proto`` with dots and colons made ``_``: safe inside a metric name."""
+        return re.sub(r"[.:\[\]]", "_", f"{self.host}_{self.port}_{self.protocol}")
 
 
 class Backend:
@@ -70,7 +76,7 @@ class Backend:
         self._udp_trial = False  # a UDP send went through after failures; confirm on the next
         self.probe_ok: bool | None = None  # last health check, None when not checked
         self.counters: dict[str, int] = {
-            "queued_lines": 0,
+            "enqueued_lines": 0,
             "relayed_lines": 0,
             "bytes_sent": 0,
             "datagrams_sent": 0,
@@ -93,7 +99,7 @@ class Backend:
             data = data[:keep]
             if not data:
                 return
-        self.counters["queued_lines"] += len(lines)
+        self.counters["enqueued_lines"] += len(lines)
         self.buffer += data
 
     def queued_lines(self) -> int:
@@ -356,7 +362,7 @@ class Backend:
             self._cut_mid_line = False
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "bytes_queued": len(self.buffer),
+        return {**self.counters, "queued_bytes": len(self.buffer),
                 "failing": int(self.failing())}
 
 

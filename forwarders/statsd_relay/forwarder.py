@@ -23,6 +23,7 @@ from forwarders.statsd_relay.backend import Backend
 from forwarders.statsd_relay.groups import Group, build_groups
 from forwarders.statsd_relay.json_lines import json_to_statsd_lines
 from forwarders.statsd_relay.schema import CONFIG_SCHEMA
+from pystatsd.decoders import parse_statsd_line
 
 __all__ = ["StatsdRelayForwarder"]
 
@@ -87,7 +88,8 @@ class StatsdRelayForwarder(Forwarder):
         self._health: threading.Thread | None = None
         self._last_log = 0.0
         self._unlogged = 0
-        self.counters.update({"not_relayable": 0, "json_converted": 0})
+        self.counters.update({"not_relayable": 0, "json_converted": 0, "internal_errors": 0,
+                              "dead_backend_changes": 0})
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,7 +136,7 @@ class StatsdRelayForwarder(Forwarder):
         result["sent"] = sum(b.counters["relayed_lines"] for b in self.backends)
         for backend in self.backends:
             for stat, value in backend.stats().items():
-                result[f"backend.{backend.address.key}.{stat}"] = value
+                result[f"backend.{backend.address.stat_key}.{stat}"] = value
         for group in self.groups:
             for stat, value in group.counters.items():
                 result[f"group.{group.name}.{stat}"] = value
@@ -170,23 +172,30 @@ class StatsdRelayForwarder(Forwarder):
         with self._lock:
             self._datagrams_in += 1
             get = self._cache.get
+            # try costs nothing in 3.11 until it catches: a bug costs one line, not the rest
             if self._fast:
                 for line in lines:
-                    i = line.find(b":")
-                    if i > 0:
-                        append = get(line[:i])
-                        if append is None:
-                            append = self._resolve_plain(line[:i])
-                        append(line)
-                    elif line:
-                        self._not_relayable(line)
+                    try:
+                        i = line.find(b":")
+                        if i > 0:
+                            append = get(line[:i])
+                            if append is None:
+                                append = self._resolve_plain(line[:i])
+                            append(line)
+                        elif line:
+                            self._not_relayable(line)
+                    except Exception:
+                        self._internal_error(line)
             else:
                 for line in lines:
-                    i = line.find(b":")
-                    if i > 0:
-                        self._dispatch(line, i)
-                    elif line:
-                        self._not_relayable(line)
+                    try:
+                        i = line.find(b":")
+                        if i > 0:
+                            self._dispatch(line, i)
+                        elif line:
+                            self._not_relayable(line)
+                    except Exception:
+                        self._internal_error(line)
         self.counters["submitted"] += len(lines)
         return True
 
@@ -203,10 +212,10 @@ class StatsdRelayForwarder(Forwarder):
         self._cache[name] = handler
         return handler
 
-    def _dispatch(self, line: bytes, i: int) -> None:
+    def _dispatch(self, line: bytes, i: int, json_first: bool = True) -> None:
         """The general path: filters, several groups, rewrites, tags in the key, reroutes."""
         name = line[:i]
-        if name[0] in _JSON_START:
+        if json_first and name[0] in _JSON_START:
             if self._convert_json:
                 self._json_line(line)
             else:
@@ -273,7 +282,14 @@ class StatsdRelayForwarder(Forwarder):
     def _json_line(self, line: bytes) -> None:
         converted = json_to_statsd_lines(line)
         if converted is None:
-            self._not_relayable(line)
+            if _is_statsd_line(line):  # a statsd name may start with '{' or '[' too
+                i = line.find(b":")
+                if self._fast:
+                    self._appenders[self._owner(self.groups[0], line[:i])[0]](line)
+                else:
+                    self._dispatch(line, i, json_first=False)
+            else:
+                self._not_relayable(line)
             return
         self.counters["json_converted"] += 1
         for statsd_line in converted:
@@ -283,6 +299,11 @@ class StatsdRelayForwarder(Forwarder):
                 append(statsd_line)
             else:
                 self._dispatch(statsd_line, i)
+
+    def _internal_error(self, line: bytes) -> None:
+        self.counters["internal_errors"] += 1
+        self.log.exception("relay %s: bug while routing %r (line dropped)", self.name,
+                           line[:120])
 
     def _not_relayable(self, line: bytes) -> None:
         self.counters["not_relayable"] += 1
@@ -359,7 +380,7 @@ class StatsdRelayForwarder(Forwarder):
                 self._cache = {}
                 self._routes = {}
                 self._fast = self._plain and not dead
-        self.counters["dead_backend_changes"] = self.counters.get("dead_backend_changes", 0) + 1
+        self.counters["dead_backend_changes"] += 1
 
     def _policy_text(self, backend: int) -> str:
         policies = {("reroute" if g.reroute else "hold") for g in self.groups
@@ -381,6 +402,13 @@ class StatsdRelayForwarder(Forwarder):
                     continue
                 backend.probe_ok = _tcp_probe(backend.address.host, port,
                                               backend.connect_timeout)
+
+
+def _is_statsd_line(line: bytes) -> bool:
+    try:
+        return bool(parse_statsd_line(line))
+    except Exception:  # DecodeError, or a decoder bug: either way not a line to relay
+        return False
 
 
 def _rewrite(group: Group, line: bytes, i: int) -> bytes:

@@ -60,5 +60,7 @@ def json_to_statsd_lines(line: bytes) -> list[bytes] | None:
             sample = parse_json_object(obj)
         except DecodeError:
             return None
+        except Exception:  # a decoder bug: this line is lost, never the relay
+            return None
         result.extend(sample_to_lines(sample))
     return result

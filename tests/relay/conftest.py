@@ -34,6 +34,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0, step: float 
     return condition()
 
 
+def backend_stat(backend: Any, stat: str) -> str:
+    """The relay's stats key of one backend's ``stat`` (``backend.127_0_0_1_<port>_udp.x``)."""
+    return f"backend.127_0_0_1_{backend.port}_{backend.protocol}.{stat}"
+
+
 class UdpBackend:
     """A UDP socket on 127.0.0.1 whose datagrams a thread records."""
 

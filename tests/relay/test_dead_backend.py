@@ -7,7 +7,7 @@ import re
 import time
 
 from forwarders.statsd_relay.hashing import JumpRouter
-from tests.relay.conftest import wait_until
+from tests.relay.conftest import backend_stat, wait_until
 
 LINE = re.compile(rb"^m\d+:\d+\|c$")
 QUEUE_BYTES = 32 * 1024
@@ -34,7 +34,7 @@ def test_tcp_backend_down_10s_under_load_keeps_bounded_queue_and_drains(
                         "reconnect_backoff_min": 0.05, "reconnect_backoff_max": 0.4,
                         "groups": [{"hash": "jump", "dead_backend_policy": "hold",
                                     "backends": [udp.spec, tcp.spec]}]})
-    key = f"backend.{tcp.spec}."
+    key = backend_stat(tcp, "")
     router = JumpRouter([0, 1])
     owned: list[list[bytes]] = [[], []]
     seq = _load(relay, 0, router, owned, 50)
@@ -46,17 +46,17 @@ def test_tcp_backend_down_10s_under_load_keeps_bounded_queue_and_drains(
     end = time.monotonic() + 10
     while time.monotonic() < end:  # about 4000 lines/s, half of them owned by the TCP backend
         seq = _load(relay, seq, router, owned, 4)
-        largest_queue = max(largest_queue, relay.stats()[key + "bytes_queued"])
+        largest_queue = max(largest_queue, relay.stats()[key + "queued_bytes"])
         time.sleep(0.02)
     stats = relay.stats()
     assert 0 < largest_queue <= QUEUE_BYTES
     assert stats[key + "dropped_queue_full"] > 0
     assert stats[key + "failing"] == 1
-    held = stats[key + "bytes_queued"]
+    held = stats[key + "queued_bytes"]
     assert held > QUEUE_BYTES // 2  # it kept its queue while down
 
     tcp.restart()
-    assert wait_until(lambda: relay.stats()[key + "bytes_queued"] == 0, timeout=10)
+    assert wait_until(lambda: relay.stats()[key + "queued_bytes"] == 0, timeout=10)
     stats = relay.stats()
     received = tcp.lines()
     assert all(LINE.match(line) for line in received)  # whole lines only, on every connection
@@ -90,9 +90,9 @@ def test_reroute_sends_dead_backends_keys_to_next_owner_and_back(
     for _ in range(100):  # traffic for the TCP backend finds it down
         relay.submit_lines([tcp_names[0] + b":1|c"])
         time.sleep(0.01)
-        if relay.stats().get("dead_backend_changes"):
+        if relay.stats()["dead_backend_changes"]:
             break
-    assert wait_until(lambda: relay.stats().get("dead_backend_changes") == 1, timeout=5)
+    assert wait_until(lambda: relay.stats()["dead_backend_changes"] == 1, timeout=5)
     time.sleep(0.05)
     before = [len(u.lines()) for u in udps]
     rerouted_before = relay.stats()["group.main.rerouted_lines"]
@@ -106,7 +106,7 @@ def test_reroute_sends_dead_backends_keys_to_next_owner_and_back(
     assert relay.stats()["group.main.rerouted_lines"] - rerouted_before == len(tcp_names)
 
     tcp.restart()
-    assert wait_until(lambda: relay.stats()[f"backend.{tcp.spec}.failing"] == 0, timeout=5)
+    assert wait_until(lambda: relay.stats()[backend_stat(tcp, "failing")] == 0, timeout=5)
     assert wait_until(lambda: relay.stats()["dead_backend_changes"] >= 2, timeout=5)
     relay.submit_lines([n + b":3|c" for n in names])
     assert wait_until(lambda: sum(line.endswith(b":3|c") for line in tcp.lines())
