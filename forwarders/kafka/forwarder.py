@@ -302,6 +302,7 @@ class KafkaForwarder(Forwarder):
         spooled_before = self.counters["spooled"]
         if self._producer is not None:
             reserve = min(1.0, timeout / 4)  # time kept to purge and spool what is left
+            self._drain_spool_while_delivering(deadline - reserve)
             left = self._producer.flush(max(0.0, deadline - time.monotonic() - reserve))
             if left:
                 self._producer.purge(in_queue=True, in_flight=True)
@@ -320,6 +321,21 @@ class KafkaForwarder(Forwarder):
         if self._embedded is not None:
             self._embedded.stop()
         return lost
+
+    def _drain_spool_while_delivering(self, until: float) -> None:
+        """At shutdown, keep sending the spool while the broker acknowledges (what is left
+        stays spooled for the next start); stop after a second without progress."""
+        assert self._producer is not None
+        last_progress, delivered = time.monotonic(), self.counters["delivered"]
+        while time.monotonic() < until and time.monotonic() - last_progress < 1.0:
+            with self._lock:
+                self._move_requeued_to_spool()
+                if not self._spool:
+                    return
+                self._drain_spool()
+            self._producer.poll(0.05)
+            if self.counters["delivered"] != delivered:
+                last_progress, delivered = time.monotonic(), self.counters["delivered"]
 
     # -- the flush path -------------------------------------------------------------------
     def _records(self, snapshot: Snapshot) -> list[Record]:
@@ -358,7 +374,7 @@ class KafkaForwarder(Forwarder):
 
     def stats(self) -> dict[str, float]:
         result = super().stats()
-        result["in_producer"] = len(self._producer) if self._producer is not None else 0
+        result["producer_queue_depth"] = len(self._producer) if self._producer else 0
         result["spool_bytes"] = self._spool.bytes if self._spool is not None else 0
         return result
 

@@ -1,0 +1,83 @@
+"""End to end: the real daemon (``python -m pystatsd -c FILE``) receives metrics over UDP and
+its Kafka forwarder delivers them; a daemon stopped during an outage sends its spool after a
+restart; with no kafka_broker it runs its own embedded broker."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from forwarders.kafka.reading import read_topic
+
+pytestmark = pytest.mark.integration
+
+LINES = [b"e2e.hits:3|c|#env:test", b"e2e.hits:4|c|#env:test", b"e2e.temp:21.5|g",
+         b'{"metric_name":"e2e.trace","metric_type":"trace","stage":"init"}']
+
+
+def totals(messages, field: str = "value") -> dict[str, float]:
+    """Per key of the e2e series: the sum of the legacy events' values (self-metrics left out)."""
+    summed: dict[str, float] = defaultdict(float)
+    for message in messages:
+        key = message.key.decode()
+        if key.startswith("e2e."):
+            summed[key] += orjson.loads(message.value)[field]
+    return dict(summed)
+
+
+def daemon_config(section: dict) -> dict:
+    return {"flush_interval": 1, "shutdown_timeout": 5, "forwarders": {"kafka": section}}
+
+
+def test_metrics_sent_over_udp_arrive_in_kafka(start_daemon, kafka_bootstrap, topic):
+    daemon = start_daemon(daemon_config({"kafka_broker": kafka_bootstrap, "kafka_topic": topic,
+                                         "kafka_apikey": "K", "kafka_tenant_id": "T"}))
+    daemon.send_udp(*LINES)
+    assert daemon.stop() == 0, "".join(daemon.stderr)
+    messages = read_topic(kafka_bootstrap, topic)
+    assert totals(messages) == {"e2e.hits,env=test": 7, "e2e.temp": 21.5,
+                                "e2e.trace,stage=init": 1}
+    event = orjson.loads(next(m.value for m in messages if m.key == b"e2e.temp"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event.pop("@timestamp"))
+    assert event == {"name": "e2e.temp", "value": 21.5, "apikey": "K", "tenant_id": "T",
+                     "@version": "1"}
+
+
+def test_a_daemon_stopped_during_an_outage_sends_its_spool_after_restart(
+        start_daemon, proxied_broker, topic):
+    broker, proxy = proxied_broker
+    config = daemon_config({"kafka_broker": broker.bootstrap, "kafka_topic": topic})
+    proxy.cut()
+    first = start_daemon(config)
+    first.send_udp(*LINES)
+    assert first.stop() == 0
+    assert "spooled" in "".join(first.stderr)
+    proxy.restore()
+    second = start_daemon(config)
+    second.wait_for_log("spooled", timeout=10)  # "... bytes spooled ... from before"
+    assert second.stop() == 0
+    assert totals(read_topic(broker.bootstrap, topic)) == {
+        "e2e.hits,env=test": 7, "e2e.temp": 21.5, "e2e.trace,stage=init": 1}
+
+
+def test_without_kafka_broker_the_daemon_runs_an_embedded_broker(start_daemon, topic):
+    from forwarders.kafka.embedded_broker import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    daemon = start_daemon(daemon_config({"kafka_topic": topic, "format": "influx",
+                                         "embedded_broker_listen": listen}))
+    line = daemon.wait_for_log("embedded")
+    assert listen in line
+    daemon.send_udp(b"e2e.hits:5|c|#env:demo")
+    # the embedded broker lives as long as the daemon: read while it runs
+    deadline_messages = []
+    for _ in range(20):
+        deadline_messages = [m for m in read_topic(listen, topic, timeout=3, idle=0.5)
+                             if m.key == b"e2e.hits,env=demo"]
+        if deadline_messages:
+            break
+    assert daemon.stop() == 0
+    assert deadline_messages[0].value.startswith(b"e2e.hits,env=demo count=5.0,rate=")
