@@ -18,6 +18,7 @@ in the manager, not the table, and only :meth:`MetricMgr.snapshot` touches it.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,13 @@ from pystatsd.snapshot import SeriesStats, Snapshot
 Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
 """(name, type, tags): what makes two samples the same series."""
+
+SNAPSHOT_SLICE = 0.002
+SNAPSHOT_PAUSE = 0.001
+"""A snapshot works at most ``SNAPSHOT_SLICE`` seconds at a time, then sleeps ``SNAPSHOT_PAUSE``.
+It runs on the flusher thread and needs the GIL; the receive thread gives the GIL up at every
+``recv``, so without pauses it would get the GIL back only once per switch interval (5 ms) and
+handle one datagram each time while a large snapshot runs: the socket buffer would overflow."""
 
 _RANK_EPSILON = 1e-9
 """Slack when comparing a cumulative weight with a rank, so that 7 * 100 / 100 landing a hair
@@ -350,7 +358,12 @@ class MetricMgr:
         seconds = interval if interval > 0 else 1.0
         gauges = self._gauges
         traces = self._traces
-        for key, cell in table.series.items():
+        clock = time.perf_counter
+        slice_end = clock() + SNAPSHOT_SLICE
+        for done, (key, cell) in enumerate(table.series.items()):
+            if done & 63 == 0 and clock() > slice_end:
+                time.sleep(SNAPSHOT_PAUSE)  # let the receive thread drain its socket
+                slice_end = clock() + SNAPSHOT_SLICE
             name, kind, tags = key
             if kind == COUNTER:
                 stats = {"count": cell[0], "rate": cell[0] / seconds}

@@ -1,0 +1,285 @@
+"""MetricMgr: the aggregation rules of every type, value by value."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Any
+
+import pytest
+
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
+from pystatsd.selfstats import SelfStats
+
+
+def manager(**overrides: Any) -> MetricMgr:
+    return MetricMgr(build_config({"forwarders": {}, **overrides}), SelfStats())
+
+
+def flush(mgr: MetricMgr, interval: float = 10.0) -> dict[tuple[str, str, tuple], dict]:
+    """Swap and snapshot; return {(name, type, tags): stats}."""
+    snapshot = mgr.snapshot(mgr.swap(), 1000.0, interval, "testhost")
+    assert snapshot.start == 1000.0 and snapshot.interval == interval
+    assert snapshot.host == "testhost"
+    return {(s.name, s.type, s.tags): s.stats for s in snapshot.series}
+
+
+def only(result: dict, name: str, kind: str, tags: tuple = ()) -> dict:
+    return result[(name, kind, tags)]
+
+
+def test_counter_sums_value_over_sample_rate_and_reports_rate_per_real_second() -> None:
+    mgr = manager()
+    mgr.add(Sample("hits", COUNTER, 1.0))
+    mgr.add(Sample("hits", COUNTER, 2.0, rate=0.5))
+    mgr.add(Sample("hits", COUNTER, 3.0, rate=0.1))
+    mgr.add(Sample("hits", COUNTER, -1.0))
+    result = flush(mgr, interval=5.0)
+    assert only(result, "hits", COUNTER) == {"count": 34.0, "rate": 34.0 / 5.0}
+
+
+def test_counter_reports_only_intervals_with_samples() -> None:
+    mgr = manager()
+    mgr.add(Sample("hits", COUNTER, 1.0))
+    assert ("hits", COUNTER, ()) in flush(mgr)
+    assert flush(mgr) == {}
+
+
+def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
+    mgr = manager()
+    mgr.add(Sample("b", COUNTER, 1.0))
+    mgr.add(Sample("a", TIMER, 1.0))
+    mgr.add(Sample("a", HISTOGRAM, 2.0))
+    mgr.add(Sample("a", COUNTER, 1.0, tags=(("z", "1"),)))
+    mgr.add(Sample("a", COUNTER, 1.0, tags=(("k", "1"),)))
+    mgr.add(Sample("a", COUNTER, 1.0))
+    snapshot = mgr.snapshot(mgr.swap(), 0.0, 10.0, "h")
+    assert [(s.name, s.type, s.tags) for s in snapshot.series] == [
+        ("a", COUNTER, ()),
+        ("a", COUNTER, (("k", "1"),)),
+        ("a", COUNTER, (("z", "1"),)),
+        ("a", HISTOGRAM, ()),
+        ("a", TIMER, ()),
+        ("b", COUNTER, ()),
+    ]
+    assert snapshot.series[3].stats["max"] == 2.0 and snapshot.series[4].stats["max"] == 1.0
+
+
+def test_gauge_keeps_last_value_and_applies_deltas_in_order() -> None:
+    mgr = manager()
+    mgr.add(Sample("load", GAUGE, 10.0))
+    mgr.add(Sample("load", GAUGE, 5.0, delta=True))
+    mgr.add(Sample("load", GAUGE, 3.0))  # an absolute value drops the deltas before it
+    mgr.add(Sample("load", GAUGE, -1.5, delta=True))
+    mgr.add(Sample("load", GAUGE, 7.0, rate=0.1))  # sample rates do not scale gauges
+    mgr.add(Sample("load", GAUGE, 2.0, delta=True))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 9.0}
+
+
+def test_gauge_deltas_carry_across_intervals_and_start_from_zero_when_unseen() -> None:
+    mgr = manager()
+    mgr.add(Sample("load", GAUGE, 10.0))
+    mgr.add(Sample("fresh", GAUGE, -4.0, delta=True))
+    first = flush(mgr)
+    assert only(first, "load", GAUGE) == {"value": 10.0}
+    assert only(first, "fresh", GAUGE) == {"value": -4.0}
+    mgr.add(Sample("load", GAUGE, 2.5, delta=True))
+    mgr.add(Sample("load", GAUGE, -0.5, delta=True))
+    second = flush(mgr)
+    assert only(second, "load", GAUGE) == {"value": 12.0}
+    assert only(second, "fresh", GAUGE) == {"value": -4.0}  # carried, no sample
+
+
+def test_gauge_is_reported_while_idle_then_expires_and_restarts_from_zero() -> None:
+    mgr = manager(idle_expiry_intervals=3)
+    mgr.add(Sample("load", GAUGE, 10.0))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 10.0}
+    assert only(flush(mgr), "load", GAUGE) == {"value": 10.0}  # idle 1
+    assert only(flush(mgr), "load", GAUGE) == {"value": 10.0}  # idle 2
+    assert flush(mgr) == {}  # idle 3: expired
+    mgr.add(Sample("load", GAUGE, 1.0, delta=True))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 1.0}
+
+
+def test_gauge_sample_resets_idle_count() -> None:
+    mgr = manager(idle_expiry_intervals=2)
+    mgr.add(Sample("load", GAUGE, 10.0))
+    flush(mgr)
+    assert ("load", GAUGE, ()) in flush(mgr)  # idle 1
+    mgr.add(Sample("load", GAUGE, 1.0, delta=True))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 11.0}
+    assert ("load", GAUGE, ()) in flush(mgr)  # idle 1 again, not 2
+    assert flush(mgr) == {}
+
+
+def test_timer_exact_stats_with_nearest_rank_percentiles() -> None:
+    mgr = manager(percentiles=[50, 90, 99, 99.9, 10])
+    for value in [7.0, 1.0, 9.0, 3.0, 5.0, 10.0, 2.0, 8.0, 4.0, 6.0]:
+        mgr.add(Sample("db", TIMER, value))
+    stats = only(flush(mgr), "db", TIMER)
+    assert stats == {
+        "count": 10.0, "sum": 55.0, "min": 1.0, "max": 10.0, "mean": 5.5,
+        "median": 5.5, "stddev": pytest.approx(math.sqrt(8.25), rel=1e-12),
+        "p50": 5.0, "p90": 9.0, "p99": 10.0, "p99_9": 10.0, "p10": 1.0,
+    }
+
+
+def test_timer_nearest_rank_rounds_the_rank_up() -> None:
+    mgr = manager(percentiles=[90, 7, 50])
+    for value in range(1, 8):  # 7 values: p90 rank = ceil(6.3) = 7; p7 rank ceil(0.49) = 1
+        mgr.add(Sample("db", TIMER, float(value)))
+    for value in range(1, 101):  # 100 values: p7 is exactly rank 7, not 8
+        mgr.add(Sample("db100", HISTOGRAM, float(value)))
+    result = flush(mgr)
+    assert only(result, "db", TIMER)["p90"] == 7.0
+    assert only(result, "db", TIMER)["p7"] == 1.0
+    assert only(result, "db", TIMER)["median"] == 4.0  # odd count: the middle value
+    assert only(result, "db100", HISTOGRAM)["p7"] == 7.0
+    assert only(result, "db100", HISTOGRAM)["p50"] == 50.0
+
+
+def test_timer_sample_rate_weights_count_sum_and_percentiles() -> None:
+    mgr = manager(percentiles=[50, 95])
+    mgr.add(Sample("db", TIMER, 10.0, rate=0.1))  # stands for 10 samples of 10
+    mgr.add(Sample("db", TIMER, 20.0))
+    stats = only(flush(mgr), "db", TIMER)
+    mean = 120.0 / 11.0
+    assert stats == {
+        "count": 11.0, "sum": 120.0, "min": 10.0, "max": 20.0, "mean": pytest.approx(mean),
+        "median": 10.0,
+        "stddev": pytest.approx(math.sqrt((10 * (10 - mean) ** 2 + (20 - mean) ** 2) / 11)),
+        "p50": 10.0, "p95": 20.0,  # rank 10.45 of 11 passes the ten 10s
+    }
+
+
+def test_one_common_sample_rate_changes_only_count_and_sum() -> None:
+    values = [random.Random(5).uniform(0, 100) for _ in range(51)]
+    plain, sampled = manager(), manager()
+    for value in values:
+        plain.add(Sample("db", TIMER, value))
+        sampled.add(Sample("db", TIMER, value, rate=0.25))
+    unit = only(flush(plain), "db", TIMER)
+    weighted = only(flush(sampled), "db", TIMER)
+    assert weighted["count"] == 4 * unit["count"]
+    assert weighted["sum"] == pytest.approx(4 * unit["sum"])
+    for key in ("min", "max", "median", "p50", "p90", "p95", "p99"):
+        assert weighted[key] == unit[key], key
+    assert weighted["mean"] == pytest.approx(unit["mean"])
+    assert weighted["stddev"] == pytest.approx(unit["stddev"])
+    assert unit["stddev"] == pytest.approx(statistics.pstdev(values))
+    assert unit["median"] == statistics.median(values)
+
+
+def test_timer_stays_exact_up_to_the_limit() -> None:
+    mgr = manager(timer_exact_samples=200, percentiles=[37, 90])
+    rng = random.Random(3)
+    values = [rng.uniform(1, 1000) for _ in range(200)]
+    for value in values:
+        mgr.add(Sample("db", TIMER, value))
+    ordered = sorted(values)
+    stats = only(flush(mgr), "db", TIMER)
+    assert stats["p37"] == ordered[math.ceil(0.37 * 200) - 1]  # an exact sample, not a bucket
+    assert stats["p90"] == ordered[179]
+
+
+def test_timer_switches_to_a_sketch_past_the_limit_within_its_relative_accuracy() -> None:
+    accuracy = 0.01
+    mgr = manager(timer_exact_samples=100, sketch_relative_accuracy=accuracy,
+                  percentiles=[50, 90, 99, 99.9])
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1) for _ in range(20_000)]
+    for value in values:
+        mgr.add(Sample("db", TIMER, value))
+    kept = mgr._table.series[("db", TIMER, ())]
+    assert len(kept.values) <= 100  # memory stays bounded: the rest is in the sketch
+    stats = only(flush(mgr), "db", TIMER)
+    ordered = sorted(values)
+    assert stats["count"] == 20_000.0
+    assert stats["sum"] == pytest.approx(math.fsum(values), rel=1e-12)
+    assert stats["mean"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+    assert stats["stddev"] == pytest.approx(statistics.pstdev(values), rel=1e-9)
+    assert (stats["min"], stats["max"]) == (ordered[0], ordered[-1])
+    for pct in (50, 90, 99, 99.9):
+        exact = ordered[math.ceil(pct * len(ordered) / 100) - 1]
+        key = "p" + str(pct).replace(".", "_")
+        assert abs(stats[key] - exact) <= accuracy * exact * 1.001, (pct, stats[key], exact)
+    assert abs(stats["median"] - statistics.median(values)) <= accuracy * stats["median"]
+
+
+def test_sketch_keeps_weights() -> None:
+    mgr = manager(timer_exact_samples=10, percentiles=[50])
+    for _ in range(100):
+        mgr.add(Sample("db", TIMER, 1000.0, rate=0.01))  # 10,000 samples of 1000
+    for _ in range(100):
+        mgr.add(Sample("db", TIMER, 1.0))  # 100 samples of 1
+    stats = only(flush(mgr), "db", TIMER)
+    assert stats["count"] == 10_100.0
+    assert stats["p50"] == pytest.approx(1000.0, rel=0.01)
+    assert stats["min"] == 1.0
+
+
+def test_set_counts_unique_members_per_interval() -> None:
+    mgr = manager()
+    for member in ["alice", "bob", "alice", "carol", "bob"]:
+        mgr.add(Sample("users", SET, member, rate=0.5))
+    assert only(flush(mgr), "users", SET) == {"count": 3.0}
+    mgr.add(Sample("users", SET, "alice"))
+    assert only(flush(mgr), "users", SET) == {"count": 1.0}
+    assert flush(mgr) == {}
+
+
+def test_trace_counts_events_per_interval() -> None:
+    mgr = manager()
+    tags = (("stage", "init"),)
+    for _ in range(3):
+        mgr.add(Sample("broker.trace", TRACE, 1.0, tags=tags))
+    mgr.add(Sample("broker.trace", TRACE, 1.0, rate=0.5, tags=tags))
+    assert only(flush(mgr), "broker.trace", TRACE, tags) == {"count": 5.0}
+    mgr.add(Sample("broker.trace", TRACE, 1.0, tags=tags))
+    assert only(flush(mgr), "broker.trace", TRACE, tags) == {"count": 1.0}
+    assert flush(mgr) == {}
+
+
+def test_cumulative_trace_counts_since_the_series_appeared_until_idle_expiry() -> None:
+    mgr = manager(trace_cumulative=True, idle_expiry_intervals=2)
+    for _ in range(2):
+        mgr.add(Sample("t", TRACE, 1.0))
+    assert only(flush(mgr), "t", TRACE) == {"count": 2.0}
+    for _ in range(3):
+        mgr.add(Sample("t", TRACE, 1.0))
+    assert only(flush(mgr), "t", TRACE) == {"count": 5.0}
+    assert only(flush(mgr), "t", TRACE) == {"count": 5.0}  # idle 1: still reported
+    assert flush(mgr) == {}  # idle 2: expired
+    mgr.add(Sample("t", TRACE, 1.0))
+    assert only(flush(mgr), "t", TRACE) == {"count": 1.0}
+
+
+def test_max_series_drops_new_series_counts_them_and_keeps_known_ones() -> None:
+    stats = SelfStats()
+    mgr = MetricMgr(build_config({"forwarders": {}, "max_series": 2}), stats)
+    assert mgr.add(Sample("a", COUNTER, 1.0))
+    assert mgr.add(Sample("b", GAUGE, 1.0))
+    assert not mgr.add(Sample("c", COUNTER, 1.0))
+    assert not mgr.add(Sample("a", GAUGE, 1.0))  # same name, other type: another series
+    assert mgr.add(Sample("a", COUNTER, 2.0))
+    assert mgr.series_count() == 2
+    assert stats.take()["rejected.too_many_series"] == 2
+    result = flush(mgr)
+    assert set(result) == {("a", COUNTER, ()), ("b", GAUGE, ())}
+    assert only(result, "a", COUNTER)["count"] == 3.0
+    assert mgr.series_count() == 0
+    assert mgr.add(Sample("c", COUNTER, 1.0))  # a new interval has room again
+
+
+def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
+    mgr = manager()
+    mgr.add(Sample("a", COUNTER, 1.0))
+    finished = mgr.swap()
+    mgr.add(Sample("a", COUNTER, 5.0))  # lands in the new interval
+    assert len(finished) == 1 and mgr.series_count() == 1
+    snapshot = mgr.snapshot(finished, 0.0, 10.0, "h")
+    assert snapshot.series[0].stats["count"] == 1.0
+    assert only(flush(mgr), "a", COUNTER)["count"] == 5.0
