@@ -10,6 +10,7 @@ JSON Schemas of the three formats, for consumers, live in ``docs/schemas/``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ did not exist. A type not listed sends its first statistic."""
 FORMATS = ("legacy", "json", "influx")
 
 
+@functools.lru_cache(maxsize=16)  # one value per flush, asked for once per series
 def legacy_timestamp(epoch_seconds: float) -> str:
     """The old daemon's ``@timestamp`` shape, ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC."""
     whole = int(epoch_seconds)

@@ -1,0 +1,100 @@
+"""Kafka forwarder throughput: series per second from a flush to the broker's acknowledgement.
+
+For each size (10,000 and 100,000 series by default) and format, one snapshot of that many
+counter series is submitted to a started KafkaForwarder (default settings: idempotent, acks=all,
+lz4, linger 20 ms) and the clock runs until every message's delivery report says delivered.
+Each size is run a few times after one warm-up flush that creates the topic; the median is
+reported. Target: a 100,000-series flush acknowledged within 2 s.
+
+Broker: --bootstrap HOST:PORT, else an embedded Tansu broker started for the run (on the same
+machine, so it competes with the forwarder for the CPU).
+
+Run: PYTHONPATH=. python bench/kafka.py [--sizes 10000,100000] [--formats legacy,json,influx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from forwarders.base import ForwarderContext  # noqa: E402
+from forwarders.kafka import KafkaForwarder  # noqa: E402
+from forwarders.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
+from pystatsd.config import build_config  # noqa: E402
+from pystatsd.snapshot import SeriesStats, Snapshot  # noqa: E402
+
+
+def flush_of(size: int, start: float) -> Snapshot:
+    series = [SeriesStats(f"bench.requests.{i % 100}", "counter",
+                          (("host", f"web-{i // 100}"), ("service", "api")),
+                          {"count": float(i % 17), "rate": (i % 17) / 10.0})
+              for i in range(size)]
+    return Snapshot(start=start, interval=10.0, host="bench", series=series)
+
+
+def time_flush(forwarder: KafkaForwarder, snapshot: Snapshot, timeout: float = 60.0) -> float:
+    target = forwarder.counters["delivered"] + len(snapshot.series)
+    began = time.perf_counter()
+    if not forwarder.submit(snapshot):
+        raise RuntimeError("forwarder queue full")
+    while forwarder.counters["delivered"] < target:
+        if time.perf_counter() - began > timeout:
+            raise RuntimeError(f"not acknowledged within {timeout} s: {forwarder.stats()}")
+        time.sleep(0.001)
+    return time.perf_counter() - began
+
+
+def run(bootstrap: str, size: int, fmt: str, repeats: int) -> list[float]:
+    name = "kafka"
+    section = {"kafka_broker": bootstrap, "kafka_topic": f"bench-{uuid.uuid4().hex[:8]}",
+               "format": fmt}
+    config = build_config({"forwarders": {name: section}})["forwarders"][name]
+    with tempfile.TemporaryDirectory() as state:
+        forwarder = KafkaForwarder(name, config, ForwarderContext(state_dir=Path(state)))
+        forwarder.start()
+        try:
+            time_flush(forwarder, flush_of(min(size, 1000), 0.0))  # topic creation, connections
+            snapshots = [flush_of(size, 10.0 * (n + 1)) for n in range(repeats)]
+            return [time_flush(forwarder, snapshot) for snapshot in snapshots]
+        finally:
+            forwarder.close(10)
+            if forwarder.counters["spooled"] or forwarder.counters["failed"]:
+                print(f"  warning: {forwarder.stats()}", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", help="use this cluster instead of an embedded broker")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--formats", default="legacy,json,influx")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    broker = None if args.bootstrap else EmbeddedBroker()
+    bootstrap = args.bootstrap or broker.start()  # type: ignore[union-attr]
+    print(f"broker: {'embedded Tansu at ' if broker else ''}{bootstrap}")
+    try:
+        for fmt in args.formats.split(","):
+            for size in (int(s) for s in args.sizes.split(",")):
+                times = run(bootstrap, size, fmt, args.repeats)
+                median = statistics.median(times)
+                print(f"{fmt:7s} {size:>7,} series: flush->ack median {median:6.3f} s "
+                      f"({size / median:>9,.0f} series/s), runs: "
+                      + ", ".join(f"{t:.3f}" for t in times), flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
