@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--formats", default="legacy,json,influx")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}")
     broker = None if args.bootstrap else EmbeddedBroker()
     bootstrap = args.bootstrap or broker.start()  # type: ignore[union-attr]
     print(f"broker: {'embedded Tansu at ' if broker else ''}{bootstrap}")
