@@ -3,8 +3,11 @@ messages, in each format, keyed by series, one series always on one partition.""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 from kafka_helpers import snapshot
@@ -29,6 +32,18 @@ KEYS = ["app.requests,env=prod,name=shadow", "app.temp,room=a b", "app.latency",
         "app.trace,stage=init"]
 
 
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+SCHEMA_FILES = {"legacy": "kafka-legacy-event", "json": "kafka-json-record",
+                "influx": "kafka-influx-line"}
+
+
+def check_against_published_schema(fmt: str, value: bytes) -> None:
+    """The schemas in docs/schemas/ are what consumers code against: every message fits."""
+    schema = json.loads((SCHEMAS / f"{SCHEMA_FILES[fmt]}.schema.json").read_text())
+    document = value.decode() if fmt == "influx" else orjson.loads(value)
+    jsonschema.Draft202012Validator(schema).validate(document)
+
+
 def deliver(make_forwarder, bootstrap: str, topic: str, **section) -> dict[str, bytes]:
     forwarder = make_forwarder({"kafka_broker": bootstrap, "kafka_topic": topic, **section})
     assert forwarder.submit(snapshot(START, SERIES))
@@ -39,6 +54,8 @@ def deliver(make_forwarder, bootstrap: str, topic: str, **section) -> dict[str, 
     assert len(messages) == len(SERIES)
     by_key = {m.key.decode(): m.value for m in messages}
     assert sorted(by_key) == sorted(KEYS)
+    for value in by_key.values():
+        check_against_published_schema(section.get("format", "legacy"), value)
     return by_key
 
 
