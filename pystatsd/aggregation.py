@@ -48,8 +48,8 @@ class Distribution:
     """The samples of one timer or histogram series in one interval.
 
     Samples sent at rate 1 go to ``values`` (the list the fast path appends to); samples with a
-    sample rate go to ``weighted`` as (value, 1 / rate). Past ``exact_limit`` samples both lists
-    are folded into a DDSketch, and exact count, sum, min, max, mean and variance are kept
+    sample rate go to ``weighted`` as (value, 1 / rate). When either list passes
+    ``exact_limit`` samples both are folded into a DDSketch, and exact count, sum, min, max, mean and variance are kept
     beside it, so only the percentiles become approximate."""
 
     __slots__ = ("values", "weighted", "sketch", "count", "total", "low", "high", "mean", "m2")
@@ -67,12 +67,16 @@ class Distribution:
         self.m2 = 0.0
 
     def add(self, value: float, weight: float, exact_limit: int, accuracy: float) -> None:
+        # Each list is checked on its own, as the fast path checks ``values`` alone: so a series
+        # mixing rates stays exact up to twice the limit, and both paths fold at the same sample.
         if weight == 1.0:
             self.values.append(value)
+            if len(self.values) > exact_limit:
+                self.fold(accuracy)
         else:
             self.weighted.append((value, weight))
-        if len(self.values) + len(self.weighted) > exact_limit:
-            self.fold(accuracy)
+            if len(self.weighted) > exact_limit:
+                self.fold(accuracy)
 
     def fold(self, accuracy: float) -> None:
         """Move the kept samples into the sketch and the exact moments; empty both lists."""
@@ -329,12 +333,11 @@ class MetricMgr:
             cell[0] += weight
 
     def fold(self, key: SeriesKey) -> None:
-        """Fold a distribution that grew past ``timer_exact_samples`` into its sketch (the fast
-        path calls this; :meth:`update` checks by itself)."""
+        """Fold a distribution whose ``values`` grew past ``timer_exact_samples`` into its
+        sketch (the fast path calls this; :meth:`update` checks by itself)."""
         cell = self._table.series.get(key)
         if isinstance(cell, Distribution):
-            if len(cell.values) + len(cell.weighted) > self.exact_limit:
-                cell.fold(self.accuracy)
+            cell.fold(self.accuracy)
 
     def swap(self) -> IntervalTable:
         """Hand back the finished interval's table and start a fresh one (O(1))."""

@@ -72,6 +72,11 @@ class Pipeline:
         self._cache = {}
         self._cache_size = 0
 
+    @property
+    def cached_shapes(self) -> int:
+        """Line shapes the fast path knows now."""
+        return self._cache_size
+
     def publish_counts(self) -> None:
         """Add the counts kept since the last call to ``stats``."""
         stats = self._stats

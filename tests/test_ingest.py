@@ -1,0 +1,234 @@
+"""The ingest pipeline: the fast path gives exactly what the decoders + tagger + MetricMgr give,
+counts what it sees, hands raw lines to relays, and never loses good lines beside bad ones."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from forwarders.base import Forwarder, ForwarderContext
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+from pystatsd.decoders import decode_payload
+from pystatsd.ingest import Pipeline
+from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import Snapshot
+from pystatsd.tagging import Tagger
+
+BASE = {"forwarders": {}, "agent": {"tags": {"host": "h1", "env": "prod"}},
+        "timer_exact_samples": 4, "percentiles": [50, 90, 99.9]}
+
+
+def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snapshot], dict]:
+    """The reference: decode_payload, the tagger, MetricMgr.add, nothing cached."""
+    built = build_config(config)
+    stats = SelfStats()
+    manager = MetricMgr(built, stats)
+    tagger = Tagger(built["agent"]["tags"], built["tag_precedence"])
+    snapshots = []
+    for payloads in intervals:
+        for payload in payloads:
+            for sample in decode_payload(payload, stats):
+                manager.add(sample._replace(tags=tagger.apply(sample.tags)))
+        snapshots.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+    return snapshots, rejects(stats)
+
+
+def by_pipeline(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snapshot], dict,
+                                                                      Pipeline]:
+    built = build_config(config)
+    stats = SelfStats()
+    manager = MetricMgr(built)
+    pipeline = Pipeline(built, manager, stats)
+    snapshots = []
+    for payloads in intervals:
+        for payload in payloads:
+            pipeline.ingest(payload)
+        snapshots.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+    return snapshots, rejects(stats), pipeline
+
+
+def rejects(stats: SelfStats) -> dict:
+    return {k: v for k, v in stats.counters.items() if k.startswith("rejected.")}
+
+
+CORPUS = [
+    b"api.hits:1|c\napi.hits:2|c|@0.5\napi.hits:3|c|@0.1|#b:2,a:1\napi.hits:4|c|#a:1,b:2\n",
+    b"api.hits:1|c\napi.hits,a=1,b=2:5|c\napi.hits:1.5e1|c|@0.25\n",
+    b"load:10|g\nload:+5|g\nload:-2.5|g\nload:3|g\nload:-1|g|#x:y\nload:+4|g|@0.5\n",
+    b"load:+1|g\nnewgauge:-4|g\n",
+    b"db:12.5|ms\ndb:3|ms\ndb:7|ms|@0.1\ndb:1:2:3|ms\ndb:9|h\ndb:8|d\ndb:100|ms\n",
+    b"db:1|ms\ndb:2|ms\ndb:3|ms\ndb:4|ms\ndb:5|ms\ndb:6|ms|@0.5\n",
+    b"users:alice|s\nusers:bob|s\nusers:alice|s\nusers:[::1]:80|s\nusers:caf\xc3\xa9|s\n",
+    # values the decoder's grammar refuses even though float() takes them
+    b"api.hits:1_0|c\napi.hits: 1|c\napi.hits:nan|c\napi.hits:inf|g\napi.hits:1e999|ms\n",
+    b"api.hits:0x10|c\napi.hits:|c\nusers:|s\nusers:\xff\xfe|s\napi.hits:1.2.3|c\n",
+    b"api.hits:" + b"9" * 400 + b"|c\napi.hits:+7|c\napi.hits:-.5|c\napi.hits:5.|c\n",
+    # shapes that must stay on the slow path
+    b"stamp:1|c|T1700000000\nstamp:2|c|T1700000000\nbad line\n\n\nx|y:1|c\nnotype:1|\n",
+    b"api.hits:1|c\r\napi.hits:2|c\r\n  api.hits:3|c  \n\tload:9|g\n",
+    b"api.hits:1|c|@2\napi.hits:1|c|@0\napi.hits:1|zz\n_e{5,4}:title|text\n",
+    b'{"metric_name":"j","metric_type":"counter","value":2,"env":"dev"}',
+    b'[{"metric_name":"j","metric_type":"timer","value":2},{"metric_name":"j"}]',
+    b'api.hits:1|c\n{"metric_name":"j","metric_type":"gauge","value":3}\n{bad json\n',
+    b"{curly:1|c\n{curly:2|c\n",
+    b"  api.hits:1|c\napi.hits:1|c\n",
+    b"",
+    b"\n",
+]
+
+
+def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> None:
+    intervals = [CORPUS, CORPUS[::-1], CORPUS[:4], []]
+    fast, fast_rejects, pipeline = by_pipeline(BASE, intervals)
+    slow, slow_rejects = by_slow_path(BASE, intervals)
+    assert pipeline.cached_shapes > 10  # the fast path did run
+    assert fast == slow
+    assert fast_rejects == slow_rejects
+    assert fast_rejects["rejected.bad_value"] >= 10  # the odd values were rejected, not summed
+    assert len(fast[3].series) > 0  # gauges carried into the empty interval
+
+
+def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> None:
+    config = {**BASE, "tag_precedence": "client", "timer_exact_samples": 2}
+    payload = b"\n".join(f"db:{i % 17}.{i}|ms|#host:c{i % 3}".encode() for i in range(60))
+    intervals = [[payload, payload], [payload]]
+    fast, fast_rejects, _ = by_pipeline(config, intervals)
+    slow, slow_rejects = by_slow_path(config, intervals)
+    assert fast == slow and fast_rejects == slow_rejects
+    assert {s.tags for s in fast[0].series} == {
+        (("env", "prod"), ("host", f"c{i}")) for i in range(3)}
+
+
+NAMES = st.sampled_from(["a", "b.c", "a,k=v", "{x", " a", "ü"])
+VALUES = st.sampled_from(["1", "-2", "+3", "0.5", ".5", "5.", "1e3", "1E-2", "1_0", " 1", "nan",
+                          "inf", "1e999", "", "x", "1:2", "1:x", "\udcff"])
+TYPES = st.sampled_from(["c", "g", "ms", "h", "d", "s", "q", ""])
+EXTRAS = st.lists(st.sampled_from(["@0.5", "@1", "@0.1", "@0", "@x", "#k:v,j", "#j,k:v",
+                                   "#k:w", "T5", "c:abc", ""]), max_size=3)
+
+
+@st.composite
+def workloads(draw: Any) -> list[list[bytes]]:
+    """Intervals of payloads whose lines reuse a few shapes (name, type, extras) with many
+    values, so that a line served from the cache meets every kind of value."""
+    shapes = draw(st.lists(st.tuples(NAMES, TYPES, EXTRAS), min_size=1, max_size=4))
+    intervals = []
+    for _ in range(draw(st.integers(1, 3))):
+        payloads = []
+        for _ in range(draw(st.integers(0, 6))):
+            lines = []
+            for _ in range(draw(st.integers(1, 6))):
+                name, kind, extras = draw(st.sampled_from(shapes))
+                text = "|".join([f"{name}:{draw(VALUES)}", kind, *extras])
+                lines.append(text.encode("utf-8", "surrogateescape"))
+            payloads.append(b"\n".join(lines))
+        intervals.append(payloads)
+    return intervals
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads())
+def test_fast_path_equals_slow_path_on_generated_lines(intervals: list[list[bytes]]) -> None:
+    fast, fast_rejects, _ = by_pipeline(BASE, intervals)
+    slow, slow_rejects = by_slow_path(BASE, intervals)
+    assert fast == slow
+    assert fast_rejects == slow_rejects
+
+
+def test_counts_received_decoded_and_aggregated_at_swap() -> None:
+    config = build_config({"forwarders": {}, "max_series": 2})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    pipeline.ingest(b"a:1|c\nb:2|g\n")
+    pipeline.ingest(b"a:1|c\nnonsense\n\nc:1|c")  # c is past max_series
+    pipeline.ingest(b'{"metric_name":"a","metric_type":"counter","value":1}')
+    assert "received.datagrams" not in stats.counters  # kept locally until the swap
+    manager.swap()
+    assert stats.take() == {
+        "received.datagrams": 3, "received.lines": 6, "decoded.samples": 5,
+        "aggregated.samples": 4, "rejected.bad_line": 1, "rejected.too_many_series": 1,
+    }
+
+
+def test_bad_lines_cost_only_themselves() -> None:
+    config = build_config({"forwarders": {}})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    for _ in range(2):
+        pipeline.ingest(b"ok:1|c\nok:\xff|c\nok:2|c\n:3|c\nok:nan|c\nok:3|c|@7\nok:4|c")
+    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    assert [(s.name, s.stats["count"]) for s in series] == [("ok", 14.0)]
+    assert sum(v for k, v in stats.counters.items() if k.startswith("rejected.")) == 8
+
+
+def test_max_series_applies_to_cached_lines_in_a_new_interval() -> None:
+    config = build_config({"forwarders": {}, "max_series": 1})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    pipeline.ingest(b"a:1|c\nb:1|c")
+    manager.swap()
+    pipeline.ingest(b"b:1|c\na:1|c\na:1|c")  # both cached; b takes the only slot now
+    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    assert [(s.name, s.stats["count"]) for s in series] == [("b", 1.0)]
+    assert stats.counters["rejected.too_many_series"] == 3
+
+
+def test_cached_timer_lines_fold_into_a_sketch_past_the_limit() -> None:
+    config = build_config({"forwarders": {}, "timer_exact_samples": 50})
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, SelfStats())
+    for start in range(0, 1000, 20):
+        pipeline.ingest(b"\n".join(b"db:%d|ms" % v for v in range(start + 1, start + 21)))
+    assert len(manager._table.series[("db", "timer", ())].values) <= 50
+    stats = manager.snapshot(manager.swap(), 0, 10, "h").series[0].stats
+    assert (stats["count"], stats["sum"], stats["min"], stats["max"]) == (1000, 500500, 1, 1000)
+    assert abs(stats["p90"] - 900) <= 9
+
+
+class RecordingRelay(Forwarder):
+    """A real relay forwarder (queue and thread of the base class) that keeps what it gets."""
+
+    RELAY: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__("recorder", {"queue_size": 100}, ForwarderContext())
+        self.batches: list[list[bytes]] = []
+        self.lock = threading.Lock()
+
+    def send_lines(self, lines: list[bytes]) -> None:
+        with self.lock:
+            self.batches.append(lines)
+
+
+def run_relay(mode: str) -> tuple[list[list[bytes]], list]:
+    config = build_config({"forwarders": {}, "mode": mode})
+    manager = MetricMgr(config)
+    relay = RecordingRelay()
+    relay.start()
+    pipeline = Pipeline(config, manager, SelfStats(), relays=[relay])
+    try:
+        pipeline.ingest(b"a:1|c\nb:2|g\n")
+        pipeline.ingest(b'{"metric_name":"j","metric_type":"counter","value":1}')
+    finally:
+        assert relay.close(5.0) == 0
+    return relay.batches, manager.snapshot(manager.swap(), 0, 10, "h").series
+
+
+def test_aggregate_mode_relays_raw_lines_once_per_payload_and_aggregates() -> None:
+    batches, series = run_relay("aggregate")
+    assert batches == [[b"a:1|c", b"b:2|g"],
+                       [b'{"metric_name":"j","metric_type":"counter","value":1}']]
+    assert [s.name for s in series] == ["a", "b", "j"]
+
+
+def test_relay_mode_only_relays() -> None:
+    batches, series = run_relay("relay")
+    assert len(batches) == 2 and batches[0] == [b"a:1|c", b"b:2|g"]
+    assert series == []
