@@ -19,6 +19,11 @@ venv="$destdir$prefix"
 python=/usr/bin/python3.11   # the package depends on exactly this interpreter (docs/packaging.md)
 wheelhouse=${PYSTATSD_WHEELHOUSE:-$src/build/wheelhouse}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
+# Run Python isolated (-I: no PYTHONPATH, no user site, no current directory on sys.path) and
+# outside the source tree, or pip would take the source tree's pystatsd.egg-info for an
+# installed pystatsd and install nothing.
+unset PYTHONPATH PYTHONHOME
+cd "$(mktemp -d)"
 
 [ -x "$python" ] || { echo "make-venv: $python not found (apt-get install python3.11 python3-venv)" >&2; exit 1; }
 mkdir -p "$wheelhouse"
@@ -27,13 +32,13 @@ rm -rf "$venv"
 
 # 1. Wheels: pystatsd itself (built from SOURCE_DIR) and its install_requires, resolved by pip
 #    from setup.cfg so the dependency list lives in one place.
-"$venv/bin/python" -m pip wheel --quiet --wheel-dir "$wheelhouse" --prefer-binary "$src"
+"$venv/bin/python" -I -m pip wheel --quiet --wheel-dir "$wheelhouse" --prefer-binary "$src"
 
 # 2. Install offline from the wheelhouse only: proves the wheel set is complete.
 version=$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$src/pystatsd/__init__.py")
-"$venv/bin/python" -m pip install --quiet --no-index --find-links "$wheelhouse" --no-compile \
+"$venv/bin/python" -I -m pip install --quiet --no-index --find-links "$wheelhouse" --no-compile \
     "pystatsd==$version"
-"$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools
+"$venv/bin/python" -I -m pip uninstall --quiet --yes pip setuptools
 
 # 3. Relocate: shebangs and pyvenv.cfg name the build path; the activate scripts are for
 #    interactive shells and only add more paths to rewrite, so they are not shipped.
@@ -48,4 +53,6 @@ fi
 #    compiles at start-up and tracebacks show /opt/pystatsd/... paths.
 "$python" -m compileall -q -j0 -s "$destdir" -p / "$venv/lib" >/dev/null
 
-"$venv/bin/python" -c "import pystatsd, forwarders; print('make-venv: pystatsd', pystatsd.__version__)"
+[ -x "$venv/bin/pystatsd" ] || { echo "make-venv: bin/pystatsd was not installed" >&2; exit 1; }
+"$venv/bin/python" -I -c "import pystatsd, forwarders; print('make-venv: pystatsd', pystatsd.__version__)"
+rmdir "$PWD" 2>/dev/null || true
