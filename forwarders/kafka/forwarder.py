@@ -50,6 +50,14 @@ _TRANSIENT = frozenset({
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NETWORK_EXCEPTION,
 })
+# The broker no longer accepts this producer's id/epoch/sequence (seen with Tansu after
+# librdkafka bumps the epoch of an idempotent producer whose messages timed out): resend the
+# messages with a new producer rather than lose them.
+_PRODUCER_STATE_LOST = frozenset({
+    KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PRODUCER_FENCED,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.INVALID_PRODUCER_ID_MAPPING,
+})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PROBLEM_LOG_INTERVAL = 60.0
@@ -450,7 +458,9 @@ class KafkaForwarder(Forwarder):
         old.flush(1.0)
         self._fatal = False
         self._producer = self._new_producer(self._bootstrap)
-        self.log.warning("forwarder %s: producer replaced after a fatal error", self.name)
+        self._problems.report("replaced", f"forwarder {self.name}: the broker no longer accepts "
+                              "the producer's idempotence state; started a new producer and "
+                              "queued its unacknowledged messages again")
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
@@ -458,7 +468,10 @@ class KafkaForwarder(Forwarder):
             return
         code = error.code()
         record = Record(message.topic() or "", message.key(), message.value() or b"")
-        if code in _PURGED or code in _TRANSIENT or error.retriable():
+        if code in _PRODUCER_STATE_LOST:
+            self._fatal = True  # the pump replaces the producer
+        if code in _PURGED or code in _TRANSIENT or code in _PRODUCER_STATE_LOST \
+                or error.retriable():
             if code not in _PURGED:
                 self.counters["retried"] += 1
                 self._problems.report("delivery_transient", f"forwarder {self.name}: delivery "

@@ -136,3 +136,23 @@ def test_a_full_spool_drops_and_counts_what_it_drops(proxied_broker, make_forwar
     assert second.close(5) == 0
     messages = read_topic(broker.bootstrap, topic)
     assert len(messages) == len({m.key for m in messages}) == spooled == 100 - dropped
+
+
+def test_messages_past_their_delivery_timeout_go_back_to_the_spool_and_are_sent_later(
+        proxied_broker, make_forwarder, topic):
+    broker, proxy = proxied_broker
+    forwarder = make_forwarder({"kafka_broker": broker.bootstrap, "kafka_topic": topic,
+                                "format": "json", "delivery_timeout": 1.5})
+    assert forwarder.submit(snapshot(START, counters(1.0, keys=10)))
+    assert wait_for(lambda: forwarder.counters["delivered"] == 10, 10)  # connected, topic known
+    proxy.cut()
+    assert forwarder.submit(snapshot(START + 10, counters(2.0, keys=10)))
+    assert wait_for(lambda: forwarder.counters["retried"] == 10, 10), forwarder.stats()
+    assert forwarder.counters["spooled"] == 10
+    proxy.restore()
+    assert wait_for(lambda: forwarder.counters["delivered"] == 20, 20), forwarder.stats()
+    assert forwarder.close(5) == 0
+    received = by_key(read_topic(broker.bootstrap, topic))
+    assert len(received) == 10
+    for seen in received.values():
+        assert [r["stats"]["count"] for _, r in sorted(seen)] == [1.0, 2.0]
