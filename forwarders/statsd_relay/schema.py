@@ -58,10 +58,12 @@ _GROUP: dict[str, Any] = {
             "type": "boolean", "default": False,
             "description": "false - hash the name as received (lyft). true - hash it after "
             "prefix and suffix (jjneely's -metrics-prefix)."},
-        "filter": {"type": "string", "description": "Regular expression (Python `re`, searched "
-                   "in the name): only matching metrics enter this group."},
-        "blacklist": {"type": "string", "description": "Regular expression: matching metrics "
-                      "are kept out of this group."},
+        "filter": {"type": "string", "format": "regex",
+                   "description": "Regular expression (Python `re`, searched in the name): "
+                   "only matching metrics enter this group."},
+        "blacklist": {"type": "string", "format": "regex",
+                      "description": "Regular expression: matching metrics are kept out of "
+                      "this group."},
         "dead_backend_policy": {
             "enum": ["hold", "reroute"], "default": "hold",
             "description": "hold - a dead backend keeps its metrics queued (dropped and counted "

@@ -111,3 +111,49 @@ def test_reroute_sends_dead_backends_keys_to_next_owner_and_back(
     relay.submit_lines([n + b":3|c" for n in names])
     assert wait_until(lambda: sum(line.endswith(b":3|c") for line in tcp.lines())
                       == len(tcp_names))
+
+
+def test_health_probe_marks_udp_backend_dead_and_back(udp_backends, tcp_backend, make_relay):
+    first, second = udp_backends(2)
+    management = tcp_backend()  # stands for the aggregator's management port (Etsy: 8126)
+    relay = make_relay({
+        "health_check_interval": 0.05, "connect_timeout": 0.5,
+        "groups": [{"name": "main", "dead_backend_policy": "reroute", "backends": [
+            first.spec,
+            {"host": "127.0.0.1", "port": second.port, "health_port": management.port}]}]})
+    router = JumpRouter([0, 1])
+    names = [f"n{i}".encode() for i in range(100)]
+    second_names = {n for n in names if router.owner(n) == 1}
+
+    management.stop()
+    assert wait_until(lambda: relay.stats()["dead_backend_changes"] == 1, timeout=5)
+    relay.submit_lines([n + b":1|c" for n in names])
+    assert wait_until(lambda: len(first.lines()) == len(names))  # all of them, rerouted
+    assert relay.stats()["group.main.rerouted_lines"] == len(second_names)
+    assert second.lines() == []
+
+    management.restart()
+    assert wait_until(lambda: relay.stats()["dead_backend_changes"] == 2, timeout=5)
+    relay.submit_lines([n + b":2|c" for n in names])
+    assert wait_until(lambda: len(second.lines()) == len(second_names))
+    assert {line.split(b":")[0] for line in second.lines()} == second_names
+
+
+def test_closed_udp_port_is_noticed_and_rerouted(udp_backends, make_relay):
+    first, second = udp_backends(2)
+    relay = make_relay({"dead_after": 0.1, "reconnect_backoff_min": 0.02,
+                        "reconnect_backoff_max": 0.05,
+                        "groups": [{"name": "main", "dead_backend_policy": "reroute",
+                                    "backends": [first.spec, second.spec]}]})
+    router = JumpRouter([0, 1])
+    second_name = next(f"n{i}".encode() for i in range(100) if router.owner(f"n{i}".encode()))
+    second.close()  # nobody listens on its port: the kernel answers "port unreachable"
+
+    def dead() -> bool:
+        relay.submit_lines([second_name + b":1|c"])
+        time.sleep(0.01)
+        return relay.stats()["dead_backend_changes"] == 1
+
+    assert wait_until(dead, timeout=5)
+    relay.submit_lines([second_name + b":7|c"])
+    assert wait_until(lambda: second_name + b":7|c" in first.lines())
