@@ -79,10 +79,16 @@ def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
             "@version": "1",
             "@timestamp": legacy_timestamp(snapshot.start),
         }
+        renamed = []
         for key, value in series.tags:
+            if key in LEGACY_RESERVED:
+                renamed.append(("tag_" + key, value))
+            else:
+                event[key] = value
+        for field, value in renamed:
             # A tag named like a reserved field used to overwrite it (the old daemon applied tags
             # last); now it keeps its value under a prefixed name and the reserved field stays.
-            field = "tag_" + key if key in LEGACY_RESERVED else key
+            # A real tag already called tag_<key> keeps that field.
             event.setdefault(field, value)
         return orjson.dumps(event)
 
