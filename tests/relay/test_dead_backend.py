@@ -157,3 +157,18 @@ def test_closed_udp_port_is_noticed_and_rerouted(udp_backends, make_relay):
     assert wait_until(dead, timeout=5)
     relay.submit_lines([second_name + b":7|c"])
     assert wait_until(lambda: second_name + b":7|c" in first.lines())
+
+
+def test_close_reports_lines_it_could_not_deliver(udp_backends, tcp_backend, make_relay):
+    (udp,) = udp_backends(1)
+    tcp = tcp_backend()
+    tcp.stop()  # nobody accepts: every line owned by the TCP backend stays queued
+    relay = make_relay({"groups": [{"backends": [udp.spec, tcp.spec]}]})
+    router = JumpRouter([0, 1])
+    lines = [f"c{i}:1|c".encode() for i in range(200)]
+    relay.submit_lines(lines)
+    assert wait_until(lambda: len(udp.lines()) == sum(
+        1 for line in lines if router.owner(line.split(b":")[0]) == 0))
+    left = relay.close(0.3)
+    assert left == sum(1 for line in lines if router.owner(line.split(b":")[0]) == 1)
+    assert relay.stats()["undelivered_at_close"] == left
