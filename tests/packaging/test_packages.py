@@ -319,7 +319,7 @@ def test_deb_files_user_and_conffile(installed: Installed) -> None:
                  "ExecStart=/usr/bin/pystatsd -c /etc/pystatsd/pystatsd.conf",
                  "ExecReload=/usr/bin/pystatsd --check-config /etc/pystatsd/pystatsd.conf",
                  "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "ReadWritePaths=/var/lib/pystatsd"):
+                 "ProtectSystem=strict", "ReadWritePaths=/var/lib/pystatsd /var/log/pystatsd"):
         assert line in unit.splitlines(), line
     if shutil.which("systemd-analyze"):
         verify = run("systemd-analyze", "verify", "--man=no",
