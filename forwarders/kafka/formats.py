@@ -112,23 +112,36 @@ _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\", "\n"
 _TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\=", "\\": "\\\\", "\n": "\\n"})
 
 
+# Names, tag keys and values and statistic names repeat every flush: escape each once.
+@functools.lru_cache(maxsize=1 << 16)
+def _escape_measurement(text: str) -> str:
+    return text.translate(_MEASUREMENT_ESCAPES)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _escape_tag(text: str) -> str:
+    return text.translate(_TAG_ESCAPES)
+
+
+def _influx_head(name: str, tags: tuple[tuple[str, str], ...]) -> str:
+    return _escape_measurement(name) + "".join(
+        f",{_escape_tag(key)}={_escape_tag(value)}" for key, value in tags
+        if value != ""  # line protocol has no empty tag values
+    )
+
+
 def _influx_encode(series: SeriesStats, snapshot: Snapshot) -> bytes | None:
     # Every field is a float (no `i` suffix) so a field keeps one type across intervals, which
     # InfluxDB requires; NaN and infinities cannot be written, so they are left out.
-    fields = ",".join(
-        f"{key.translate(_TAG_ESCAPES)}={float(value)!r}"
+    fields = ",".join([
+        f"{_escape_tag(key)}={float(value)!r}"
         for key, value in series.stats.items()
         if isinstance(value, int | float) and math.isfinite(value)
-    )
+    ])
     if not fields:
         return None
-    head = series.name.translate(_MEASUREMENT_ESCAPES)
-    for key, value in series.tags:
-        if value == "":
-            continue  # line protocol has no empty tag values
-        head += f",{key.translate(_TAG_ESCAPES)}={value.translate(_TAG_ESCAPES)}"
     nanoseconds = int(round(snapshot.start * 1000)) * 1_000_000
-    return f"{head} {fields} {nanoseconds}".encode()
+    return f"{_influx_head(series.name, series.tags)} {fields} {nanoseconds}".encode()
 
 
 def make_encoder(format_name: str, apikey: str = "", tenant_id: str = "") -> Encoder:
