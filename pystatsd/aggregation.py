@@ -18,6 +18,7 @@ in the manager, not the table, and only :meth:`MetricMgr.snapshot` touches it.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +32,11 @@ from pystatsd.snapshot import SeriesStats, Snapshot
 Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
 """(name, type, tags): what makes two samples the same series."""
+Percentiles = list[tuple[float, str]]
+"""The configured percentiles with their stats keys: [(99.9, "p99_9"), ...]."""
 
-SNAPSHOT_SLICE = 0.002
-SNAPSHOT_PAUSE = 0.001
+SNAPSHOT_SLICE = 0.001
+SNAPSHOT_PAUSE = 0.002
 """A snapshot works at most ``SNAPSHOT_SLICE`` seconds at a time, then sleeps ``SNAPSHOT_PAUSE``.
 It runs on the flusher thread and needs the GIL; the receive thread gives the GIL up at every
 ``recv``, so without pauses it would get the GIL back only once per switch interval (5 ms) and
@@ -49,8 +52,9 @@ class Distribution:
 
     Samples sent at rate 1 go to ``values`` (the list the fast path appends to); samples with a
     sample rate go to ``weighted`` as (value, 1 / rate). When either list passes
-    ``exact_limit`` samples both are folded into a DDSketch, and exact count, sum, min, max, mean and variance are kept
-    beside it, so only the percentiles become approximate."""
+    ``exact_limit`` samples both are folded into a DDSketch, and exact count, sum, min, max,
+    mean and variance are kept beside it, so only the median and percentiles become
+    approximate."""
 
     __slots__ = ("values", "weighted", "sketch", "count", "total", "low", "high", "mean", "m2")
 
@@ -108,7 +112,7 @@ class Distribution:
         self.values.clear()  # in place: the fast path holds this very list
         self.weighted.clear()
 
-    def stats(self, percentiles: list[float], accuracy: float) -> dict[str, float]:
+    def stats(self, percentiles: Percentiles, accuracy: float) -> dict[str, float]:
         """The interval's count, sum, min, max, mean, median, stddev and percentiles."""
         if self.sketch is not None:
             self.fold(accuracy)
@@ -117,7 +121,7 @@ class Distribution:
             return _unit_stats(sorted(self.values), percentiles)
         return _weighted_stats(_pairs(self.values, self.weighted), percentiles)
 
-    def _sketch_stats(self, percentiles: list[float]) -> dict[str, float]:
+    def _sketch_stats(self, percentiles: Percentiles) -> dict[str, float]:
         assert self.sketch is not None
 
         sketch = self.sketch
@@ -137,8 +141,8 @@ class Distribution:
             "median": quantile(0.5),
             "stddev": math.sqrt(max(self.m2, 0.0) / self.count),
         }
-        for pct in percentiles:
-            stats[percentile_key(pct)] = quantile(pct / 100.0)
+        for pct, key in percentiles:
+            stats[key] = quantile(pct / 100.0)
         return stats
 
     def release(self) -> None:
@@ -155,13 +159,14 @@ def _pairs(values: list[float], weighted: list[tuple[float, float]]) -> list[tup
     return pairs
 
 
-def _unit_stats(ordered: list[float], percentiles: list[float]) -> dict[str, float]:
+def _unit_stats(ordered: list[float], percentiles: Percentiles) -> dict[str, float]:
     """Stats of samples all sent at rate 1 (the usual case): plain nearest-rank percentiles."""
     count = len(ordered)
     total = math.fsum(ordered)
     mean = total / count
     middle = count // 2
     median = ordered[middle] if count % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    deviations = [v - mean for v in ordered]
     stats = {
         "count": float(count),
         "sum": total,
@@ -169,15 +174,15 @@ def _unit_stats(ordered: list[float], percentiles: list[float]) -> dict[str, flo
         "max": ordered[-1],
         "mean": mean,
         "median": median,
-        "stddev": math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / count),
+        "stddev": math.sqrt(math.fsum(map(operator.mul, deviations, deviations)) / count),
     }
-    for pct in percentiles:
+    for pct, key in percentiles:
         rank = max(1, math.ceil(pct * count / 100.0 - _RANK_EPSILON))
-        stats[percentile_key(pct)] = ordered[min(rank, count) - 1]
+        stats[key] = ordered[min(rank, count) - 1]
     return stats
 
 
-def _weighted_stats(pairs: list[tuple[float, float]], percentiles: list[float]) -> dict[str, float]:
+def _weighted_stats(pairs: list[tuple[float, float]], percentiles: Percentiles) -> dict[str, float]:
     """Stats of samples with sample rates: each counts 1 / rate times. With all weights 1 this
     gives exactly :func:`_unit_stats`."""
     count = math.fsum(w for _, w in pairs)
@@ -192,8 +197,8 @@ def _weighted_stats(pairs: list[tuple[float, float]], percentiles: list[float]) 
         "median": _weighted_median(pairs, count),
         "stddev": math.sqrt(math.fsum(w * (v - mean) ** 2 for v, w in pairs) / count),
     }
-    for pct in percentiles:
-        stats[percentile_key(pct)] = _weighted_rank(pairs, pct * count / 100.0)
+    for pct, key in percentiles:
+        stats[key] = _weighted_rank(pairs, pct * count / 100.0)
     return stats
 
 
@@ -226,6 +231,10 @@ def percentile_key(pct: float) -> str:
     if float(pct).is_integer():
         return f"p{int(pct)}"
     return "p" + repr(float(pct)).replace(".", "_")
+
+
+def _series_order(series: SeriesStats) -> SeriesKey:
+    return (series.name, series.type, series.tags)
 
 
 class IntervalTable:
@@ -278,7 +287,8 @@ class MetricMgr:
 
     def reconfigure(self, config: Config) -> None:
         """Take new limits after a reload; current aggregates and carried state are kept."""
-        self.percentiles: list[float] = [float(p) for p in config["percentiles"]]
+        self.percentiles: Percentiles = [(float(p), percentile_key(p)) for p in
+                                         config["percentiles"]]
         self.exact_limit: int = config["timer_exact_samples"]
         self.accuracy: float = config["sketch_relative_accuracy"]
         self.idle_expiry: int = config["idle_expiry_intervals"]
@@ -403,5 +413,5 @@ class MetricMgr:
                     out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
         if not self.trace_cumulative:
             traces.clear()
-        out.sort(key=lambda s: (s.name, s.type, s.tags))
+        out.sort(key=_series_order)
         return Snapshot(start, interval, host, out)

@@ -57,6 +57,7 @@ class Pipeline:
         # and published into ``stats`` just before each swap.
         self._datagrams = 0
         self._lines = 0
+        self._hits = 0  # lines the fast path took: each one sample decoded and aggregated
         self._decoded = 0
         self._aggregated = 0
         self._cache: dict[bytes, dict[bytes, list[Any]]] = {}
@@ -68,6 +69,7 @@ class Pipeline:
         whose entries hold series keys with the old agent tags."""
         self._tagger = Tagger(config["agent"].get("tags", {}), config["tag_precedence"])
         self._relay_only = config["mode"] == "relay"
+        self._relaying = self._relay_only or bool(self._relays)
         self._manager.reconfigure(config)
         self._cache = {}
         self._cache_size = 0
@@ -82,26 +84,16 @@ class Pipeline:
         stats = self._stats
         for name, amount in (("received.datagrams", self._datagrams),
                              ("received.lines", self._lines),
-                             ("decoded.samples", self._decoded),
-                             ("aggregated.samples", self._aggregated)):
+                             ("decoded.samples", self._decoded + self._hits),
+                             ("aggregated.samples", self._aggregated + self._hits)):
             if amount:
                 stats.incr(name, amount)
-        self._datagrams = self._lines = self._decoded = self._aggregated = 0
+        self._datagrams = self._lines = self._hits = self._decoded = self._aggregated = 0
 
     def ingest(self, payload: bytes) -> None:
         """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``."""
         self._datagrams += 1
-        if self._relays:
-            lines = payload.split(b"\n")
-            if not lines[-1]:
-                lines.pop()
-            for relay in self._relays:
-                relay.submit_lines(lines)
-            if self._relay_only:
-                self._lines += len(lines)
-                return
-        elif self._relay_only:
-            self._lines += payload.count(b"\n") + (payload[-1:] != b"\n")
+        if self._relaying and self._relay(payload):
             return
         if payload[:1] in _SLOW_START:
             self._ingest_decoded(payload)
@@ -135,21 +127,23 @@ class Pipeline:
                     slow(line)
                     continue
             else:
-                if value.isdigit():
+                if value.isdigit():  # the usual integer: nothing more to check
                     if len(value) > 300:  # float() would overflow to inf: let the decoder say so
                         slow(line)
                         continue
-                elif value.translate(None, _NUMBER_BYTES):
-                    slow(line)
-                    continue
-                try:
                     number = float(value)
-                except ValueError:
-                    slow(line)
-                    continue
-                if number - number != 0.0:  # inf or nan, from an exponent
-                    slow(line)
-                    continue
+                else:
+                    if value.translate(None, _NUMBER_BYTES):
+                        slow(line)
+                        continue
+                    try:
+                        number = float(value)
+                    except ValueError:
+                        slow(line)
+                        continue
+                    if number - number != 0.0:  # inf or nan, from an exponent
+                        slow(line)
+                        continue
             if bound_epoch != epoch:
                 cell = manager.cell(key)
                 if cell is None:  # too many series: counted by the manager
@@ -176,8 +170,19 @@ class Pipeline:
             else:
                 manager.update(key[1], cell, number, weight, False)
             hits += 1
-        self._decoded += hits
-        self._aggregated += hits
+        self._hits += hits
+
+    def _relay(self, payload: bytes) -> bool:
+        """Hand the payload's lines to every relay forwarder, split once; True in relay mode,
+        where nothing else is done with them."""
+        lines = payload.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        for relay in self._relays:
+            relay.submit_lines(lines)
+        if self._relay_only:
+            self._lines += len(lines)
+        return self._relay_only
 
     # -- the slow path: the decoders' rules, then the tagger and MetricMgr.add ----------------
     def _ingest_decoded(self, payload: bytes) -> None:
