@@ -6,6 +6,8 @@ from typing import Any
 
 __all__ = ["CONFIG_SCHEMA"]
 
+_BACKEND_STRING = r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):[0-9]{1,5}(:(udp|tcp|UDP|TCP))?$"
+
 _BACKEND_OBJECT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -45,7 +47,8 @@ _GROUP: dict[str, Any] = {
             "description": "Slots of the hash, in order. A string is `host:port` or "
             "`host:port:udp|tcp` (`[v6addr]:port` for IPv6). The same backend listed again is "
             "one destination with more slots (more weight).",
-            "items": {"oneOf": [{"type": "string", "minLength": 3}, _BACKEND_OBJECT]},
+            "items": {"oneOf": [{"type": "string", "pattern": _BACKEND_STRING},
+                                _BACKEND_OBJECT]},
         },
         "prefix": {"type": "string", "default": "",
                    "description": "Prepended to the metric name as is (no dot added)."},
