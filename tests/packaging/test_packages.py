@@ -233,6 +233,24 @@ def test_rpm_files(built: Built) -> None:
     assert ".so" not in provides  # the bundled libraries are private
 
 
+def test_rpm_payload_runs(built: Built, tmp_path: Path) -> None:
+    # Unpacked (not installed: no RPM distribution here), the RPM's venv runs on this host's
+    # /usr/bin/python3.11 and validates the config it ships.
+    unpack = subprocess.Popen(["rpm2cpio", str(built.rpm)], stdout=subprocess.PIPE)
+    try:
+        subprocess.run(["cpio", "-idm", "--quiet"], stdin=unpack.stdout, cwd=tmp_path,
+                       check=True, timeout=120)
+    finally:
+        unpack.stdout.close()  # type: ignore[union-attr]
+        assert unpack.wait(timeout=30) == 0
+    python = tmp_path / "opt/pystatsd/bin/python"
+    checked = run(str(python), "-I", "-m", "pystatsd", "--check-config",
+                  str(tmp_path / "etc/pystatsd/pystatsd.conf"))
+    assert "ok" in checked.stdout
+    assert (tmp_path / "opt/pystatsd/bin/pystatsd").read_text().startswith(
+        "#!/opt/pystatsd/bin/python\n")
+
+
 def test_rpm_scripts(built: Built) -> None:
     scripts = run("rpm", "-qp", "--scripts", str(built.rpm)).stdout
     sections = dict(re.findall(r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)",
