@@ -24,8 +24,8 @@ ensure_debs() {
     [ "$(id -u)" = 0 ] || { echo "build: need root to install: ${missing[*]}" >&2; return 1; }
     echo "build: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=120 update -qq >/dev/null
+    apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # Copy the source tree as git sees it (tracked + untracked-but-not-ignored files), so a build

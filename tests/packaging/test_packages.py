@@ -55,6 +55,22 @@ def run(*args: str, timeout: float = 120, check: bool = True,
     return proc
 
 
+def dpkg(*args: str, check: bool = True, offline: bool = False) -> subprocess.CompletedProcess[str]:
+    """dpkg (in a network namespace with no interface up if `offline`), waiting up to a minute
+    for a concurrent apt/dpkg to release its lock."""
+    command = ("unshare", "--net", "dpkg", *args) if offline else ("dpkg", *args)
+    deadline = time.monotonic() + 60
+    while True:
+        result = run(*command, check=False, env={"DEBIAN_FRONTEND": "noninteractive"})
+        if "lock" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} -> {result.returncode}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
 def free_port() -> int:
     """A port free for UDP and TCP on 127.0.0.1 (the daemon binds both)."""
     for _ in range(50):
@@ -289,15 +305,14 @@ def installed(built: Built) -> Iterator[Installed]:
         # so nothing binds the default port; the later tests allow them.
         set_policy(allow=False)
         offline = run("unshare", "--net", "true", check=False).returncode == 0
-        prefix = ("unshare", "--net") if offline else ()
-        run(*prefix, "dpkg", "-i", str(built.deb), env={"DEBIAN_FRONTEND": "noninteractive"})
+        dpkg("-i", str(built.deb), offline=offline)
         yield Installed(deb=built.deb, offline=offline)
     finally:
         set_policy(allow=True)
         pid = service_pid() if Path("/etc/init.d/pystatsd").exists() else None
         if pid is not None:
             service("stop", check=False)
-        run("dpkg", "--purge", "pystatsd", check=False)
+        dpkg("--purge", "pystatsd", check=False)
         if saved_policy is None:
             POLICY_RC_D.unlink(missing_ok=True)
         else:
@@ -452,13 +467,13 @@ def test_upgrade_restarts_only_a_running_service(installed: Installed) -> None:
         wait_for(lambda: service_pid() is not None, 20, "service pystatsd start")
         before = service_pid()
 
-        run("dpkg", "-i", str(installed.deb), env={"DEBIAN_FRONTEND": "noninteractive"})
+        dpkg("-i", str(installed.deb))
         after = service_pid()
         assert after is not None and after != before  # running -> restarted
         assert CONFIG.read_text() == local_config  # the conffile survived the upgrade
 
         service("stop")
-        run("dpkg", "-i", str(installed.deb), env={"DEBIAN_FRONTEND": "noninteractive"})
+        dpkg("-i", str(installed.deb))
         assert service_pid() is None  # stopped -> stays stopped
     finally:
         if service_pid() is not None:
@@ -474,11 +489,11 @@ def test_remove_stops_and_purge_cleans_up(installed: Installed) -> None:
     wait_for(lambda: service_pid() is not None, 20, "service pystatsd start")
     pid = service_pid()
 
-    run("dpkg", "--remove", "pystatsd")
+    dpkg("--remove", "pystatsd")
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "remove to stop the service")
     assert not Path("/opt/pystatsd").exists() and not Path("/usr/bin/pystatsd").exists()
     assert CONFIG.exists()  # remove keeps configuration
 
-    run("dpkg", "--purge", "pystatsd")
+    dpkg("--purge", "pystatsd")
     for gone in ("/etc/pystatsd", "/var/lib/pystatsd", "/var/log/pystatsd"):
         assert not Path(gone).exists(), gone
