@@ -14,12 +14,20 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["EmbeddedBroker", "EmbeddedBrokerUnavailable", "broker_binary", "free_port"]
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedBrokerUnavailable",
+    "acquire_shared_broker",
+    "broker_binary",
+    "free_port",
+    "release_shared_broker",
+]
 
 
 class EmbeddedBrokerUnavailable(RuntimeError):
@@ -149,3 +157,37 @@ class EmbeddedBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# Brokers shared by listen address within this process. Module state, against the project's
+# habit, because a port is process-wide too: during a config reload the new Kafka forwarder
+# starts before the old one closes, and both want the broker on the same port. Sharing it also
+# keeps its (memory-only) topics across the reload.
+_shared_brokers: dict[tuple[str, int], tuple[EmbeddedBroker, int]] = {}
+_shared_brokers_lock = threading.Lock()
+
+
+def acquire_shared_broker(host: str, port: int) -> EmbeddedBroker:
+    """The started broker listening on ``host:port`` in this process, or a new one started
+    there. Every call needs a :func:`release_shared_broker`."""
+    with _shared_brokers_lock:
+        key = (host, port)
+        if key in _shared_brokers:
+            broker, users = _shared_brokers[key]
+        else:
+            broker, users = EmbeddedBroker(host, port), 0
+            broker.start()
+        _shared_brokers[key] = (broker, users + 1)
+        return broker
+
+
+def release_shared_broker(broker: EmbeddedBroker) -> None:
+    """One user is done with ``broker``; the last one stops it."""
+    with _shared_brokers_lock:
+        key = (broker.host, broker.port)
+        _, users = _shared_brokers.get(key, (broker, 1))
+        if users > 1:
+            _shared_brokers[key] = (broker, users - 1)
+            return
+        _shared_brokers.pop(key, None)
+    broker.stop()

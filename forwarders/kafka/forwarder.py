@@ -33,10 +33,12 @@ from forwarders.base import Forwarder, ForwarderContext
 from forwarders.kafka.embedded_broker import (
     EmbeddedBroker,
     EmbeddedBrokerUnavailable,
+    acquire_shared_broker,
     broker_binary,
+    release_shared_broker,
 )
 from forwarders.kafka.formats import FORMATS, make_encoder
-from forwarders.kafka.spool import Record, Spool
+from forwarders.kafka.spool import Record, Spool, open_spool, release_spool
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = ["KafkaConfigError", "KafkaForwarder"]
@@ -234,7 +236,7 @@ class KafkaForwarder(Forwarder):
         self._drain_window = max(1, min(10_000, int(config.get("memory_queue_messages",
                                                                200_000)) // 2))
         self._problems = _ProblemLog(self.log)
-        self._lock = threading.Lock()  # one producer of messages at a time keeps them in order
+        self._lock = threading.RLock()  # one producer of messages at a time keeps them in order
         self._stopping = threading.Event()
         self._producer: Producer | None = None
         self._spool: Spool | None = None
@@ -274,17 +276,24 @@ class KafkaForwarder(Forwarder):
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         try:
-            self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+            self._spool = open_spool(self._spool_dir, self._spool_max_bytes)
         except OSError as exc:
             raise KafkaConfigError(f"forwarders.{self.name}.spool_dir: cannot use "
                                    f"{self._spool_dir}: {exc.strerror or exc} (set spool_dir "
                                    "or state_dir to a writable directory)") from exc
+        # Another instance over the same spool (the old one, during a reload) takes turns with
+        # this one on this lock, so no message is taken from the spool twice.
+        self._lock = self._spool.lock
         bootstrap = self.config.get("kafka_broker")
         if not bootstrap:
             host, _, port = str(self.config.get("embedded_broker_listen",
                                                 "127.0.0.1:9092")).rpartition(":")
-            self._embedded = EmbeddedBroker(host or "127.0.0.1", int(port))
-            bootstrap = self._embedded.start()
+            try:
+                self._embedded = acquire_shared_broker(host or "127.0.0.1", int(port))
+            except Exception:
+                release_spool(self._spool)
+                raise
+            bootstrap = self._embedded.bootstrap
             self.log.warning("forwarder %s: no kafka_broker configured; started an embedded "
                              "memory-only Tansu broker listening on %s", self.name, bootstrap)
         self._bootstrap = bootstrap
@@ -292,7 +301,8 @@ class KafkaForwarder(Forwarder):
             self._producer = self._new_producer(bootstrap)
         except Exception:
             if self._embedded is not None:
-                self._embedded.stop()
+                release_shared_broker(self._embedded)
+            release_spool(self._spool)
             raise
         if self._spool:
             self.log.info("forwarder %s: %d bytes spooled in %s from before; sending them first",
@@ -330,20 +340,23 @@ class KafkaForwarder(Forwarder):
         with self._lock:
             if self._spool is not None:
                 lost += self._move_requeued_to_spool()
-                self._spool.close()
+        if self._spool is not None:
+            release_spool(self._spool)
         spooled = self.counters["spooled"] - spooled_before
         if spooled:
             self.log.warning("forwarder %s: %d messages undelivered at shutdown were spooled to "
                              "%s; the next start sends them", self.name, spooled,
                              self._spool_dir)
         if self._embedded is not None:
-            self._embedded.stop()
+            release_shared_broker(self._embedded)
         return lost
 
     def _drain_spool_while_delivering(self, until: float) -> None:
         """At shutdown, keep sending the spool while the broker acknowledges (what is left
         stays spooled for the next start); stop after a second without progress."""
-        assert self._producer is not None
+        assert self._producer is not None and self._spool is not None
+        if self._spool.shared:
+            return
         last_progress, delivered = time.monotonic(), self.counters["delivered"]
         while time.monotonic() < until and time.monotonic() - last_progress < 1.0:
             with self._lock:
@@ -374,8 +387,10 @@ class KafkaForwarder(Forwarder):
         records = self._records(snapshot)
         with self._lock:
             assert self._spool is not None
-            if self._spool:
-                self._to_spool(records)  # older messages wait there: keep the order
+            if self._spool or self._spool.shared:
+                # Older messages wait in the spool, or in the producer of the instance this one
+                # replaces (a reload): queue behind them to keep each series in order.
+                self._to_spool(records)
                 return
             for index, record in enumerate(records):
                 if not self._produce(record):
@@ -436,6 +451,8 @@ class KafkaForwarder(Forwarder):
 
     def _drain_spool(self) -> None:
         assert self._spool is not None and self._producer is not None
+        if self._spool.shared:
+            return  # until the other instance has put back what it holds (see send)
         budget = self._drain_window - len(self._producer)
         while budget > 0:
             record = self._spool.peek()

@@ -11,7 +11,11 @@ The spool is not a write-ahead log: records are written when they spill, not bef
 produced, and files are flushed (not fsynced) per append; :meth:`close` fsyncs. A process
 killed with SIGKILL loses what was only in memory, exactly as it would without a spool.
 
-Not thread-safe: the Kafka forwarder calls it under its own lock.
+Use :func:`open_spool`/:func:`release_spool` rather than the constructor: during a config
+reload the daemon starts the new forwarder before it closes the old one, and both must then
+share one ``Spool`` object (one sequence of segment numbers, one lock) instead of two writing
+to the same files. Callers hold ``spool.lock`` around each use (the Kafka forwarder uses it as
+its own lock, so two instances over one spool take turns).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-__all__ = ["Record", "Spool"]
+__all__ = ["Record", "Spool", "open_spool", "release_spool"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class Spool:
     already spooled."""
 
     def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = 4 << 20) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -96,6 +101,13 @@ class Spool:
         self._tail: BinaryIO | None = None
         self._tail_sequence: int | None = None
         self._tail_size = 0
+        self.lock = threading.RLock()
+        self.users = 1  # forwarders using this spool (see open_spool)
+
+    @property
+    def shared(self) -> bool:
+        """True while two forwarder instances use this spool (a reload's overlap)."""
+        return self.users > 1
 
     def _path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:016d}{_SUFFIX}"
@@ -223,3 +235,37 @@ class Spool:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
+
+
+# The process-wide table of open spools. Module state, against the project's habit, because
+# what it mirrors is process-wide too: a directory can only be written by one Spool at a time.
+_open_spools: dict[Path, tuple[Spool, int]] = {}
+_open_spools_lock = threading.Lock()
+
+
+def open_spool(directory: Path, max_bytes: int) -> Spool:
+    """The spool of ``directory``: the one already open in this process (its bound updated to
+    ``max_bytes``), or a new one. Every call needs a :func:`release_spool`."""
+    key = Path(directory).resolve()
+    with _open_spools_lock:
+        if key in _open_spools:
+            spool, users = _open_spools[key]
+            spool.max_bytes = max_bytes
+        else:
+            spool, users = Spool(key, max_bytes), 0
+        _open_spools[key] = (spool, users + 1)
+        spool.users = users + 1
+        return spool
+
+
+def release_spool(spool: Spool) -> None:
+    """One user is done with ``spool``; the last one closes it."""
+    with _open_spools_lock:
+        _, users = _open_spools.get(spool.directory, (spool, 1))
+        if users > 1:
+            _open_spools[spool.directory] = (spool, users - 1)
+            spool.users = users - 1
+            return
+        _open_spools.pop(spool.directory, None)
+    with spool.lock:
+        spool.close()

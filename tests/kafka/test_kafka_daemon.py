@@ -81,3 +81,19 @@ def test_without_kafka_broker_the_daemon_runs_an_embedded_broker(start_daemon, t
             break
     assert daemon.stop() == 0
     assert deadline_messages[0].value.startswith(b"e2e.hits,env=demo count=5.0,rate=")
+
+
+def test_forwarders_without_kafka_broker_share_the_embedded_broker(make_forwarder, topic):
+    from kafka_helpers import snapshot
+
+    from forwarders.kafka.embedded_broker import free_port
+    from pystatsd.snapshot import SeriesStats
+
+    listen = f"127.0.0.1:{free_port()}"
+    section = {"kafka_topic": topic, "embedded_broker_listen": listen}
+    first = make_forwarder(section)  # as the old instance during a reload
+    second = make_forwarder(section)  # the new one: same port, no second broker
+    assert first.close(2) == 0  # the broker stays up for the other user
+    assert second.submit(snapshot(1_700_000_000.0, [SeriesStats("s", "set", (), {"count": 1.0})]))
+    assert read_topic(listen, topic, timeout=10)[0].key == b"s"
+    assert second.close(2) == 0

@@ -156,3 +156,28 @@ def test_messages_past_their_delivery_timeout_go_back_to_the_spool_and_are_sent_
     assert len(received) == 10
     for seen in received.values():
         assert [r["stats"]["count"] for _, r in sorted(seen)] == [1.0, 2.0]
+
+
+def test_a_reload_hands_the_spool_from_the_old_instance_to_the_new(proxied_broker,
+                                                                   make_forwarder, topic):
+    """The daemon's reload starts the new forwarder before closing the old one: both share
+    the spool, and what the old one held ends up sent by the new one, once."""
+    broker, proxy = proxied_broker
+    proxy.cut()
+    section = {"kafka_broker": broker.bootstrap, "kafka_topic": topic, "format": "json",
+               "memory_queue_messages": 20}
+    old = make_forwarder(section)
+    assert old.submit(snapshot(START, counters(1.0, keys=30)))  # 20 in memory, 10 spooled
+    assert wait_for(lambda: old.counters["spooled"] == 10, 5)
+    new = make_forwarder(section)
+    # while the old one still holds messages, the new one queues behind them in the spool
+    assert new.submit(snapshot(START + 10, counters(2.0, keys=30)))
+    assert wait_for(lambda: new.counters["spooled"] == 30, 5)
+    assert old.close(1) == 0  # its 20 go to the front of the shared spool
+    proxy.restore()
+    assert wait_for(lambda: new.counters["delivered"] == 60, 20), new.stats()
+    assert new.close(5) == 0
+    received = by_key(read_topic(broker.bootstrap, topic))
+    assert len(received) == 30
+    for seen in received.values():
+        assert [r["stats"]["count"] for _, r in sorted(seen)] == [1.0, 2.0]
