@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import random
 import sys
@@ -90,6 +91,10 @@ def main() -> None:
     label = "slow path, " if args.slow else ""
     print(f"{label}{args.lines} lines/payload: {lines / best:,.0f} lines/s, "
           f"{len(payloads) / best:,.0f} payloads/s, {best / lines * 1e9:.0f} ns/line")
+    with open("/proc/self/statm") as statm:
+        rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    print(f"RSS {rss:.1f} MB with {manager.series_count()} series holding {3 * lines:,} samples"
+          f" (and {len(payloads) * len(payloads[0]) / 1e6:.0f} MB of test payloads)")
     table = manager.swap()
     began = time.perf_counter()
     snapshot = manager.snapshot(table, 0.0, 10.0, "bench")
