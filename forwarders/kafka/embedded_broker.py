@@ -167,9 +167,9 @@ _shared_brokers: dict[tuple[str, int], tuple[EmbeddedBroker, int]] = {}
 _shared_brokers_lock = threading.Lock()
 
 
-def acquire_shared_broker(host: str, port: int) -> EmbeddedBroker:
+def acquire_shared_broker(host: str, port: int) -> tuple[EmbeddedBroker, bool]:
     """The started broker listening on ``host:port`` in this process, or a new one started
-    there. Every call needs a :func:`release_shared_broker`."""
+    there; and whether it is new. Every call needs a :func:`release_shared_broker`."""
     with _shared_brokers_lock:
         key = (host, port)
         if key in _shared_brokers:
@@ -178,7 +178,7 @@ def acquire_shared_broker(host: str, port: int) -> EmbeddedBroker:
             broker, users = EmbeddedBroker(host, port), 0
             broker.start()
         _shared_brokers[key] = (broker, users + 1)
-        return broker
+        return broker, users == 0
 
 
 def release_shared_broker(broker: EmbeddedBroker) -> None:

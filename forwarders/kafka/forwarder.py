@@ -289,13 +289,15 @@ class KafkaForwarder(Forwarder):
             host, _, port = str(self.config.get("embedded_broker_listen",
                                                 "127.0.0.1:9092")).rpartition(":")
             try:
-                self._embedded = acquire_shared_broker(host or "127.0.0.1", int(port))
+                self._embedded, new = acquire_shared_broker(host or "127.0.0.1", int(port))
             except Exception:
                 release_spool(self._spool)
                 raise
             bootstrap = self._embedded.bootstrap
-            self.log.warning("forwarder %s: no kafka_broker configured; started an embedded "
-                             "memory-only Tansu broker listening on %s", self.name, bootstrap)
+            if new:  # a reload reuses the running one, silently
+                self.log.warning("forwarder %s: no kafka_broker configured; started an "
+                                 "embedded memory-only Tansu broker listening on %s",
+                                 self.name, bootstrap)
         self._bootstrap = bootstrap
         try:
             self._producer = self._new_producer(bootstrap)

@@ -97,3 +97,29 @@ def test_forwarders_without_kafka_broker_share_the_embedded_broker(make_forwarde
     assert second.submit(snapshot(1_700_000_000.0, [SeriesStats("s", "set", (), {"count": 1.0})]))
     assert read_topic(listen, topic, timeout=10)[0].key == b"s"
     assert second.close(2) == 0
+
+
+def test_a_reload_keeps_the_embedded_broker_and_loses_nothing(start_daemon, topic):
+    import signal
+    import time
+
+    from forwarders.kafka.embedded_broker import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    daemon = start_daemon(daemon_config({"kafka_topic": topic, "format": "json",
+                                         "embedded_broker_listen": listen}))
+    daemon.send_udp(b"e2e.hits:1|c|#env:reload")
+    time.sleep(1.2)  # let a flush take it
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    daemon.send_udp(b"e2e.hits:2|c|#env:reload")
+    total = 0.0
+    for _ in range(20):
+        messages = read_topic(listen, topic, timeout=3, idle=0.5)
+        total = sum(orjson.loads(m.value)["stats"]["count"] for m in messages
+                    if m.key == b"e2e.hits,env=reload")
+        if total == 3:
+            break
+    assert daemon.stop() == 0, "".join(daemon.stderr)
+    assert total == 3
+    assert "".join(daemon.stderr).count("started an embedded") == 1
