@@ -148,11 +148,17 @@ def run_ladder(lines_per_datagram: int, seconds: float, use_daemon: bool) -> lis
         while not port_value.value:
             time.sleep(0.01)
         relay_port = port_value.value
+    def relay_cpu() -> float:
+        if daemon is None:
+            return float(cpu.value)
+        fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     results = []
     try:
         for rate in LADDERS[lines_per_datagram]:
             before = sum(c.value for c in counts)
-            cpu_before = cpu.value
+            cpu_before = relay_cpu()
             out = subprocess.run(
                 [str(BLAST), "127.0.0.1", str(relay_port), str(rate), str(seconds),
                  str(lines_per_datagram), str(NAMES)],
@@ -161,12 +167,14 @@ def run_ladder(lines_per_datagram: int, seconds: float, use_daemon: bool) -> lis
             time.sleep(0.6)
             received = sum(c.value for c in counts) - before
             loss = 1 - received / sent if sent else 1.0
+            used = relay_cpu() - cpu_before
             step = {"offered_datagrams_per_s": rate, "lines_per_s": sent / seconds,
-                    "loss": loss, "relay_cpu_s": cpu.value - cpu_before}
+                    "loss": loss, "relay_cpu_s": used,
+                    "lines_per_cpu_s": sent / used if used else 0.0}
             results.append(step)
             print(f"  {lines_per_datagram:>2} lines/dgram  offered {rate:>7,} dgrams/s = "
-                  f"{sent / seconds:>10,.0f} lines/s  loss {loss:7.3%}"
-                  + ("" if use_daemon else f"  relay cpu {step['relay_cpu_s'] / seconds:.0%}"),
+                  f"{sent / seconds:>10,.0f} lines/s  loss {loss:7.3%}  relay cpu "
+                  f"{used / seconds:4.0%} ({step['lines_per_cpu_s']:,.0f} lines per cpu-s)",
                   flush=True)
             if loss >= MAX_LOSS:
                 break
@@ -206,7 +214,10 @@ def main() -> None:
             print(f"  {lines:>2} lines/dgram: none of the offered rates")
         else:
             print(f"  {lines:>2} lines/dgram: {best['lines_per_s']:,.0f} lines/s "
-                  f"({best['lines_per_s'] / lines:,.0f} datagrams/s), loss {best['loss']:.3%}")
+                  f"({best['lines_per_s'] / lines:,.0f} datagrams/s), loss {best['loss']:.3%}, "
+                  f"relay cpu {best['relay_cpu_s'] / seconds:.0%} of one core")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other processes on the machine "
+          "skew the figures: the relay loses datagrams when it does not get the CPU in time)")
 
 
 if __name__ == "__main__":
