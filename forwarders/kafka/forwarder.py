@@ -339,6 +339,7 @@ class KafkaForwarder(Forwarder):
                 until = time.monotonic() + max(0.2, reserve)
                 while len(self._producer) and time.monotonic() < until:
                     self._producer.poll(0.05)
+                lost += len(self._producer)  # no report even for the purge: cannot be spooled
         with self._lock:
             if self._spool is not None:
                 lost += self._move_requeued_to_spool()
