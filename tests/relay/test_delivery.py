@@ -121,3 +121,21 @@ def test_json_lines_rejected_when_configured(udp_backends, make_relay):
     relay.submit_lines([b'{"metric_name":"a","metric_type":"counter","value":1}', b"b:1|c"])
     assert wait_until(lambda: backend.lines() == [b"b:1|c"])
     assert relay.stats()["not_relayable"] == 1
+
+
+def test_debug_mode_logs_each_line_with_its_owner_instead_of_sending(udp_backends, caplog):
+    from forwarders.base import ForwarderContext
+    from forwarders.statsd_relay import StatsdRelayForwarder
+
+    (backend,) = udp_backends(1)
+    relay = StatsdRelayForwarder("relay", {"groups": [{"backends": [backend.spec]}]},
+                                 ForwarderContext(debug_mode=True))
+    relay.start()
+    try:
+        with caplog.at_level("INFO", logger="pystatsd.forwarders.relay"):
+            relay.submit_lines([b"dbg.metric:1|c"])
+            assert wait_until(lambda: "dbg.metric:1|c" in caplog.text)
+    finally:
+        relay.close(1.0)
+    assert f"not sent to {backend.spec}" in caplog.text
+    assert backend.datagrams == []
