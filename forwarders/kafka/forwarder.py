@@ -292,6 +292,7 @@ class KafkaForwarder(Forwarder):
                 self._embedded, new = acquire_shared_broker(host or "127.0.0.1", int(port))
             except Exception:
                 release_spool(self._spool)
+                self._spool = None
                 raise
             bootstrap = self._embedded.bootstrap
             if new:  # a reload reuses the running one, silently
@@ -304,7 +305,9 @@ class KafkaForwarder(Forwarder):
         except Exception:
             if self._embedded is not None:
                 release_shared_broker(self._embedded)
+                self._embedded = None
             release_spool(self._spool)
+            self._spool = None
             raise
         if self._spool:
             self.log.info("forwarder %s: %d bytes spooled in %s from before; sending them first",

@@ -123,3 +123,14 @@ def test_a_reload_keeps_the_embedded_broker_and_loses_nothing(start_daemon, topi
     assert daemon.stop() == 0, "".join(daemon.stderr)
     assert total == 3
     assert "".join(daemon.stderr).count("started an embedded") == 1
+
+
+def test_an_unusable_spool_dir_stops_the_daemon_with_one_line_naming_the_key(start_daemon,
+                                                                            tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    daemon = start_daemon(daemon_config({"kafka_broker": "127.0.0.1:1", "kafka_topic": "t",
+                                         "spool_dir": str(blocker / "spool")}), ready=False)
+    assert daemon.proc.wait(20) == 1
+    daemon.kill()  # joins the output readers
+    assert "cannot start: forwarders.kafka.spool_dir: cannot use" in "".join(daemon.stderr)
