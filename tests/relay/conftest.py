@@ -239,9 +239,9 @@ class EtsyStatsd:
             self.mgmt_port = probe.getsockname()[1]
         config = workdir / f"etsy-{self.port}.js"
         config.write_text(
-            "{ port: %d, address: '127.0.0.1', mgmt_port: %d, mgmt_address: '127.0.0.1',"
-            " flushInterval: 600000, backends: [], deleteIdleStats: true }" % (
-                self.port, self.mgmt_port))
+            f"{{ port: {self.port}, address: '127.0.0.1', mgmt_port: {self.mgmt_port},"
+            " mgmt_address: '127.0.0.1', flushInterval: 600000, backends: [],"
+            " deleteIdleStats: true }")
         self.proc = subprocess.Popen(["node", str(stats_js), str(config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      cwd=stats_js.parent, env={**os.environ})
