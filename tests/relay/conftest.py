@@ -270,7 +270,13 @@ class EtsyStatsd:
     def counters(self) -> dict[str, float]:
         """Etsy statsd's counters, without its own ``statsd.*`` ones (the ``counters``
         command prints a JavaScript object literal, not JSON)."""
-        text = self.command("counters")
+        return self._numbers("counters")
+
+    def gauges(self) -> dict[str, float]:
+        return self._numbers("gauges")
+
+    def _numbers(self, command: str) -> dict[str, float]:
+        text = self.command(command)
         return {(quoted or bare): float(value)
                 for quoted, bare, value in _JS_ENTRY.findall(text)
                 if not (quoted or bare).startswith("statsd.")}

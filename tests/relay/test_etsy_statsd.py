@@ -29,23 +29,26 @@ def _workload() -> list[bytes]:
     return lines
 
 
-def test_etsy_statsd_behind_relay_matches_direct_feed(etsy_statsd, make_relay):
+def _send_paced(datagrams: list[list[bytes]], port: int) -> None:
+    """Node's default receive buffer drops bursts, with or without a relay in front."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i, datagram in enumerate(datagrams):
+            sock.sendto(b"\n".join(datagram), ("127.0.0.1", port))
+            if i % 5 == 4:
+                time.sleep(0.003)
+
+
+def test_etsy_statsd_behind_relay_matches_direct_feed(etsy_statsd, start_daemon):
     direct, first, second = etsy_statsd(), etsy_statsd(), etsy_statsd()
     lines = _workload()
     datagrams = [lines[i:i + 20] for i in range(0, len(lines), 20)]
-
-    # paced: node's default receive buffer drops bursts, with or without a relay in front
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for i, datagram in enumerate(datagrams):
-            sock.sendto(b"\n".join(datagram), ("127.0.0.1", direct.port))
-            if i % 5 == 4:
-                time.sleep(0.003)
-    relay = make_relay({"groups": [{"hash": "jump", "backends": [
-        f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}]})
-    for i, datagram in enumerate(datagrams):
-        relay.submit_lines(datagram)
-        if i % 5 == 4:
-            time.sleep(0.003)
+    relay = start_daemon({
+        "mode": "relay", "listeners": [{"protocol": "udp"}],
+        "forwarders": {"relay": {"type": "statsd_relay", "groups": [{"hash": "jump", "backends": [
+            f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}]}},
+    })
+    _send_paced(datagrams, direct.port)
+    _send_paced(datagrams, relay.port)
 
     total = sum(float(line.split(b":")[1].split(b"|")[0]) / (0.5 if b"@0.5" in line else 1)
                 for line in lines if b"|c" in line)
@@ -60,3 +63,6 @@ def test_etsy_statsd_behind_relay_matches_direct_feed(etsy_statsd, make_relay):
     for name in direct_counters:
         assert name in relayed[router.owner(name.encode())]
     assert len(direct_counters) > 500
+    gauges = direct.gauges()  # last value wins: the relay kept each name's lines in order
+    assert len(gauges) > 100
+    assert {**first.gauges(), **second.gauges()} == gauges
