@@ -93,13 +93,16 @@ class Backend:
         """Append whole lines; what does not fit under ``queue_bytes`` is dropped and counted."""
         data = b"\n".join(lines) + b"\n"
         room = self.queue_bytes - len(self.buffer)
+        kept = len(lines)
         if len(data) > room:
             keep = data.rfind(b"\n", 0, max(room, 0)) + 1 if room > 0 else 0
-            self.counters["dropped_queue_full"] += data.count(b"\n", keep)
+            dropped = data.count(b"\n", keep)
+            self.counters["dropped_queue_full"] += dropped
+            kept -= dropped
             data = data[:keep]
             if not data:
                 return
-        self.counters["enqueued_lines"] += len(lines)
+        self.counters["enqueued_lines"] += kept
         self.buffer += data
 
     def queued_lines(self) -> int:
