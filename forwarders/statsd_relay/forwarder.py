@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import orjson
+
 from forwarders.base import Forwarder, ForwarderContext
 from forwarders.statsd_relay.backend import Backend
 from forwarders.statsd_relay.groups import Group, build_groups
@@ -28,6 +30,7 @@ from pystatsd.decoders import parse_statsd_line
 __all__ = ["StatsdRelayForwarder"]
 
 _JSON_START = (ord("{"), ord("["))
+_JSON_OPENERS = (b"{", b"[")
 _LOG_EVERY = 10.0
 
 # A route is what the cache remembers for one hash key in the general path: for each group
@@ -169,6 +172,8 @@ class StatsdRelayForwarder(Forwarder):
         if self._datagrams_in - self._datagrams_taken >= self._max_pending:
             self.counters["dropped_queue_full"] += len(lines)
             return False
+        if len(lines) > 1 and lines[0][:1] in _JSON_OPENERS:
+            lines = _one_json_document(lines)
         with self._lock:
             self._datagrams_in += 1
             get = self._cache.get
@@ -402,6 +407,16 @@ class StatsdRelayForwarder(Forwarder):
                     continue
                 backend.probe_ok = _tcp_probe(backend.address.host, port,
                                               backend.connect_timeout)
+
+
+def _one_json_document(lines: list[bytes]) -> list[bytes]:
+    """A JSON document spread over several lines (pretty-printed) is one line to relay; lines
+    that are not one document together (JSON per line, statsd) stay as they are."""
+    try:
+        document = orjson.loads(b"\n".join(lines))
+    except orjson.JSONDecodeError:
+        return lines
+    return [orjson.dumps(document)]
 
 
 def _is_statsd_line(line: bytes) -> bool:

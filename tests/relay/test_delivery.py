@@ -115,6 +115,20 @@ def test_json_lines_are_relayed_as_statsd_lines(udp_backends, make_relay):
     assert stats["not_relayable"] == 2
 
 
+def test_pretty_printed_json_datagram_is_relayed_whole(udp_backends, make_relay):
+    (backend,) = udp_backends(1)
+    relay = make_relay({"groups": [{"backends": [backend.spec]}]})
+    datagram = (b'[\n  {"metric_name": "a.b", "metric_type": "counter", "value": 2},\n'
+                b'  {"metric_name": "c.d", "metric_type": "timer", "value": 1.5,'
+                b' "sample_rate": 0.5}\n]')
+    relay.submit_lines(datagram.split(b"\n"))
+    relay.submit_lines([b'{"metric_name":"e","metric_type":"gauge","value":1}',
+                        b'{"metric_name":"f","metric_type":"gauge","value":2}'])  # per line
+    assert wait_until(lambda: len(backend.lines()) >= 4)
+    assert backend.lines() == [b"a.b:2|c", b"c.d:1.5|ms|@0.5", b"e:1|g", b"f:2|g"]
+    assert relay.stats()["not_relayable"] == 0
+
+
 def test_json_lines_rejected_when_configured(udp_backends, make_relay):
     (backend,) = udp_backends(1)
     relay = make_relay({"json_lines": "reject", "groups": [{"backends": [backend.spec]}]})
