@@ -15,7 +15,8 @@ _BACKEND_OBJECT: dict[str, Any] = {
     "properties": {
         "host": {"type": "string", "minLength": 1,
                  "description": "Host name or address (IPv4 or IPv6) of the backend."},
-        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535,
+                 "description": "Port of the backend."},
         "protocol": {"enum": ["udp", "tcp"], "default": "udp",
                      "description": "udp (lines packed into datagrams) or tcp (a stream)."},
         "instance": {"type": "string",
@@ -104,9 +105,13 @@ CONFIG_SCHEMA: dict[str, Any] = {
                           "default": 0.002,
                           "description": "Seconds between the sender thread's rounds: the "
                           "longest a line waits before it is packed and sent."},
-        "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
-        "reconnect_backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-        "reconnect_backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
+        "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
+                            "description": "Seconds a TCP connect (or health probe) may take."},
+        "reconnect_backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+                                  "description": "First wait, in seconds, before retrying a "
+                                  "backend that failed; doubled after each failure."},
+        "reconnect_backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
+                                  "description": "Longest wait between retries, in seconds."},
         "dead_after": {"type": "number", "minimum": 0, "default": 1.0,
                        "description": "Seconds of failed sends or connects after which a "
                        "backend counts as dead (see dead_backend_policy)."},
