@@ -280,9 +280,7 @@ class MetricMgr:
         self.epoch = 0
         """Incremented by each :meth:`swap`: a fast-path cache entry bound to a cell of an
         older epoch must look the cell up again."""
-        self.before_swap: list[Callable[[], None]] = []
-        """Called at the start of :meth:`swap` (under the ingest lock): the pipeline publishes
-        its locally kept counts there, so they land in the interval they belong to."""
+        self._publish_counts: Callable[[], None] | None = None
         self._gauges: dict[SeriesKey, list[float]] = {}  # key -> [value, idle flushes]
         self._traces: dict[SeriesKey, list[float]] = {}  # key -> [events so far, idle flushes]
         self.reconfigure(config)
@@ -351,10 +349,19 @@ class MetricMgr:
         if isinstance(cell, Distribution):
             cell.fold(self.accuracy)
 
+    def set_count_publisher(self, publish: Callable[[], None]) -> None:
+        """Have ``publish`` called at the start of each :meth:`swap` (under the ingest lock):
+        the pipeline keeps its counts in plain ints and publishes them there, so they land in
+        the interval they belong to. A pipeline built after a reload replaces the old one,
+        whose pending counts are published first."""
+        if self._publish_counts is not None:
+            self._publish_counts()
+        self._publish_counts = publish
+
     def swap(self) -> IntervalTable:
         """Hand back the finished interval's table and start a fresh one (O(1))."""
-        for hook in self.before_swap:
-            hook()
+        if self._publish_counts is not None:
+            self._publish_counts()
         finished = self._table
         self._table = IntervalTable()
         self.epoch += 1

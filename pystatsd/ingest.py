@@ -51,7 +51,7 @@ class Pipeline:
         self._manager = manager
         self._stats = stats
         manager.stats = stats
-        manager.before_swap.append(self.publish_counts)
+        manager.set_count_publisher(self.publish_counts)
         self._relays = tuple(relays)
         # Counted in plain ints (a Counter update per payload would cost more than a line)
         # and published into ``stats`` just before each swap.

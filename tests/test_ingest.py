@@ -3,7 +3,9 @@ counts what it sees, hands raw lines to relays, and never loses good lines besid
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, given, settings
@@ -232,3 +234,20 @@ def test_relay_mode_only_relays() -> None:
     batches, series = run_relay("relay")
     assert len(batches) == 2 and batches[0] == [b"a:1|c", b"b:2|g"]
     assert series == []
+
+
+def test_a_pipeline_rebuilt_on_reload_keeps_the_counts_and_frees_the_old_one() -> None:
+    config = build_config({"forwarders": {}})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    old = Pipeline(config, manager, stats)
+    old.ingest(b"a:1|c\na:2|c")
+    old_ref = weakref.ref(old)
+    new = Pipeline(config, manager, stats)  # what the daemon does on SIGHUP
+    del old
+    gc.collect()
+    assert old_ref() is None  # its line cache does not pile up, reload after reload
+    new.ingest(b"a:1|c")
+    manager.swap()
+    assert stats.take() == {"received.datagrams": 2, "received.lines": 3,
+                            "decoded.samples": 3, "aggregated.samples": 3}
