@@ -65,6 +65,9 @@ class Forwarder:
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
     """JSON Schema of this forwarder's own config keys (the common keys are added for it)."""
     RELAY: ClassVar[bool] = False
+    GAUGE_KEYS: ClassVar[tuple[str, ...]] = ("queued", "_bytes", "_size", "_depth", "failing")
+    """A :meth:`stats` key ending in one of these is a level, reported as a gauge; every other
+    key is a running total, reported per flush as a counter of its change."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
         self.name = name

@@ -127,7 +127,8 @@ def _forwarder_errors(name: str, section: dict[str, Any]) -> list[str]:
 
 
 def _schema_errors(schema: dict[str, Any], instance: Any, prefix: tuple[Any, ...]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     return sorted(line for error in validator.iter_errors(instance)
                   for line in _describe(error, prefix))
 

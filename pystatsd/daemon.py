@@ -168,7 +168,7 @@ class Daemon:
         for forwarder in self.forwarders:
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"
-                if key in ("queued",) or key.endswith(("_bytes", "_size", "_depth")):
+                if key.endswith(forwarder.GAUGE_KEYS):
                     gauges[name] = float(value)
                     continue
                 delta = value - self._forwarder_totals.get(name, 0)
