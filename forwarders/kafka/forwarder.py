@@ -256,6 +256,9 @@ class KafkaForwarder(Forwarder):
             "queue.buffering.max.messages": config.get("memory_queue_messages", 200_000),
             "queue.buffering.max.kbytes": max(1, int(config.get("memory_queue_bytes",
                                                                 128 << 20)) // 1024),
+            # The Java client's partitioner (librdkafka's default hashes keys with CRC32), so
+            # a series lands on the partition any other Kafka producer would pick for its key.
+            "partitioner": "murmur2_random",
             # A metrics pipeline wants the broker back within seconds of it returning.
             "reconnect.backoff.max.ms": 2000,
             "security.protocol": config.get("security_protocol", "plaintext"),

@@ -28,3 +28,29 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) 
 def snapshot(start: float, series: list[SeriesStats], interval: float = 10.0,
              host: str = "testhost") -> Snapshot:
     return Snapshot(start=start, interval=interval, host=host, series=series)
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java client picks for a key: murmur2, made positive, modulo."""
+    mask = 0xFFFFFFFF
+    m, length = 0x5BD1E995, len(key)
+    h = (0x9747B28C ^ length) & mask
+    whole = length - length % 4
+    for i in range(0, whole, 4):
+        k = int.from_bytes(key[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = length % 4
+    if tail >= 3:
+        h ^= key[whole + 2] << 16
+    if tail >= 2:
+        h ^= key[whole + 1] << 8
+    if tail >= 1:
+        h ^= key[whole]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions

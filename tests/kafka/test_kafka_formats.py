@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
-from kafka_helpers import snapshot
+from kafka_helpers import java_partition, snapshot
 
 from forwarders.kafka.reading import read_topic
 from pystatsd.snapshot import SeriesStats
@@ -123,9 +123,25 @@ def test_a_series_stays_on_one_partition_in_interval_order(make_forwarder, kafka
         record = orjson.loads(message.value)
         placed[message.key].append((message.partition, message.offset, record["interval_start"]))
     assert len(placed) == 40
+    partitions = len(_partitions_of(kafka_bootstrap, topic))
     for key, seen in placed.items():
-        assert len({partition for partition, _, _ in seen}) == 1, key
+        assert {partition for partition, _, _ in seen} == {java_partition(key, partitions)}, key
         assert [start for _, _, start in sorted(seen)] == [START, START + 10, START + 20], key
+
+
+def _partitions_of(bootstrap: str, topic: str) -> list[int]:
+    from confluent_kafka.admin import AdminClient
+
+    return list(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+                .topics[topic].partitions)
+
+
+def test_known_keys_land_where_the_java_client_would_put_them() -> None:
+    # murmur2 vectors of Kafka's own UtilsTest.testMurmur2, made positive as the client does
+    assert [java_partition(k, 1 << 31) for k in (b"21", b"foobar", b"a-little-bit-long-string",
+            b"a-little-bit-longer-string", b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8")] \
+        == [x & 0x7FFFFFFF for x in (-973932308, -790332482, -985981536, -1486304829,
+                                      -58897971)]
 
 
 def test_topic_template_by_type_and_by_tag(make_forwarder, kafka_bootstrap, topic):
