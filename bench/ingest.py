@@ -220,6 +220,8 @@ def main() -> None:
                         help="receive with pystatsd.listeners.UdpListener or a bare recv_into")
     parser.add_argument("--flush-interval", type=float, default=2.0)
     parser.add_argument("--names", type=int, default=10_000)
+    parser.add_argument("--lines", type=int, choices=[1, 20], help="only this many lines/datagram")
+    parser.add_argument("--rates", help="comma-separated datagram rates to try instead of the plan")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -234,6 +236,10 @@ def main() -> None:
     else:
         plans = {1: list(range(100_000, 400_001, 25_000)),
                  20: list(range(20_000, 80_001, 5_000))}
+    if args.lines:
+        plans = {args.lines: plans[args.lines]}
+    if args.rates:
+        plans = {lines: [int(r) for r in args.rates.split(",")] for lines in plans}
     print(f"machine: {machine()}; loop {args.loop}; flush every {args.flush_interval}s; "
           f"{args.names} names; {seconds}s per step", flush=True)
     results = {}
