@@ -52,7 +52,15 @@ def receiver(loop: str, flush_interval: float) -> None:
     pipeline = Pipeline(config, manager, stats)
     lock = threading.Lock()
 
+    clock = time.perf_counter
+    last = [clock()]
+    stall = [0.0]  # longest gap between two payloads while busy: flushes, GC, the scheduler
+
     def deliver(payload: bytes) -> None:
+        now = clock()
+        if now - last[0] > stall[0]:
+            stall[0] = now - last[0]
+        last[0] = now
         with lock:
             pipeline.ingest(payload)
 
@@ -125,7 +133,10 @@ def receiver(loop: str, flush_interval: float) -> None:
             "rss_mb": _rss_bytes() / 1e6,
             "series": series,
             "snapshot_ms": 1000.0 * max(snapshot_seconds, default=0.0),
+            "max_stall_ms": 1000.0 * stall[0],
         }), flush=True)
+        stall[0] = 0.0
+        last[0] = clock()
         marked_cpu, marked_wall = now_cpu, now_wall
         if command == "stop":
             break
@@ -175,7 +186,8 @@ def run_step(loadgen: Path, receiver: Receiver, rate: int, seconds: float, lines
     return {"rate": rate, "seconds": seconds, "sent_datagrams": sent_datagrams,
             "sent_lines": sent_lines, "received_lines": got["lines"], "loss": loss,
             "lines_per_s": got["lines"] / seconds, "cpu_percent": got["cpu_percent"],
-            "rss_mb": got["rss_mb"], "series": got["series"], "snapshot_ms": got["snapshot_ms"]}
+            "rss_mb": got["rss_mb"], "series": got["series"], "snapshot_ms": got["snapshot_ms"],
+            "max_stall_ms": got["max_stall_ms"]}
 
 
 def search(loadgen: Path, loop: str, lines: int, rates: list[int], seconds: float, names: int,
@@ -193,7 +205,8 @@ def search(loadgen: Path, loop: str, lines: int, rates: list[int], seconds: floa
             mark = "ok " if step["loss"] < LOSS_LIMIT else "LOSS"
             print(f"  {lines:2d} lines/dgram {rate:>8,} dgram/s  {mark} loss {step['loss']:.3%}"
                   f"  {step['lines_per_s']:>10,.0f} lines/s  cpu {step['cpu_percent']:.0f}%"
-                  f"  rss {step['rss_mb']:.1f} MB", flush=True)
+                  f"  rss {step['rss_mb']:.1f} MB  longest gap {step['max_stall_ms']:.0f} ms",
+                  flush=True)
             if step["loss"] < LOSS_LIMIT:
                 best = step
                 failures = 0
@@ -222,6 +235,7 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=10_000)
     parser.add_argument("--lines", type=int, choices=[1, 20], help="only this many lines/datagram")
     parser.add_argument("--rates", help="comma-separated datagram rates to try instead of the plan")
+    parser.add_argument("--seconds", type=float, help="length of each step")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,7 +243,7 @@ def main() -> None:
         receiver(args.loop, args.flush_interval)
         return
 
-    seconds = 2.0 if args.quick else 5.0
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
     if args.quick:
         plans = {1: [150_000, 200_000, 250_000, 300_000],
                  20: [30_000, 40_000, 50_000, 60_000]}

@@ -385,7 +385,7 @@ class MetricMgr:
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
         for done, (key, cell) in enumerate(table.series.items()):
-            if done & 63 == 0 and clock() > slice_end:
+            if done & 7 == 0 and clock() > slice_end:
                 time.sleep(SNAPSHOT_PAUSE)  # let the receive thread drain its socket
                 slice_end = clock() + SNAPSHOT_SLICE
             name, kind, tags = key
