@@ -57,6 +57,11 @@ def test_tcp_backend_down_10s_under_load_keeps_bounded_queue_and_drains(
 
     tcp.restart()
     assert wait_until(lambda: relay.stats()[key + "queued_bytes"] == 0, timeout=10)
+
+    def held_lines_arrived() -> bool:  # sent is not yet read by the backend on a busy machine
+        return len(set(tcp.lines()) & set(owned[1][down_started:])) * 15 >= held
+
+    assert wait_until(held_lines_arrived, timeout=10)
     stats = relay.stats()
     received = tcp.lines()
     assert all(LINE.match(line) for line in received)  # whole lines only, on every connection
