@@ -62,6 +62,9 @@ class Pipeline:
         self._aggregated = 0
         self._cache: dict[bytes, dict[bytes, list[Any]]] = {}
         self._cache_size = 0
+        self._counter_lines: dict[bytes, tuple[list[Any], float]] = {}
+        """Whole counter lines with a short value -> (their shape's entry, the increment): the
+        commonest statsd line, ``name:1|c``, then costs one dict lookup."""
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -73,6 +76,7 @@ class Pipeline:
         self._manager.reconfigure(config)
         self._cache = {}
         self._cache_size = 0
+        self._counter_lines = {}
 
     @property
     def cached_shapes(self) -> int:
@@ -107,9 +111,18 @@ class Pipeline:
         epoch = manager.epoch
         exact_limit = manager.exact_limit
         entries_for = self._cache.get
+        counter_lines = self._counter_lines
+        known_counter = counter_lines.get
         slow = self._ingest_line
         hits = 0
         for line in lines:
+            known = known_counter(line)
+            if known is not None:  # a counter line seen before, bytes for bytes: add, done
+                shape = known[0]
+                if shape[1] == epoch:
+                    shape[2][0] += known[1]
+                    hits += 1
+                    continue
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
             entry = entries_for(tail, _NO_ENTRIES).get(name)
@@ -155,6 +168,10 @@ class Pipeline:
             # These branches are MetricMgr.update, inlined; keep them equal.
             if kind == _COUNTER:
                 cell[0] += number * weight
+                if len(value) <= 3:  # small increments repeat (mostly :1): remember the line
+                    if len(counter_lines) >= CACHE_ENTRIES:
+                        counter_lines.clear()
+                    counter_lines[line] = (entry, number * weight)
             elif kind == _DISTRIBUTION:
                 cell.append(number)
                 if len(cell) > exact_limit:
@@ -246,6 +263,7 @@ class Pipeline:
         if self._cache_size >= CACHE_ENTRIES:
             self._cache = {}
             self._cache_size = 0
+            self._counter_lines = {}
         by_name = self._cache.setdefault(tail, {})
         if name not in by_name:
             self._cache_size += 1
