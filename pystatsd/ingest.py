@@ -2,7 +2,9 @@
 
 Most statsd traffic repeats the same few thousand ``name|type|rate|tags`` shapes with different
 values. The fast path keys a bounded cache by a line's bytes minus its value: on a hit only the
-value is parsed and the series' cell (see :mod:`pystatsd.aggregation`) is updated inline. Every
+value is parsed and the series' cell (see :mod:`pystatsd.aggregation`) is updated inline. Counter
+lines with a short increment (``name:1|c``, the commonest line there is) are also remembered
+whole, with their increment, so that they cost one dict lookup. Every
 line the cache does not know, or that is out of the ordinary (several packed values, a client
 timestamp, JSON, a value that is not a plain number), goes through the real decoder
 (:func:`pystatsd.decoders.decode_payload` rules), the :class:`~pystatsd.tagging.Tagger` and
