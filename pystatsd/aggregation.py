@@ -385,6 +385,9 @@ class MetricMgr:
         seconds = interval if interval > 0 else 1.0
         gauges = self._gauges
         traces = self._traces
+        # Read once: a reload may change them (under the ingest lock) while this runs.
+        percentiles, accuracy = self.percentiles, self.accuracy
+        cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
         for done, (key, cell) in enumerate(table.series.items()):
@@ -403,14 +406,14 @@ class MetricMgr:
                 gauges[key] = [value, 0]
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
-                stats = cell.stats(self.percentiles, self.accuracy)
+                stats = cell.stats(percentiles, accuracy)
                 cell.release()
             elif kind == SET:
                 stats = {"count": float(len(cell))}
                 cell.clear()
             else:  # trace
                 count = cell[0]
-                if self.trace_cumulative:
+                if cumulative:
                     carried = traces.get(key)
                     count += carried[0] if carried is not None else 0.0
                     traces[key] = [count, 0]
@@ -421,11 +424,11 @@ class MetricMgr:
                 if key in table.series:
                     continue
                 entry[1] += 1
-                if entry[1] >= self.idle_expiry:
+                if entry[1] >= idle_expiry:
                     del carried_state[key]
                 else:
                     out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
-        if not self.trace_cumulative:
+        if not cumulative:
             traces.clear()
         out.sort(key=_series_order)
         return Snapshot(start, interval, host, out)
