@@ -90,20 +90,25 @@ class Distribution:
 
     def fold(self, accuracy: float) -> None:
         """Move the kept samples into the sketch and the exact moments; empty both lists."""
-        pairs = _pairs(self.values, self.weighted)
-        if not pairs:
+        values, weighted = self.values, self.weighted
+        if not values and not weighted:
             return
         if self.sketch is None:
             self.sketch = DDSketch(relative_accuracy=accuracy)
         add = self.sketch.add
-        count = 0.0
-        total = 0.0
-        for value, weight in pairs:
+        for value in values:
+            add(value)
+        for value, weight in weighted:
             add(value, weight)
-            count += weight
-            total += value * weight
+        count = len(values) + math.fsum(w for _, w in weighted)
+        total = math.fsum(values) + math.fsum(v * w for v, w in weighted)
         mean = total / count
-        m2 = math.fsum(w * (v - mean) ** 2 for v, w in pairs)
+        deviations = list(map(operator.sub, values, repeat(mean)))
+        m2 = (math.fsum(map(operator.mul, deviations, deviations))
+              + math.fsum(w * (v - mean) ** 2 for v, w in weighted))
+        low = min(min(values, default=math.inf), min((v for v, _ in weighted), default=math.inf))
+        high = max(max(values, default=-math.inf),
+                   max((v for v, _ in weighted), default=-math.inf))
         if self.count:
             delta = mean - self.mean
             merged = self.count + count
@@ -113,8 +118,8 @@ class Distribution:
         else:
             self.count, self.mean, self.m2 = count, mean, m2
         self.total += total
-        self.low = min(self.low, pairs[0][0])
-        self.high = max(self.high, pairs[-1][0])
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
         del self.values[:]  # in place: the fast path holds this very array
         self.weighted.clear()
 

@@ -115,7 +115,6 @@ class Pipeline:
         entries_for = self._cache.get
         counter_lines = self._counter_lines
         known_counter = counter_lines.get
-        slow = self._ingest_line
         hits = 0
         for line in lines:
             known = known_counter(line)
@@ -129,35 +128,35 @@ class Pipeline:
             value, _, tail = rest.partition(b"|")
             entry = entries_for(tail, _NO_ENTRIES).get(name)
             if entry is None:
-                slow(line)
+                self._ingest_line(line)
                 continue
             kind, bound_epoch, cell, weight, key = entry
             if kind == _SET:
                 if not value:
-                    slow(line)
+                    self._ingest_line(line)
                     continue
                 try:
                     member = value.decode()
                 except UnicodeDecodeError:
-                    slow(line)
+                    self._ingest_line(line)
                     continue
             else:
                 if value.isdigit():  # the usual integer: nothing more to check
                     if len(value) > 300:  # float() would overflow to inf: let the decoder say so
-                        slow(line)
+                        self._ingest_line(line)
                         continue
                     number = float(value)
                 else:
                     if value.translate(None, _NUMBER_BYTES):
-                        slow(line)
+                        self._ingest_line(line)
                         continue
                     try:
                         number = float(value)
                     except ValueError:
-                        slow(line)
+                        self._ingest_line(line)
                         continue
                     if number - number != 0.0:  # inf or nan, from an exponent
-                        slow(line)
+                        self._ingest_line(line)
                         continue
             if bound_epoch != epoch:
                 cell = manager.cell(key)
