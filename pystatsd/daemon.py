@@ -187,25 +187,27 @@ class Daemon:
             log.warning("SIGHUP ignored: running on built-in defaults, no file to reload")
             return False
         systemd.notify("RELOADING=1")
+        started: list[Forwarder] = []
         try:
             new = load_config(self.config_path)
-            forwarders = build_forwarders(new, self.host)
-        except Exception as exc:  # ConfigError, or a forwarder that cannot be built
+            for forwarder in build_forwarders(new, self.host):
+                forwarder.start()
+                started.append(forwarder)
+        except Exception as exc:  # ConfigError, or a forwarder that cannot be built or opened
+            for forwarder in started:
+                forwarder.close(0)
             for line in getattr(exc, "errors", [str(exc)]):
                 log.error("reload refused, keeping the running config: %s", line)
             systemd.notify("READY=1")
             return False
         needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode")
                          if new.get(key) != self.config.get(key)]
-        for forwarder in forwarders:
-            forwarder.start()
         old_forwarders = self.forwarders
         with self.lock:
             self.config = {**new, **{k: self.config[k] for k in needs_restart}}
-            self.forwarders = forwarders
+            self.forwarders = started
             self._tagger = Tagger(new["agent"]["tags"], new["tag_precedence"])
-            if hasattr(self.manager, "reconfigure"):
-                self.manager.reconfigure(self.config)
+            self.manager.reconfigure(self.config)
             assert self.pipeline is not None
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         for forwarder in old_forwarders:

@@ -138,3 +138,19 @@ def test_port_in_use_fails_start_with_one_clear_line(start_daemon: Any) -> None:
         assert daemon.proc.wait(20) == 1
         daemon.kill()
     assert f"cannot start: udp 127.0.0.1:{port}: cannot bind" in "".join(daemon.stderr)
+
+
+def test_sighup_with_a_forwarder_that_cannot_open_keeps_the_old_ones(start_daemon: Any,
+                                                                     tmp_path: Any) -> None:
+    daemon = start_daemon({"flush_interval": 3600, "self_metrics": {"enabled": False}})
+    daemon.send_udp(b"kept:1|c")
+    blocked = tmp_path / "a-directory"
+    blocked.mkdir()
+    daemon.config_path.write_text(
+        f"bind_port: {daemon.port}\nforwarders:\n  file: {{path: '{blocked}'}}\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reload refused")
+    daemon.send_udp(b"kept:2|c")
+    time.sleep(0.3)
+    assert daemon.stop() == 0
+    assert [(r["name"], r["stats"]["count"]) for r in daemon.records()] == [("kept", 3)]
