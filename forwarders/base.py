@@ -27,9 +27,15 @@ from typing import Any, ClassVar
 
 import orjson
 
-from pystatsd.snapshot import Snapshot
+from pystatsd.snapshot import SeriesStats, Snapshot
 
-__all__ = ["COMMON_SCHEMA_PROPERTIES", "Forwarder", "ForwarderContext", "snapshot_records"]
+__all__ = [
+    "COMMON_SCHEMA_PROPERTIES",
+    "Forwarder",
+    "ForwarderContext",
+    "series_record",
+    "snapshot_records",
+]
 
 COMMON_SCHEMA_PROPERTIES: dict[str, Any] = {
     "type": {
@@ -194,16 +200,21 @@ class Forwarder:
                 left += len(item.series) if isinstance(item, Snapshot) else len(item)
 
 
+def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
+    """The structured record of one series of a flush: what the console and file forwarders
+    print and the Kafka forwarder's ``json`` format sends."""
+    return {
+        "name": series.name,
+        "type": series.type,
+        "tags": dict(series.tags),
+        "stats": series.stats,
+        "interval_start": snapshot.start,
+        "interval": snapshot.interval,
+        "host": snapshot.host,
+    }
+
+
 def snapshot_records(snapshot: Snapshot) -> Iterator[dict[str, Any]]:
-    """Given a snapshot, yield one plain dict per series: the structured record that the console
-    and file forwarders print, and the Kafka forwarder's ``json`` format builds on."""
+    """Given a snapshot, yield :func:`series_record` of each of its series."""
     for series in snapshot.series:
-        yield {
-            "name": series.name,
-            "type": series.type,
-            "tags": dict(series.tags),
-            "stats": series.stats,
-            "interval_start": snapshot.start,
-            "interval": snapshot.interval,
-            "host": snapshot.host,
-        }
+        yield series_record(series, snapshot)

@@ -50,25 +50,35 @@ def _bind(protocol: str, address: str, port: int) -> socket.socket:
     return sock
 
 
-class UdpListener:
-    """Receives datagrams on one socket in a dedicated thread."""
+class _Listener:
+    """What every listener has: its spec, a bound socket, where payloads go, what it counts."""
 
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         self.spec = spec
         self._deliver = deliver
         self._stats = stats
-        self._sock = _bind("udp", spec["address"], spec["port"])
+        self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def close_socket(self) -> None:
+        self._sock.close()
+
+
+class UdpListener(_Listener):
+    """Receives datagrams on one socket in a dedicated thread."""
+
+    def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
+        super().__init__(spec, deliver, stats)
         if spec["receive_buffer_bytes"]:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                   spec["receive_buffer_bytes"])
         self._sock.settimeout(_POLL_SECONDS)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udp-listener", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
 
     def start(self) -> None:
         self._thread.start()
@@ -113,24 +123,16 @@ def _always() -> bool:
     return False
 
 
-class TcpListener:
+class TcpListener(_Listener):
     """Newline-delimited metrics over TCP, on an asyncio loop in its own thread."""
 
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
-        self.spec = spec
-        self._deliver = deliver
-        self._stats = stats
-        self._sock = _bind("tcp", spec["address"], spec["port"])
+        super().__init__(spec, deliver, stats)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-listener",
                                         daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
 
     def start(self) -> None:
         self._thread.start()
@@ -225,6 +227,6 @@ def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
             opened.append(cls(spec, deliver, stats))
     except Exception:
         for listener in opened:
-            listener._sock.close()
+            listener.close_socket()
         raise
     return opened

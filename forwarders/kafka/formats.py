@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from forwarders.base import series_record
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = [
@@ -96,16 +97,7 @@ def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
 
 
 def _json_encode(series: SeriesStats, snapshot: Snapshot) -> bytes:
-    # The same record as forwarders.base.snapshot_records, built per series.
-    return orjson.dumps({
-        "name": series.name,
-        "type": series.type,
-        "tags": dict(series.tags),
-        "stats": series.stats,
-        "interval_start": snapshot.start,
-        "interval": snapshot.interval,
-        "host": snapshot.host,
-    })
+    return orjson.dumps(series_record(series, snapshot))
 
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\", "\n": "\\n"})
