@@ -251,3 +251,14 @@ def test_a_pipeline_rebuilt_on_reload_keeps_the_counts_and_frees_the_old_one() -
     manager.swap()
     assert stats.take() == {"received.datagrams": 2, "received.lines": 3,
                             "decoded.samples": 3, "aggregated.samples": 3}
+
+
+def test_tag_order_and_tag_syntax_never_split_a_series() -> None:
+    config = build_config({"forwarders": {}})
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, SelfStats())
+    for _ in range(2):  # the second time from the cache
+        pipeline.ingest(b"m:1|c|#b:2,a:1\nm:1|c|#a:1,b:2\nm,b=2,a=1:1|c\nm,a=1:1|c|#b:2")
+    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    assert [(s.name, s.tags, s.stats["count"]) for s in series] == [
+        ("m", (("a", "1"), ("b", "2")), 8.0)]
