@@ -183,11 +183,12 @@ def run_step(loadgen: Path, receiver: Receiver, rate: int, seconds: float, lines
     time.sleep(0.3)  # let the receiver drain its socket buffer
     got = receiver.report()
     loss = 1.0 - got["lines"] / sent_lines if sent_lines else 0.0
+    load = os.getloadavg()[0]  # other work on the machine explains much of the spread
     return {"rate": rate, "seconds": seconds, "sent_datagrams": sent_datagrams,
             "sent_lines": sent_lines, "received_lines": got["lines"], "loss": loss,
             "lines_per_s": got["lines"] / seconds, "cpu_percent": got["cpu_percent"],
             "rss_mb": got["rss_mb"], "series": got["series"], "snapshot_ms": got["snapshot_ms"],
-            "max_stall_ms": got["max_stall_ms"]}
+            "max_stall_ms": got["max_stall_ms"], "load_average": load}
 
 
 def search(loadgen: Path, loop: str, lines: int, rates: list[int], seconds: float, names: int,
@@ -205,7 +206,8 @@ def search(loadgen: Path, loop: str, lines: int, rates: list[int], seconds: floa
             mark = "ok " if step["loss"] < LOSS_LIMIT else "LOSS"
             print(f"  {lines:2d} lines/dgram {rate:>8,} dgram/s  {mark} loss {step['loss']:.3%}"
                   f"  {step['lines_per_s']:>10,.0f} lines/s  cpu {step['cpu_percent']:.0f}%"
-                  f"  rss {step['rss_mb']:.1f} MB  longest gap {step['max_stall_ms']:.0f} ms",
+                  f"  rss {step['rss_mb']:.1f} MB  longest gap {step['max_stall_ms']:.0f} ms"
+                  f"  load {step['load_average']:.2f}",
                   flush=True)
             if step["loss"] < LOSS_LIMIT:
                 best = step
