@@ -26,8 +26,15 @@ from pystatsd.selfstats import SelfStats
 from pystatsd.tagging import Tagger
 
 CACHE_ENTRIES = 100_000
-"""Line shapes remembered by the fast path (about 300 bytes each). When full the cache is
-emptied and refills from the traffic, which is cheap and needs no bookkeeping per hit."""
+CACHE_BYTES = 32 << 20
+"""Line shapes remembered by the fast path: at most this many, and about this much memory
+(counting each shape's bytes plus ~300 of overhead; DogStatsD tags can make a line long). When
+full the cache is emptied and refills from the traffic, which is cheap and needs no bookkeeping
+per hit."""
+COUNTER_LINES = 50_000
+COUNTER_LINE_BYTES = 256
+"""Whole counter lines remembered: at most this many, each at most this long."""
+_ENTRY_OVERHEAD = 300
 
 # Fast-path entry kinds.
 _COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER = range(5)
@@ -64,6 +71,7 @@ class Pipeline:
         self._aggregated = 0
         self._cache: dict[bytes, dict[bytes, list[Any]]] = {}
         self._cache_size = 0
+        self._cache_bytes = 0
         self._counter_lines: dict[bytes, tuple[list[Any], float]] = {}
         """Whole counter lines with a short value -> (their shape's entry, the increment): the
         commonest statsd line, ``name:1|c``, then costs one dict lookup."""
@@ -78,6 +86,7 @@ class Pipeline:
         self._manager.reconfigure(config)
         self._cache = {}
         self._cache_size = 0
+        self._cache_bytes = 0
         self._counter_lines = {}
 
     @property
@@ -169,8 +178,9 @@ class Pipeline:
             # These branches are MetricMgr.update, inlined; keep them equal.
             if kind == _COUNTER:
                 cell[0] += number * weight
-                if len(value) <= 3:  # small increments repeat (mostly :1): remember the line
-                    if len(counter_lines) >= CACHE_ENTRIES:
+                if len(value) <= 3 and len(line) <= COUNTER_LINE_BYTES:
+                    # Small increments repeat (mostly :1): remember the whole line.
+                    if len(counter_lines) >= COUNTER_LINES:
                         counter_lines.clear()
                     counter_lines[line] = (entry, number * weight)
             elif kind == _DISTRIBUTION:
@@ -261,11 +271,13 @@ class Pipeline:
             code = _DISTRIBUTION
         else:
             code = _OTHER
-        if self._cache_size >= CACHE_ENTRIES:
+        if self._cache_size >= CACHE_ENTRIES or self._cache_bytes >= CACHE_BYTES:
             self._cache = {}
             self._cache_size = 0
+            self._cache_bytes = 0
             self._counter_lines = {}
         by_name = self._cache.setdefault(tail, {})
         if name not in by_name:
             self._cache_size += 1
+            self._cache_bytes += len(name) + len(tail) + _ENTRY_OVERHEAD
         by_name[name] = [code, -1, None, weight, (sample.name, kind, sample.tags)]

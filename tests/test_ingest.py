@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forwarders.base import Forwarder, ForwarderContext
+from pystatsd import ingest as ingest_module
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 from pystatsd.decoders import decode_payload
@@ -262,3 +263,22 @@ def test_tag_order_and_tag_syntax_never_split_a_series() -> None:
     series = manager.snapshot(manager.swap(), 0, 10, "h").series
     assert [(s.name, s.tags, s.stats["count"]) for s in series] == [
         ("m", (("a", "1"), ("b", "2")), 8.0)]
+
+
+def test_line_cache_stays_bounded_and_results_stay_right(monkeypatch: Any) -> None:
+    monkeypatch.setattr(ingest_module, "CACHE_ENTRIES", 50)
+    monkeypatch.setattr(ingest_module, "CACHE_BYTES", 20_000)
+    config = build_config({"forwarders": {}})
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, SelfStats())
+    long_tags = b"|#" + b",".join(b"k%d:%s" % (i, b"v" * 40) for i in range(20))
+    most = 0
+    for _ in range(2):
+        for i in range(300):
+            pipeline.ingest(b"n%d:1|c%s\nt%d:2|ms" % (i, long_tags if i % 3 == 0 else b"", i))
+            most = max(most, pipeline.cached_shapes)
+            assert pipeline._cache_bytes < 20_000 + 2_000
+    assert 0 < most <= 50
+    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    assert len(series) == 600
+    assert {s.stats["count"] for s in series} == {2.0}
