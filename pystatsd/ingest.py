@@ -169,7 +169,8 @@ class Pipeline:
                         continue
             if bound_epoch != epoch:
                 cell = manager.cell(key)
-                if cell is None:  # too many series: counted by the manager
+                if cell is None:  # too many series: rejected and counted by the manager
+                    self._decoded += 1
                     continue
                 if kind == _DISTRIBUTION:
                     cell = cell.values
@@ -206,8 +207,9 @@ class Pipeline:
         lines = payload.split(b"\n")
         if not lines[-1]:
             lines.pop()
-        for relay in self._relays:
-            relay.submit_lines(lines)
+        if lines:
+            for relay in self._relays:
+                relay.submit_lines(lines)
         if self._relay_only:
             self._lines += len(lines)
         return self._relay_only

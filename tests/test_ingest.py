@@ -156,6 +156,13 @@ def test_counts_received_decoded_and_aggregated_at_swap() -> None:
         "received.datagrams": 3, "received.lines": 6, "decoded.samples": 5,
         "aggregated.samples": 4, "rejected.bad_line": 1, "rejected.too_many_series": 1,
     }
+    pipeline.ingest(b"c:1|c\nd:5|c")  # the shapes are cached now; a and b have not come back
+    pipeline.ingest(b"e:1|c\na:1|c")  # past max_series even through the cache
+    manager.swap()
+    assert stats.take() == {
+        "received.datagrams": 2, "received.lines": 4, "decoded.samples": 4,
+        "aggregated.samples": 2, "rejected.too_many_series": 2,
+    }
 
 
 def test_bad_lines_cost_only_themselves() -> None:
