@@ -425,7 +425,10 @@ class MetricMgr:
                 stats = {"count": count}
             out.append(SeriesStats(name, kind, tags, stats))
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
-            for key, entry in list(carried_state.items()):
+            for done, (key, entry) in enumerate(list(carried_state.items())):
+                if done & 63 == 0 and clock() > slice_end:
+                    time.sleep(SNAPSHOT_PAUSE)
+                    slice_end = clock() + SNAPSHOT_SLICE
                 if key in table.series:
                     continue
                 entry[1] += 1
