@@ -8,7 +8,6 @@ payloads to a single ``deliver`` callable, which the daemon serializes with its 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import threading
@@ -20,9 +19,6 @@ from pystatsd.selfstats import SelfStats
 log = logging.getLogger("pystatsd.listeners")
 
 Deliver = Callable[[bytes], None]
-
-# How often a blocked receive wakes to see whether it should stop.
-_POLL_SECONDS = 0.25
 
 
 class ListenerError(OSError):
@@ -69,58 +65,79 @@ class _Listener:
 
 
 class UdpListener(_Listener):
-    """Receives datagrams on one socket in a dedicated thread."""
+    """Receives datagrams on one socket in a dedicated thread.
+
+    The receive blocks with no timeout: a timeout makes every receive a poll plus a recvfrom,
+    measurably slower at 200k datagrams/s. To stop, the listener sends itself an empty
+    datagram; it queues behind everything already received, so when it comes out every
+    earlier datagram has been delivered."""
 
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         super().__init__(spec, deliver, stats)
         if spec["receive_buffer_bytes"]:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                   spec["receive_buffer_bytes"])
-        self._sock.settimeout(_POLL_SECONDS)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udp-listener", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop receiving; whatever the kernel still buffers is read and delivered first."""
         self._stopping.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._wake()
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # the wake-up datagram was lost: end the receive
+                self._sock.shutdown(socket.SHUT_RDWR)
+                self._thread.join(timeout)
         self._sock.close()
 
+    def _wake(self) -> None:
+        host, port = self.address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        try:
+            with socket.socket(self._sock.family, socket.SOCK_DGRAM) as waker:
+                waker.sendto(b"", (host, port))
+        except OSError as exc:
+            log.warning("cannot wake the udp listener on %s:%d: %s", host, port, exc)
+
     def _run(self) -> None:
-        sock, deliver, size = self._sock, self._deliver, self.spec["max_datagram_bytes"]
-        recv = sock.recv
-        stopping = self._stopping.is_set
+        recv, size, deliver = self._sock.recv, self.spec["max_datagram_bytes"], self._deliver
         while True:
             try:
                 payload = recv(size)
-            except TimeoutError:
-                if stopping():
-                    return
-                continue
-            except BlockingIOError:
-                return  # stopping, and the kernel buffer is drained
             except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                if self._stopping.is_set():
                     return
                 self._stats.incr("listener.udp.errors")
                 log.error("udp receive failed: %s", exc)
                 continue
+            if payload:
+                try:  # inline, not _deliver_one: this loop is the hot path
+                    deliver(payload)
+                except Exception:
+                    self._stats.incr("listener.udp.ingest_errors")
+                    log.exception("ingest failed for a %d-byte datagram", len(payload))
+            elif self._stopping.is_set():
+                break  # our own wake-up: everything received before the stop is delivered
+        # What arrived between the stop and the wake-up is delivered too.
+        self._sock.setblocking(False)
+        while True:
             try:
-                deliver(payload)
-            except Exception:  # whatever a payload does, the listener must keep receiving
-                self._stats.incr("listener.udp.ingest_errors")
-                log.exception("ingest failed for a %d-byte datagram", len(payload))
-            if stopping():
-                # Drain what already arrived, so a stop loses nothing the kernel accepted.
-                sock.setblocking(False)
-                stopping = _always
+                payload = recv(size)
+            except OSError:
+                return
+            if payload:
+                self._deliver_one(payload)
 
-
-def _always() -> bool:
-    return False
+    def _deliver_one(self, payload: bytes) -> None:
+        try:
+            self._deliver(payload)
+        except Exception:  # whatever a payload does, the listener must keep receiving
+            self._stats.incr("listener.udp.ingest_errors")
+            log.exception("ingest failed for a %d-byte datagram", len(payload))
 
 
 class TcpListener(_Listener):
