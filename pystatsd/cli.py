@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import orjson
+
 from pystatsd import __version__
 from pystatsd.config import Config, ConfigError, build_config, load_config
 
@@ -19,7 +21,8 @@ signals:
   HUP        reload the config file; an invalid file is refused and the old config keeps running
   USR1       reopen the log file (logrotate)
 
-exit status: 0 clean stop or valid config, 1 bad config or start-up failure, 2 bad usage.
+exit status: 0 clean stop or valid config, 1 bad config or start-up failure, 2 bad usage,
+             3 (--status) no daemon answers.
 config reference: README.md "Configuration" (generated from the schema), --print-default-config
 """
 
@@ -38,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                         "built-in defaults: listen on 127.0.0.1:5090, print flushes to stdout)")
     parser.add_argument("--check-config", metavar="FILE",
                         help="validate FILE, print every error with its key, exit 0 or 1")
+    parser.add_argument("--status", action="store_true",
+                        help="ask the running daemon (found through the config's state_dir) "
+                        "what it is doing; print JSON; exit 3 if none answers")
     parser.add_argument("--print-default-config", action="store_true",
                         help="print the documented default config (YAML) and exit")
     parser.add_argument("--version", action="version", version=_version_text())
@@ -53,6 +59,23 @@ def _version_text() -> str:
 def _report(error: ConfigError) -> None:
     for line in error.errors:
         print(f"{error.source}: {line}", file=sys.stderr)
+
+
+def _status(config: Config) -> int:
+    from pathlib import Path
+
+    from pystatsd.admin import SOCKET_NAME, NotRunning, ask
+
+    try:
+        answer = ask(Path(config["state_dir"]) / SOCKET_NAME)
+    except NotRunning as exc:
+        print(f"pystatsd is not running: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"cannot ask pystatsd: {exc}", file=sys.stderr)
+        return 4
+    sys.stdout.buffer.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         _report(error)
         return 1
+    if args.status:
+        return _status(config)
     from pystatsd.daemon import run_daemon
 
     return run_daemon(config, path)

@@ -21,9 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from forwarders import Forwarder, ForwarderContext, load_forwarder_class
-from pystatsd import systemd
+from pystatsd import __version__, systemd
+from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import Config, listeners, load_config
 from pystatsd.ingest import Pipeline
@@ -71,6 +73,9 @@ class Daemon:
         self._tagger = Tagger(config["agent"]["tags"], config["tag_precedence"])
         self._interval_started = 0.0
         self._forwarder_totals: dict[str, float] = {}
+        self._started_at = self.clock()
+        self._last_flush: dict[str, float] = {}
+        self.admin: AdminServer | None = None
 
     # -- start-up ---------------------------------------------------------------------
     def start(self) -> None:
@@ -85,10 +90,44 @@ class Daemon:
             listener.start()
             host, port = listener.address
             log.info("listening on %s %s:%d", listener.spec["protocol"], host, port)
+        self._start_admin()
         log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
                  self.config["mode"], self.config["flush_interval"],
                  ", ".join(f.name for f in self.forwarders) or "none")
         systemd.notify("READY=1")
+
+    def _start_admin(self) -> None:
+        path = Path(self.config["state_dir"]) / SOCKET_NAME
+        try:
+            self.admin = AdminServer(path, self.describe)
+        except OSError as exc:  # status is a convenience: never a reason not to run
+            log.warning("no admin socket (pystatsd --status will not answer): %s: %s",
+                        path, exc.strerror or exc)
+            return
+        self.admin.start()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``pystatsd --status`` prints: the daemon's state and every counter since start
+        (the receive counts are published at each flush)."""
+        with self.lock:
+            counters = dict(self.stats.counters)
+        now = self.clock()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "host": self.host,
+            "config": self.config_path or "<built-in defaults>",
+            "mode": self.config["mode"],
+            "uptime_seconds": round(now - self._started_at, 3),
+            "flush_interval": self.config["flush_interval"],
+            "last_flush": self._last_flush,
+            "listeners": [f"{listener.spec['protocol']} {host}:{port}"
+                          for listener in self.listeners
+                          for host, port in [listener.address]],
+            "counters": dict(sorted(counters.items())),
+            "forwarders": {f.name: {"type": type(f).__name__, **f.stats()}
+                           for f in self.forwarders},
+        }
 
     def _relays(self) -> list[Forwarder]:
         return [f for f in self.forwarders if f.RELAY]
@@ -154,6 +193,8 @@ class Daemon:
         if self.config["self_metrics"]["enabled"]:
             snapshot.series.extend(self._self_metrics(counts, elapsed, len(snapshot.series)))
         self.stats.incr("flush.count")
+        self._last_flush = {"at": now, "interval_start": aligned_start,
+                            "interval_seconds": elapsed, "series": len(snapshot.series)}
         for forwarder in self.forwarders:
             if not forwarder.RELAY:
                 forwarder.submit(snapshot)
@@ -201,7 +242,8 @@ class Daemon:
                 log.error("reload refused, keeping the running config: %s", line)
             systemd.notify("READY=1")
             return False
-        needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode")
+        needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode",
+                                         "state_dir")
                          if new.get(key) != self.config.get(key)]
         old_forwarders = self.forwarders
         with self.lock:
@@ -225,6 +267,8 @@ class Daemon:
         """The shutdown sequence: stop listeners, final flush, drain forwarders by one deadline,
         report what was lost. A second stop signal meanwhile skips the draining."""
         systemd.notify("STOPPING=1")
+        if self.admin is not None:
+            self.admin.stop()
         deadline = time.monotonic() + float(self.config["shutdown_timeout"])
         for listener in self.listeners:
             listener.stop()

@@ -3,15 +3,21 @@ output compared with the expected aggregates."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
 
 AGENT = {"dc": "eu1"}
 
@@ -154,3 +160,41 @@ def test_sighup_with_a_forwarder_that_cannot_open_keeps_the_old_ones(start_daemo
     time.sleep(0.3)
     assert daemon.stop() == 0
     assert [(r["name"], r["stats"]["count"]) for r in daemon.records()] == [("kept", 3)]
+
+
+def status(daemon: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pystatsd", "--status", "-c",
+                           str(daemon.config_path)], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_status_reports_what_the_daemon_is_doing(start_daemon: Any) -> None:
+    daemon = start_daemon({"flush_interval": 1})
+    daemon.send_udp(b"a:1|c\nb:2|c", b"not a metric")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        result = status(daemon)
+        assert result.returncode == 0, result.stderr
+        state = json.loads(result.stdout)
+        if state["counters"].get("received.lines"):
+            break
+        time.sleep(0.2)
+    assert state["counters"]["received.lines"] == 3
+    assert state["counters"]["rejected.bad_line"] == 1
+    assert state["listeners"] == [f"udp 127.0.0.1:{daemon.port}", f"tcp 127.0.0.1:{daemon.port}"]
+    assert state["forwarders"]["console"]["sent"] >= 2
+    assert state["last_flush"]["series"] >= 2
+    assert state["mode"] == "aggregate" and state["pid"] == daemon.proc.pid
+    assert daemon.stop() == 0
+    stopped = status(daemon)
+    assert stopped.returncode == 3
+    assert "pystatsd is not running" in stopped.stderr
+
+
+def test_a_second_daemon_does_not_steal_the_admin_socket(start_daemon: Any) -> None:
+    first = start_daemon({"flush_interval": 3600})
+    # the fixture gives every daemon of a test the same state_dir: tmp_path / "state"
+    second = start_daemon({"flush_interval": 3600})
+    second.wait_for_log("another pystatsd with this state_dir answers there")
+    assert json.loads(status(first).stdout)["pid"] == first.proc.pid
+    assert first.stop() == 0 and second.stop() == 0
