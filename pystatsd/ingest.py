@@ -195,7 +195,7 @@ class Pipeline:
                     cell[0] = number
                     cell[1] = 0.0
             elif kind == _SET:
-                cell.add(member)
+                cell[member] = None
             else:
                 manager.update(key[1], cell, number, weight, False)
             hits += 1

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pystatsd.aggregation import MetricMgr
+from pystatsd.aggregation import MetricMgr, percentile_key
 from pystatsd.config import build_config
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
@@ -283,3 +283,43 @@ def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
     snapshot = mgr.snapshot(finished, 0.0, 10.0, "h")
     assert snapshot.series[0].stats["count"] == 1.0
     assert only(flush(mgr), "a", COUNTER)["count"] == 5.0
+
+
+def nearest_rank(ordered: list[float], pct: float) -> float:
+    """Reference: the ⌈pct/100 · n⌉-th smallest sample, from a plain sort."""
+    rank = max(1, math.ceil(pct * len(ordered) / 100.0 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9])
+def test_timer_stats_match_a_plain_reference_for_many_sizes_and_shapes(offset: float) -> None:
+    # Sizes around the median's odd/even switch and a percentile's rank boundaries, ties,
+    # and (offset 1e9) values whose spread is tiny against their size, where a careless
+    # Σx² - n·mean² stddev loses every digit.
+    rng = random.Random(7)
+    percentiles = [50, 75, 90, 95, 99, 99.9, 1]
+    mgr = manager(percentiles=percentiles)
+    expected = {}
+    for size in [1, 2, 3, 4, 5, 7, 10, 99, 100, 101, 500, 999, 1000]:
+        for shape in ("uniform", "ties", "sorted"):
+            if shape == "uniform":
+                values = [offset + rng.uniform(0, 500) for _ in range(size)]
+            elif shape == "ties":
+                values = [offset + rng.randrange(4) for _ in range(size)]
+            else:
+                values = [offset + 0.001 * i for i in range(size)]
+            name = f"t{size}.{shape}"
+            for value in values:
+                mgr.add(Sample(name, TIMER, value))
+            expected[name] = sorted(values)
+    result = flush(mgr)
+    for name, ordered in expected.items():
+        stats = only(result, name, TIMER)
+        assert stats["count"] == len(ordered)
+        assert stats["min"] == ordered[0] and stats["max"] == ordered[-1]
+        assert stats["sum"] == pytest.approx(math.fsum(ordered), rel=1e-12)
+        assert stats["mean"] == pytest.approx(statistics.fmean(ordered), rel=1e-12)
+        assert stats["median"] == statistics.median(ordered)
+        assert stats["stddev"] == pytest.approx(statistics.pstdev(ordered), rel=1e-9, abs=1e-9)
+        for pct in percentiles:
+            assert stats[percentile_key(pct)] == nearest_rank(ordered, pct), (name, pct)
