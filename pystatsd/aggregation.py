@@ -408,11 +408,15 @@ class MetricMgr:
                 stats = {"count": cell[0], "rate": cell[0] / seconds}
             elif kind == GAUGE:
                 base, delta = cell
+                carried = gauges.get(key)
                 if base is None:  # only deltas this interval: they move the carried value
-                    carried = gauges.get(key)
                     base = carried[0] if carried is not None else 0.0
                 value = base + delta
-                gauges[key] = [value, 0]
+                if carried is None:
+                    gauges[key] = [value, 0]
+                else:  # in place: one GC-tracked list less made and freed per gauge and flush
+                    carried[0] = value
+                    carried[1] = 0
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
                 stats = cell.stats(percentiles, accuracy)
