@@ -7,9 +7,13 @@ each set 10-1000 members, each counter and gauge a few lines. Then it times ``sn
 CPU time of the snapshotting thread (``time.thread_time``: the pauses don't count), wall time,
 and, with ``--probe``, the longest wait of a second thread that only wants the GIL back (what
 the receive thread sees; up to the 5 ms switch interval for Python code, longer for one long
-C call such as a sort).
+C call such as a sort or a garbage collection). With ``--drain`` the snapshot runs on its own
+thread while the main thread receives from a loopback UDP socket, filled 1,500 datagrams of
+20 lines at a time, and ingests them under a lock as the daemon's listener does: the datagrams
+per second it drains while snapshots run against the same without a snapshot (what decides
+whether a flush overflows the socket buffer).
 
-    python bench/snapshot.py [--runs 5] [--probe] [--profile]
+    python bench/snapshot.py [--runs 5] [--probe | --drain] [--profile]
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ import cProfile
 import gc
 import pstats
 import random
+import socket
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pystatsd.aggregation import MetricMgr  # noqa: E402
+from pystatsd.aggregation import IntervalTable, MetricMgr  # noqa: E402
 from pystatsd.config import build_config  # noqa: E402
 from pystatsd.ingest import Pipeline  # noqa: E402
 from pystatsd.selfstats import SelfStats  # noqa: E402
+from pystatsd.snapshot import Snapshot  # noqa: E402
 
 
 def make_payloads(names: int, min_samples: int, max_samples: int, lines: int,
@@ -88,6 +95,61 @@ class GcTimer:
             self.generation = info["generation"]
 
 
+class Drainer:
+    """Fill a loopback UDP socket, then receive and ingest until it is empty, as the listener
+    does (one receive per datagram, each giving the GIL up, ingest under a lock)."""
+
+    FILL = 1500  # ~3.5 MB of socket buffer at 20 lines: within the 8 MB the kernel grants
+
+    def __init__(self, pipeline: Pipeline, payloads: list[bytes]) -> None:
+        self.pipeline = pipeline
+        self.payloads = payloads
+        self.lock = threading.Lock()
+        self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.receiver.bind(("127.0.0.1", 0))
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.at = 0
+        self.datagrams = 0
+        self.seconds = 0.0
+        self.lost = 0
+
+    def cycle(self) -> None:
+        address = self.receiver.getsockname()
+        send = self.sender.sendto
+        start = self.at
+        batch = self.payloads[start:start + self.FILL]
+        if len(batch) < self.FILL:
+            self.at, batch = 0, self.payloads[:self.FILL]
+        else:
+            self.at = start + self.FILL
+        for payload in batch:
+            send(payload, address)
+        recv, ingest, lock = self.receiver.recv, self.pipeline.ingest, self.lock
+        received = 0
+        began = time.perf_counter()
+        while True:
+            try:
+                payload = recv(65535, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            received += 1
+            with lock:
+                ingest(payload)
+        self.seconds += time.perf_counter() - began
+        self.datagrams += received
+        self.lost += len(batch) - received
+
+    def take_rate(self) -> float:
+        rate = self.datagrams / self.seconds
+        self.datagrams, self.seconds = 0, 0.0
+        return rate
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.sender.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=10_000)
@@ -95,6 +157,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--probe", action="store_true", help="measure the longest GIL wait")
+    parser.add_argument("--drain", action="store_true",
+                        help="receive from a UDP socket while the snapshot runs")
     parser.add_argument("--profile", action="store_true", help="cProfile one snapshot")
     args = parser.parse_args()
 
@@ -104,6 +168,18 @@ def main() -> None:
     payloads = make_payloads(args.names, args.min_samples, args.max_samples, 20)
     samples = sum(payload.count(b"\n") + 1 for payload in payloads)
     gc.freeze()  # the test payloads are no part of a daemon's heap (which freezes after start-up)
+
+    def timed_snapshot(table: IntervalTable) -> tuple[Snapshot, float, float]:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        snapshot = manager.snapshot(table, 0.0, 10.0, "bench")
+        return snapshot, time.thread_time() - cpu, time.perf_counter() - wall
+
+    def snapshot_into(table: IntervalTable, finished: list[Any]) -> None:
+        finished.append(timed_snapshot(table))
+
+    drainer = Drainer(pipeline, payloads) if args.drain else None
+    idle_rates: list[float] = []
+    busy_rates: list[float] = []
     cpu_ms: list[float] = []
     wall_ms: list[float] = []
     gaps: list[float] = []
@@ -120,9 +196,20 @@ def main() -> None:
         if profiler is not None:
             profiler.enable()
         collections.armed = bool(run)
-        cpu, wall = time.thread_time(), time.perf_counter()
-        snapshot = manager.snapshot(table, 0.0, 10.0, "bench")
-        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        if drainer is not None and run:
+            for _ in range(10):  # the same traffic with no snapshot running
+                drainer.cycle()
+            idle_rates.append(drainer.take_rate())
+            finished: list[Any] = []
+            worker = threading.Thread(target=snapshot_into, args=(table, finished))
+            worker.start()
+            while worker.is_alive():
+                drainer.cycle()
+            worker.join()
+            busy_rates.append(drainer.take_rate())
+            snapshot, cpu, wall = finished[0]
+        else:
+            snapshot, cpu, wall = timed_snapshot(table)
         collections.armed = False
         if profiler is not None:
             profiler.disable()
@@ -140,6 +227,11 @@ def main() -> None:
           + (f"; longest GIL wait of a probe thread: {max(gaps) * 1000:.1f} ms" if gaps else "")
           + f"; longest GC during snapshots: {collections.longest * 1000:.1f} ms"
           f" (generation {collections.generation})")
+    if drainer is not None:
+        drainer.close()
+        print(f"received and ingested: {statistics.median(idle_rates):,.0f} datagrams/s without a "
+              f"snapshot, {statistics.median(busy_rates):,.0f} datagrams/s while one runs "
+              f"(medians; {drainer.lost} lost in the socket)")
 
 
 if __name__ == "__main__":
