@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,10 @@ from pystatsd.selfstats import SelfStats
 log = logging.getLogger("pystatsd.listeners")
 
 Deliver = Callable[[bytes], None]
+
+# Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
+# receive buffer past net.core.rmem_max.
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
 
 
 class ListenerError(OSError):
@@ -75,10 +80,26 @@ class UdpListener(_Listener):
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         super().__init__(spec, deliver, stats)
         if spec["receive_buffer_bytes"]:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                  spec["receive_buffer_bytes"])
+            self._size_receive_buffer(spec["receive_buffer_bytes"])
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udp-listener", daemon=True)
+
+    def _size_receive_buffer(self, wanted: int) -> None:
+        """Ask for ``wanted`` bytes of kernel buffer: it holds what arrives while a flush slows
+        the receive thread. Without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max,
+        silently, so say so once."""
+        sock = self._sock
+        try:
+            if _SO_RCVBUFFORCE is None:
+                raise PermissionError
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, wanted)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
+        if granted < wanted:
+            log.warning("udp %s:%d: receive buffer %d bytes of the %d asked (receive_buffer_bytes)"
+                        "; raise net.core.rmem_max to absorb bursts during flushes",
+                        *self.address, granted, wanted)
 
     def start(self) -> None:
         self._thread.start()
