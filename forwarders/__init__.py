@@ -1,63 +1,62 @@
 """Forwarders: where each flush (or each raw line, for relays) goes.
 
-Built-in forwarders are listed in ``BUILTIN_FORWARDERS``; third parties register a
-:class:`Forwarder` subclass under the ``pystatsd.forwarders`` entry point group. Only the
-forwarders a config names are imported.
+Everything a forwarder, built-in or third-party, needs is importable from here: the two base
+classes, the context the daemon passes, the snapshot and series types, the record helpers and
+the schema helpers. A forwarder imports nothing else of pystatsd. The contract (lifecycle,
+queues, stats, reload) is written in :mod:`forwarders.base`; ``forwarders.contract`` is a test
+suite any forwarder can run on itself. Built-in types are listed in ``BUILTIN_FORWARDERS``;
+third parties register under the entry-point group ``pystatsd.forwarders``.
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
-
-from forwarders.base import COMMON_SCHEMA_PROPERTIES, Forwarder, ForwarderContext, snapshot_records
+from forwarders.aggregate import AggregateForwarder
+from forwarders.base import Forwarder, ForwarderContext, StatKind
+from forwarders.records import series_record, snapshot_records
+from forwarders.registry import (
+    BUILTIN_FORWARDERS,
+    ENTRY_POINT_GROUP,
+    ForwarderClash,
+    ForwarderSource,
+    Registry,
+    UnknownForwarder,
+    discover,
+    known_forwarder_names,
+    load_forwarder_class,
+)
+from forwarders.relay import RelayForwarder
+from forwarders.schema import COMMON_SCHEMA_PROPERTIES, fill_defaults, section_schema
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Tags
+from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = [
     "BUILTIN_FORWARDERS",
     "COMMON_SCHEMA_PROPERTIES",
+    "COUNTER",
+    "ENTRY_POINT_GROUP",
+    "GAUGE",
+    "HISTOGRAM",
+    "METRIC_TYPES",
+    "SET",
+    "TIMER",
+    "TRACE",
+    "AggregateForwarder",
     "Forwarder",
+    "ForwarderClash",
     "ForwarderContext",
+    "ForwarderSource",
+    "Registry",
+    "RelayForwarder",
+    "SeriesStats",
+    "Snapshot",
+    "StatKind",
+    "Tags",
     "UnknownForwarder",
+    "discover",
+    "fill_defaults",
     "known_forwarder_names",
     "load_forwarder_class",
+    "section_schema",
+    "series_record",
     "snapshot_records",
 ]
-
-ENTRY_POINT_GROUP = "pystatsd.forwarders"
-
-BUILTIN_FORWARDERS: dict[str, str] = {
-    "console": "forwarders.console:ConsoleForwarder",
-    "file": "forwarders.file:FileForwarder",
-    "kafka": "forwarders.kafka:KafkaForwarder",
-    "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
-}
-
-
-class UnknownForwarder(LookupError):
-    """A config names a forwarder type that is neither built in nor registered."""
-
-
-def _third_party() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_forwarder_names() -> list[str]:
-    """Every forwarder type this installation can run, built-in and registered."""
-    return sorted({**_third_party(), **BUILTIN_FORWARDERS})
-
-
-def load_forwarder_class(type_name: str) -> type[Forwarder]:
-    """Given a forwarder type name, import and return its class.
-
-    Raises :class:`UnknownForwarder` listing the known names when the type does not exist, and
-    ``TypeError`` when the object registered under that name is not a Forwarder subclass."""
-    target = BUILTIN_FORWARDERS.get(type_name) or _third_party().get(type_name)
-    if target is None:
-        raise UnknownForwarder(
-            f"unknown forwarder type {type_name!r}; known: {', '.join(known_forwarder_names())}"
-        )
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Forwarder)):
-        raise TypeError(f"forwarder {type_name!r} ({target}) is not a Forwarder subclass")
-    return cls

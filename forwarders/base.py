@@ -1,58 +1,54 @@
-"""The forwarder contract.
+"""What every forwarder has, whichever kind it is.
 
-A forwarder takes what the daemon produces and delivers it somewhere. Two kinds:
+A forwarder takes what the daemon produces and delivers it somewhere. There are two kinds, each
+with its own base class that owns the queue and the thread it really uses:
 
-* aggregate forwarders (``RELAY = False``) get one :class:`~pystatsd.snapshot.Snapshot` per flush;
-* relay forwarders (``RELAY = True``) get raw statsd lines as they arrive, before aggregation.
+* :class:`~forwarders.aggregate.AggregateForwarder` gets one :class:`~forwarders.Snapshot` per
+  flush, on the daemon's main thread, and delivers it on a thread of its own;
+* :class:`~forwarders.relay.RelayForwarder` gets raw statsd lines as they arrive, on the
+  receive thread, before aggregation, and sends them on a thread of its own.
 
-The daemon calls, in order: the constructor (config already validated against
-``CONFIG_SCHEMA`` plus the common keys), :meth:`Forwarder.start`, then :meth:`submit` or
-:meth:`submit_lines` any number of times from the receiving threads, then :meth:`close` once.
-``submit``/``submit_lines`` never block: each forwarder owns a bounded queue drained by its own
-thread, and what does not fit is dropped and counted. A subclass implements :meth:`send`
-(or :meth:`send_lines`) and may override :meth:`open`, :meth:`flush` and :meth:`shutdown`;
-those run on the forwarder's own thread, so a slow backend only ever delays that forwarder.
+The lifecycle, which the daemon keeps and ``forwarders.contract`` checks for every forwarder:
+
+1. the constructor, with the section already validated against :meth:`Forwarder.section_schema`
+   (a forwarder built directly gets the schema's defaults filled in here). It does no I/O:
+   raising here refuses the config;
+2. :meth:`Forwarder.start`, once: open the backend (not in ``debug_mode``) and start the thread.
+   Raising here refuses the config too (at start-up: the daemon does not start);
+3. ``submit`` (aggregate) or ``submit_lines`` (relay) any number of times. They never block
+   and never raise: what does not fit is dropped and counted;
+4. :meth:`Forwarder.close`, once, even when ``start`` failed or never ran: deliver what is
+   queued within the deadline, release the backend, and return how many items (series or
+   lines) were not delivered, which it also counts (``undelivered_at_close``) and logs.
+
+Reload: a forwarder whose section (and the daemon's ``debug_mode``, host and ``state_dir``) is
+unchanged keeps running, the same instance. A changed section is a new instance. An aggregate
+forwarder's old instance is closed before the new one starts, so two instances of one section
+never overlap (no two producers over one spool); a relay forwarder's new instance starts first
+and the old one is closed after the receive path has switched, so no line arrives at a closed
+relay. That is the only overlap there is.
+
+Stats: :meth:`Forwarder.stats` returns numbers by key, and the class declares each key's kind
+in ``TOTALS`` (running totals since start, never decreasing: reported per flush as a counter of
+their increase) and ``LEVELS`` (a current value, such as a queue depth: reported as a gauge).
+Both hold glob patterns (``backend.*.queued_bytes``); every key matches exactly one of them.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import logging
-import queue
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import orjson
+from forwarders.schema import section_schema, with_defaults
 
-from pystatsd.snapshot import SeriesStats, Snapshot
+__all__ = ["Forwarder", "ForwarderContext", "StatKind"]
 
-__all__ = [
-    "COMMON_SCHEMA_PROPERTIES",
-    "Forwarder",
-    "ForwarderContext",
-    "series_record",
-    "snapshot_records",
-]
-
-COMMON_SCHEMA_PROPERTIES: dict[str, Any] = {
-    "type": {
-        "type": "string",
-        "description": "Which forwarder implementation runs this section; defaults to the "
-        "section's own name, so several forwarders of one type can run under different names.",
-    },
-    "queue_size": {
-        "type": "integer",
-        "minimum": 1,
-        "default": 64,
-        "description": "How many flushes (aggregate forwarders) or datagrams' worth of lines "
-        "(relay forwarders) may wait for this forwarder before new ones are dropped and counted.",
-    },
-}
-
-_STOP = object()
+StatKind = Literal["total", "level"]
 
 
 @dataclass(frozen=True)
@@ -66,155 +62,74 @@ class ForwarderContext:
 
 
 class Forwarder:
-    """Base class of every forwarder; see the module docstring for the contract."""
+    """The common base of both kinds; subclass :class:`~forwarders.AggregateForwarder` or
+    :class:`~forwarders.RelayForwarder`, not this."""
 
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
-    """JSON Schema of this forwarder's own config keys (the common keys are added for it)."""
-    RELAY: ClassVar[bool] = False
-    GAUGE_KEYS: ClassVar[tuple[str, ...]] = ("queued", "_bytes", "_size", "_depth", "failing")
-    """A :meth:`stats` key ending in one of these is a level, reported as a gauge; every other
-    key is a running total, reported per flush as a counter of its change."""
+    """JSON Schema of this forwarder's own keys (the common keys are added for it); the one
+    place each key's default is written."""
+    TOTALS: ClassVar[tuple[str, ...]] = ("submitted", "sent", "send_errors",
+                                         "dropped_queue_full", "undelivered_at_close")
+    """Glob patterns of the :meth:`stats` keys that are running totals."""
+    LEVELS: ClassVar[tuple[str, ...]] = ("queued",)
+    """Glob patterns of the :meth:`stats` keys that are levels (gauges)."""
+    KIND: ClassVar[str] = ""
+    """``aggregate`` or ``relay``: set by the two kind bases."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
         self.name = name
-        self.config = config
         self.context = context
+        self.config: dict[str, Any] = with_defaults(self.section_schema(), config)
         self.log = logging.getLogger(f"pystatsd.forwarders.{name}")
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=int(config.get("queue_size", 64)))
-        self._thread: threading.Thread | None = None
-        self.counters: dict[str, int] = {
-            "submitted": 0,
-            "sent": 0,
-            "send_errors": 0,
-            "dropped_queue_full": 0,
-            "undelivered_at_close": 0,
-        }
+        self.counters: dict[str, int] = {key: 0 for key in Forwarder.TOTALS}
 
-    # -- called by the daemon -------------------------------------------------------------
+    @classmethod
+    def section_schema(cls) -> dict[str, Any]:
+        """The full JSON Schema of this forwarder's config section."""
+        return section_schema(cls.CONFIG_SCHEMA)
+
+    @classmethod
+    def stat_kind(cls, key: str) -> StatKind:
+        """Whether the :meth:`stats` key ``key`` is a running total or a level; ``KeyError``
+        for a key the class did not declare."""
+        return _stat_kind(cls.TOTALS, cls.LEVELS, key)
+
+    # -- the lifecycle, implemented by the kind bases -------------------------------------
     def start(self) -> None:
-        """Open the backend and start this forwarder's thread."""
-        if not self.context.debug_mode:
-            self.open()
-        self._thread = threading.Thread(target=self._run, name=f"forwarder-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def submit(self, snapshot: Snapshot) -> bool:
-        """Queue one flush without blocking; return False (and count it) when the queue is full."""
-        return self._offer(snapshot, len(snapshot.series))
-
-    def submit_lines(self, lines: list[bytes]) -> bool:
-        """Queue raw lines (relay forwarders) without blocking; False when dropped."""
-        return self._offer(lines, len(lines))
+        """Open the backend (not in ``debug_mode``) and start this forwarder's thread."""
+        raise NotImplementedError
 
     def close(self, timeout: float) -> int:
-        """Send what is queued, flush, and release the backend within ``timeout`` seconds.
-
-        Returns how many items (series or lines) were left undelivered; they are also counted
-        and logged."""
-        deadline = time.monotonic() + timeout
-        if self._thread is not None:
-            try:
-                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                pass
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        left = self._discard_queued()
-        if not self.context.debug_mode:
-            try:
-                left += self.shutdown(max(0.0, deadline - time.monotonic()))
-            except Exception:  # a backend failing at exit must not stop the other forwarders
-                self.log.exception("forwarder %s failed while shutting down", self.name)
-        self.counters["undelivered_at_close"] += left
-        if left:
-            self.log.warning("forwarder %s left %d items undelivered at shutdown", self.name, left)
-        return left
+        """Deliver what is queued and release the backend within ``timeout`` seconds; return
+        how many items were left undelivered (also counted and logged)."""
+        raise NotImplementedError
 
     def stats(self) -> dict[str, float]:
-        """Counters and gauges describing this forwarder, for self-metrics and status."""
-        return {**self.counters, "queued": self._queue.qsize()}
+        """This forwarder's totals and levels (see ``TOTALS`` and ``LEVELS``)."""
+        return dict(self.counters)
 
-    # -- implemented by subclasses ------------------------------------------------------
+    # -- hooks for subclasses -------------------------------------------------------------
     def open(self) -> None:
-        """Connect to the backend (called once from :meth:`start`, not in debug mode)."""
-
-    def send(self, snapshot: Snapshot) -> None:
-        """Deliver one flush; raise to have the failure counted and logged."""
-        raise NotImplementedError(f"{type(self).__name__} does not take snapshots")
-
-    def send_lines(self, lines: list[bytes]) -> None:
-        """Deliver raw lines (relay forwarders)."""
-        raise NotImplementedError(f"{type(self).__name__} does not take raw lines")
+        """Connect to the backend (called once from :meth:`start`, not in ``debug_mode``)."""
 
     def shutdown(self, timeout: float) -> int:
-        """Flush and release the backend within ``timeout``; return items left undelivered."""
+        """Release the backend within ``timeout``; return items left undelivered. Called once
+        from :meth:`close`, after the thread has stopped, also in ``debug_mode``."""
         return 0
 
-    def describe(self, item: Snapshot | list[bytes]) -> Iterator[str]:
-        """What ``debug_mode`` logs instead of sending: one line per message."""
-        if isinstance(item, Snapshot):
-            for record in snapshot_records(item):
-                yield orjson.dumps(record).decode()
-        else:
-            for line in item:
-                yield line.decode("utf-8", "replace")
-
-    # -- internals ------------------------------------------------------------------------
-    def _offer(self, item: Any, size: int) -> bool:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.counters["dropped_queue_full"] += size
-            return False
-        self.counters["submitted"] += size
-        return True
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            size = len(item.series) if isinstance(item, Snapshot) else len(item)
-            try:
-                if self.context.debug_mode:
-                    for line in self.describe(item):
-                        self.log.info("debug_mode, not sent: %s", line)
-                elif isinstance(item, Snapshot):
-                    self.send(item)
-                else:
-                    self.send_lines(item)
-            except Exception as exc:  # a failing backend must never kill the forwarder thread
-                self.counters["send_errors"] += 1
-                self.log.error("forwarder %s failed to send %d items: %s", self.name, size, exc)
-            else:
-                self.counters["sent"] += size
-
-    def _discard_queued(self) -> int:
-        left = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return left
-            if item is not _STOP:
-                left += len(item.series) if isinstance(item, Snapshot) else len(item)
+    def _count_undelivered(self, left: int) -> int:
+        self.counters["undelivered_at_close"] += left
+        if left:
+            self.log.warning("forwarder %s left %d items undelivered at shutdown", self.name,
+                             left)
+        return left
 
 
-def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
-    """The structured record of one series of a flush: what the console and file forwarders
-    print and the Kafka forwarder's ``json`` format sends."""
-    return {
-        "name": series.name,
-        "type": series.type,
-        "tags": dict(series.tags),
-        "stats": series.stats,
-        "interval_start": snapshot.start,
-        "interval": snapshot.interval,
-        "host": snapshot.host,
-    }
-
-
-def snapshot_records(snapshot: Snapshot) -> Iterator[dict[str, Any]]:
-    """Given a snapshot, yield :func:`series_record` of each of its series."""
-    for series in snapshot.series:
-        yield series_record(series, snapshot)
+@functools.cache
+def _stat_kind(totals: tuple[str, ...], levels: tuple[str, ...], key: str) -> StatKind:
+    is_total = any(fnmatch.fnmatchcase(key, pattern) for pattern in totals)
+    is_level = any(fnmatch.fnmatchcase(key, pattern) for pattern in levels)
+    if is_total == is_level:
+        raise KeyError(f"stats key {key!r} is declared {'twice' if is_total else 'nowhere'} "
+                       "(TOTALS/LEVELS)")
+    return "total" if is_total else "level"

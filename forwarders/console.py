@@ -7,11 +7,12 @@ from typing import Any, ClassVar
 
 import orjson
 
-from forwarders.base import Forwarder, snapshot_records
+from forwarders.aggregate import AggregateForwarder
+from forwarders.records import snapshot_records
 from pystatsd.snapshot import Snapshot
 
 
-class ConsoleForwarder(Forwarder):
+class ConsoleForwarder(AggregateForwarder):
     """One JSON line per series (see ``snapshot_records``), flushed after every snapshot so a
     pipe or the journal sees each interval as soon as it is complete."""
 
@@ -27,7 +28,7 @@ class ConsoleForwarder(Forwarder):
     }
 
     def send(self, snapshot: Snapshot) -> None:
-        stream = sys.stdout if self.config.get("stream", "stdout") == "stdout" else sys.stderr
+        stream = sys.stdout if self.config["stream"] == "stdout" else sys.stderr
         out = stream.buffer
         for record in snapshot_records(snapshot):
             out.write(orjson.dumps(record) + b"\n")

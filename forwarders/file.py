@@ -11,11 +11,12 @@ from typing import Any, BinaryIO, ClassVar
 
 import orjson
 
-from forwarders.base import Forwarder, snapshot_records
+from forwarders.aggregate import AggregateForwarder
+from forwarders.records import snapshot_records
 from pystatsd.snapshot import Snapshot
 
 
-class FileForwarder(Forwarder):
+class FileForwarder(AggregateForwarder):
     """JSON lines, one per series; ``path`` is renamed to ``path.1`` (``path.1`` to ``path.2``...)
     once it would grow past ``max_bytes``, keeping ``backup_count`` old files."""
 
@@ -48,10 +49,9 @@ class FileForwarder(Forwarder):
 
     def send(self, snapshot: Snapshot) -> None:
         data = b"".join(orjson.dumps(r) + b"\n" for r in snapshot_records(snapshot))
-        if self._file is None:
-            self.open()
-        assert self._file is not None
-        limit = self.config.get("max_bytes", 0)
+        if self._file is None:  # a send that outlived close(): never reopen behind its back
+            raise RuntimeError(f"{self._path} is closed")
+        limit = self.config["max_bytes"]
         if limit and self._file.tell() and self._file.tell() + len(data) > limit:
             self._rotate()
         assert self._file is not None
@@ -61,7 +61,7 @@ class FileForwarder(Forwarder):
     def _rotate(self) -> None:
         assert self._file is not None
         self._file.close()
-        keep = self.config.get("backup_count", 5)
+        keep = self.config["backup_count"]
         for index in range(keep - 1, 0, -1):
             older = self._path.with_name(f"{self._path.name}.{index}")
             if older.exists():

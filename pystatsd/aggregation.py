@@ -447,4 +447,4 @@ class MetricMgr:
         if not cumulative:
             traces.clear()
         out.sort(key=_series_order)
-        return Snapshot(start, interval, host, out)
+        return Snapshot(start, interval, host, tuple(out))

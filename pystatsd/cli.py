@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                         "what it is doing; print JSON; exit 3 if none answers")
     parser.add_argument("--print-default-config", action="store_true",
                         help="print the documented default config (YAML) and exit")
+    parser.add_argument("--list-forwarders", action="store_true",
+                        help="print every forwarder type this installation knows and where it "
+                        "comes from (built-in, or the distribution that registered it); exit 1 "
+                        "if two sources claim one name")
     parser.add_argument("--version", action="version", version=_version_text())
     return parser
 
@@ -78,6 +82,19 @@ def _status(config: Config) -> int:
     return 0
 
 
+def _list_forwarders() -> int:
+    from forwarders import discover
+
+    registry = discover()
+    width = max(map(len, registry.names()))
+    for name in registry.names():
+        if name in registry.clashes:
+            print(f"{name:<{width}}  REFUSED: {registry.clash_line(name)}")
+        else:
+            print(f"{name:<{width}}  {registry.available[name]}")
+    return 1 if registry.clashes else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.print_default_config:
@@ -85,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(render_sample_config())
         return 0
+    if args.list_forwarders:
+        return _list_forwarders()
     if args.check_config:
         try:
             load_config(args.check_config)

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from forwarders import COMMON_SCHEMA_PROPERTIES, UnknownForwarder, load_forwarder_class
+from forwarders import ForwarderClash, UnknownForwarder, fill_defaults, load_forwarder_class
 
 Config = dict[str, Any]
 
@@ -39,12 +39,7 @@ def main_schema() -> dict[str, Any]:
 
 def forwarder_schema(forwarder_type: str) -> dict[str, Any]:
     """The full schema of one forwarder section: the forwarder's own keys plus the common ones."""
-    own = load_forwarder_class(forwarder_type).CONFIG_SCHEMA
-    schema = copy.deepcopy(own)
-    schema["type"] = "object"
-    schema["properties"] = {**copy.deepcopy(COMMON_SCHEMA_PROPERTIES), **own.get("properties", {})}
-    schema.setdefault("additionalProperties", False)
-    return schema
+    return load_forwarder_class(forwarder_type).section_schema()
 
 
 def load_config(path: str | Path) -> Config:
@@ -96,19 +91,6 @@ def listeners(config: Config) -> list[dict[str, Any]]:
     return result
 
 
-def fill_defaults(schema: dict[str, Any], instance: Any) -> None:
-    """Set every absent property that has a ``default`` in ``schema``, recursively."""
-    if isinstance(instance, dict):
-        for key, sub in schema.get("properties", {}).items():
-            if key not in instance and "default" in sub:
-                instance[key] = copy.deepcopy(sub["default"])
-            if key in instance:
-                fill_defaults(sub, instance[key])
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for item in instance:
-            fill_defaults(schema["items"], item)
-
-
 def _forwarder_errors(name: str, section: dict[str, Any]) -> list[str]:
     where = ("forwarders", name)
     forwarder_type = section.get("type", name)
@@ -116,7 +98,7 @@ def _forwarder_errors(name: str, section: dict[str, Any]) -> list[str]:
         return [f"{_dotted((*where, 'type'))}: must be a string"]
     try:
         schema = forwarder_schema(forwarder_type)
-    except UnknownForwarder as exc:
+    except (UnknownForwarder, ForwarderClash, TypeError) as exc:
         return [f"{_dotted((*where, 'type'))}: {exc}"]
     except ImportError as exc:
         return [f"{_dotted(where)}: forwarder {forwarder_type!r} cannot be loaded: {exc}"]

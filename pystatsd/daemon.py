@@ -19,11 +19,18 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from forwarders import Forwarder, ForwarderContext, load_forwarder_class
+from forwarders import (
+    AggregateForwarder,
+    Forwarder,
+    ForwarderContext,
+    RelayForwarder,
+    discover,
+    load_forwarder_class,
+)
 from pystatsd import __version__, systemd
 from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.aggregation import MetricMgr
@@ -42,15 +49,26 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 
 
-def build_forwarders(config: Config, host: str) -> list[Forwarder]:
-    """Instantiate (not start) every forwarder the config names."""
-    context = ForwarderContext(debug_mode=config["debug_mode"], host=host,
-                               state_dir=Path(config["state_dir"]))
-    built = []
-    for name, section in config["forwarders"].items():
-        cls = load_forwarder_class(section.get("type", name))
-        built.append(cls(name, section, context))
-    return built
+def forwarder_context(config: Config, host: str) -> ForwarderContext:
+    return ForwarderContext(debug_mode=config["debug_mode"], host=host,
+                            state_dir=Path(config["state_dir"]))
+
+
+def build_forwarder(name: str, section: dict[str, Any], context: ForwarderContext) -> Forwarder:
+    """Instantiate (not start) the forwarder of one config section."""
+    return load_forwarder_class(section.get("type", name))(name, section, context)
+
+
+def build_forwarders(config: Config, host: str) -> dict[str, Forwarder]:
+    """Instantiate (not start) every forwarder the config names, by section name."""
+    context = forwarder_context(config, host)
+    return {name: build_forwarder(name, section, context)
+            for name, section in config["forwarders"].items()}
+
+
+def close_all(forwarders: Iterable[Forwarder], timeout: float = 0.0) -> None:
+    for forwarder in forwarders:
+        forwarder.close(timeout)
 
 
 class Daemon:
@@ -67,12 +85,13 @@ class Daemon:
         self.lock = threading.Lock()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.manager = MetricMgr(config)
-        self.forwarders: list[Forwarder] = []
+        self.forwarders: dict[str, Forwarder] = {}
         self.pipeline: Pipeline | None = None
         self.listeners: list[UdpListener | TcpListener] = []
         self._tagger = Tagger(config["agent"]["tags"], config["tag_precedence"])
         self._interval_started = 0.0
         self._forwarder_totals: dict[str, float] = {}
+        self._undeclared_stats: set[str] = set()
         self._started_at = self.clock()
         self._last_flush: dict[str, float] = {}
         self.admin: AdminServer | None = None
@@ -80,12 +99,14 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------------
     def start(self) -> None:
         """Start forwarders, bind listeners and begin receiving; raise on any failure."""
+        self._warn_about_clashes()
         self.forwarders = build_forwarders(self.config, self.host)
-        for forwarder in self.forwarders:
+        for forwarder in self.forwarders.values():
             forwarder.start()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
-        self._interval_started = self.clock()
+        interval = float(self.config["flush_interval"])
+        self._interval_started = math.floor(self.clock() / interval) * interval
         for listener in self.listeners:
             listener.start()
             host, port = listener.address
@@ -93,8 +114,16 @@ class Daemon:
         self._start_admin()
         log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
                  self.config["mode"], self.config["flush_interval"],
-                 ", ".join(f.name for f in self.forwarders) or "none")
+                 ", ".join(self.forwarders) or "none")
         systemd.notify("READY=1")
+
+    def _warn_about_clashes(self) -> None:
+        """A clashing forwarder name that the config uses fails validation; one it does not
+        use is still worth a line, since the operator's next config might."""
+        registry = discover()
+        used = {section.get("type", name) for name, section in self.config["forwarders"].items()}
+        for name in sorted(set(registry.clashes) - used):
+            log.warning("%s", registry.clash_line(name))
 
     def _start_admin(self) -> None:
         path = Path(self.config["state_dir"]) / SOCKET_NAME
@@ -125,12 +154,12 @@ class Daemon:
                           for listener in self.listeners
                           for host, port in [listener.address]],
             "counters": dict(sorted(counters.items())),
-            "forwarders": {f.name: {"type": type(f).__name__, **f.stats()}
-                           for f in self.forwarders},
+            "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
+                           for name, f in self.forwarders.items()},
         }
 
-    def _relays(self) -> list[Forwarder]:
-        return [f for f in self.forwarders if f.RELAY]
+    def _relays(self) -> list[RelayForwarder]:
+        return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
     def _deliver(self, payload: bytes) -> None:
         with self.lock:
@@ -162,8 +191,10 @@ class Daemon:
                 interval = float(self.config["flush_interval"])
                 deadline = self._next_deadline(self.clock(), interval)
             elif signum == signal.SIGUSR1:
-                configure_logging(self.config["logging"])
-                log.info("log reopened")
+                if configure_logging(self.config["logging"]):
+                    log.info("log reopened")
+                else:
+                    self.stats.incr("log.reopen_failed")
             now = self.clock()
             if now >= deadline:
                 missed = int((now - deadline) // interval)
@@ -179,24 +210,34 @@ class Daemon:
         return (math.floor(now / interval) + 1) * interval
 
     # -- flushing ---------------------------------------------------------------------
-    def flush(self) -> Snapshot:
-        """Close the current interval and hand its snapshot to every aggregate forwarder."""
+    def flush(self, final: bool = False) -> Snapshot:
+        """Close the current interval and hand its snapshot to every aggregate forwarder.
+
+        The interval runs from the aligned deadline of the previous flush to this flush's
+        aligned deadline (the flush interval, or a multiple of it after missed deadlines), or
+        to now for the final flush at stop; counter rates are per second of that length."""
+        interval = float(self.config["flush_interval"])
         with self.lock:
+            assert self.pipeline is not None
+            self.pipeline.publish_counts()
             table = self.manager.swap()
             now = self.clock()
             counts = self.stats.take()
-        started, self._interval_started = self._interval_started, now
-        elapsed = max(now - started, 1e-9)
-        interval = float(self.config["flush_interval"])
-        aligned_start = math.floor(started / interval) * interval
-        snapshot = self.manager.snapshot(table, aligned_start, elapsed, self.host)
+        start = self._interval_started
+        end = now if final else math.floor(now / interval) * interval
+        if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
+            end = max(now, start + 1e-9)
+        self._interval_started = end
+        # TODO(merge partB): MetricMgr.finish(table, seconds) replaces snapshot()
+        series = list(self.manager.snapshot(table, start, end - start, self.host).series)
         if self.config["self_metrics"]["enabled"]:
-            snapshot.series.extend(self._self_metrics(counts, elapsed, len(snapshot.series)))
+            series.extend(self._self_metrics(counts, end - start, len(series)))
+        snapshot = Snapshot(start, end - start, self.host, tuple(series))
         self.stats.incr("flush.count")
-        self._last_flush = {"at": now, "interval_start": aligned_start,
-                            "interval_seconds": elapsed, "series": len(snapshot.series)}
-        for forwarder in self.forwarders:
-            if not forwarder.RELAY:
+        self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
+                            "series": len(snapshot.series)}
+        for forwarder in self.forwarders.values():
+            if isinstance(forwarder, AggregateForwarder):
                 forwarder.submit(snapshot)
         return snapshot
 
@@ -204,64 +245,144 @@ class Daemon:
                       flushed_series: int) -> list[SeriesStats]:
         prefix = self.config["self_metrics"]["prefix"]
         tags = self._tagger.apply(())
-        series = [SeriesStats(prefix + name, COUNTER, tags, {"count": n, "rate": n / elapsed})
+        series = [SeriesStats(prefix + name, COUNTER, tags,
+                              {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
-        for forwarder in self.forwarders:
+        for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"
-                if key.endswith(forwarder.GAUGE_KEYS):
+                try:
+                    kind = forwarder.stat_kind(key)
+                except KeyError as exc:
+                    if name not in self._undeclared_stats:  # a forwarder bug: say it once
+                        self._undeclared_stats.add(name)
+                        log.warning("forwarder %s: %s; not reported", forwarder.name, exc)
+                    continue
+                if kind == "level":
                     gauges[name] = float(value)
                     continue
                 delta = value - self._forwarder_totals.get(name, 0)
                 self._forwarder_totals[name] = value
                 if delta:
                     series.append(SeriesStats(prefix + name, COUNTER, tags,
-                                              {"count": delta, "rate": delta / elapsed}))
+                                              {"count": float(delta), "rate": delta / elapsed}))
         series.extend(SeriesStats(prefix + name, GAUGE, tags, {"value": value})
                       for name, value in sorted(gauges.items()))
         return series
 
     # -- reload and stop --------------------------------------------------------------
     def reload(self) -> bool:
-        """Re-read the config file; apply it if valid, keep the running one if not."""
+        """Re-read the config file; apply it if valid, keep the running one if not.
+
+        Build, validate, swap. Every forwarder whose section is unchanged keeps running, the
+        same instance. New instances are built (their constructors validate) before anything
+        changes; a relay forwarder's new instance starts before the receive path switches to
+        it, so no line finds a relay closed; an aggregate forwarder's old instance is closed
+        before its new one starts (both may want one spool), which is safe because only this
+        thread hands out snapshots. A new instance that cannot start is closed and the old
+        section is started again in its place."""
         if self.config_path is None:
             log.warning("SIGHUP ignored: running on built-in defaults, no file to reload")
             return False
         systemd.notify("RELOADING=1")
-        started: list[Forwarder] = []
         try:
             new = load_config(self.config_path)
-            for forwarder in build_forwarders(new, self.host):
-                forwarder.start()
-                started.append(forwarder)
-        except Exception as exc:  # ConfigError, or a forwarder that cannot be built or opened
-            for forwarder in started:
-                forwarder.close(0)
+            context = forwarder_context(new, self.host)
+            replacing = self._changed_sections(new, context)
+            built = {name: build_forwarder(name, new["forwarders"][name], context)
+                     for name in replacing}
+        except Exception as exc:  # ConfigError, or a forwarder refusing its section
             for line in getattr(exc, "errors", [str(exc)]):
-                log.error("reload refused, keeping the running config: %s", line)
+                log.error("reload refused, keeping the running config: %s: %s",
+                          self.config_path, line)
             systemd.notify("READY=1")
             return False
+        started_first = [f for name, f in built.items()
+                         if isinstance(f, RelayForwarder) or name not in self.forwarders]
+        try:
+            for forwarder in started_first:
+                forwarder.start()
+        except Exception as exc:
+            close_all(built.values())
+            log.error("reload refused, keeping the running config: %s: forwarder %s cannot "
+                      "start: %s", self.config_path, forwarder.name, exc)
+            systemd.notify("READY=1")
+            return False
+        self._swap_config(new, context, built)
+        systemd.notify("READY=1")
+        return True
+
+    def _changed_sections(self, new: Config, context: ForwarderContext) -> list[str]:
+        """The forwarder sections of ``new`` that need a new instance."""
+        if context != forwarder_context(self.config, self.host):
+            return list(new["forwarders"])
+        running = self.config["forwarders"]
+        return [name for name, section in new["forwarders"].items()
+                if name not in self.forwarders or running.get(name) != section]
+
+    def _swap_config(self, new: Config, context: ForwarderContext,
+                     built: dict[str, Forwarder]) -> None:
         needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode",
                                          "state_dir")
                          if new.get(key) != self.config.get(key)]
-        old_forwarders = self.forwarders
+        old_config, old_forwarders = self.config, self.forwarders
+        forwarders = {name: built.get(name) or old_forwarders[name]
+                      for name in new["forwarders"]}
+        timeout = float(new["shutdown_timeout"])
         with self.lock:
-            self.config = {**new, **{k: self.config[k] for k in needs_restart}}
-            self.forwarders = started
+            assert self.pipeline is not None
+            self.pipeline.publish_counts()
+            self.config = {**new, **{k: old_config[k] for k in needs_restart}}
+            self.forwarders = forwarders
             self._tagger = Tagger(new["agent"]["tags"], new["tag_precedence"])
             self.manager.reconfigure(self.config)
-            assert self.pipeline is not None
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
-        for forwarder in old_forwarders:
-            forwarder.close(float(self.config["shutdown_timeout"]))
-        configure_logging(self.config["logging"])
+        # The receive path no longer reaches the old instances: close them.
+        for name, forwarder in old_forwarders.items():
+            if forwarders.get(name) is not forwarder:
+                forwarder.close(timeout)
+        for name, forwarder in built.items():
+            if isinstance(forwarder, AggregateForwarder) and name in old_forwarders:
+                self._start_replacement(forwarder, old_config["forwarders"][name],
+                                        forwarder_context(old_config, self.host))
+        if not configure_logging(self.config["logging"]):
+            self.stats.incr("log.reopen_failed")
+            self.config["logging"] = old_config["logging"]
+        kept = [name for name in forwarders if name not in built]
+        changes = [f"kept {', '.join(kept)}" if kept else "",
+                   f"rebuilt {', '.join(n for n in built if n in old_forwarders)}"
+                   if any(n in old_forwarders for n in built) else "",
+                   f"added {', '.join(n for n in built if n not in old_forwarders)}"
+                   if any(n not in old_forwarders for n in built) else "",
+                   f"removed {', '.join(n for n in old_forwarders if n not in forwarders)}"
+                   if any(n not in forwarders for n in old_forwarders) else ""]
+        log.info("reloaded %s; forwarders: %s", self.config_path,
+                 "; ".join(c for c in changes if c) or "none")
         if needs_restart:
-            log.warning("reloaded; these keys change only on restart: %s", ", ".join(needs_restart))
-        else:
-            log.info("reloaded %s", self.config_path)
-        systemd.notify("READY=1")
-        return True
+            log.warning("these keys change only on restart: %s", ", ".join(needs_restart))
+
+    def _start_replacement(self, forwarder: Forwarder, old_section: dict[str, Any],
+                           old_context: ForwarderContext) -> None:
+        try:
+            forwarder.start()
+            return
+        except Exception as exc:
+            forwarder.close(0)
+            log.error("forwarder %s: the reloaded section cannot start (%s); starting its "
+                      "previous section again", forwarder.name, exc)
+        try:
+            previous = build_forwarder(forwarder.name, old_section, old_context)
+            previous.start()
+        except Exception as exc:
+            log.error("forwarder %s: its previous section cannot start either (%s); it is not "
+                      "running", forwarder.name, exc)
+            with self.lock:
+                self.forwarders.pop(forwarder.name, None)
+            return
+        with self.lock:
+            self.forwarders[forwarder.name] = previous
+            self.config["forwarders"][forwarder.name] = old_section
 
     def stop(self) -> int:
         """The shutdown sequence: stop listeners, final flush, drain forwarders by one deadline,
@@ -272,12 +393,12 @@ class Daemon:
         deadline = time.monotonic() + float(self.config["shutdown_timeout"])
         for listener in self.listeners:
             listener.stop()
-        self.flush()
+        self.flush(final=True)
         lost: dict[str, int] = {}
 
         def drain() -> None:
-            for forwarder in self.forwarders:
-                lost[forwarder.name] = forwarder.close(max(0.0, deadline - time.monotonic()))
+            for name, forwarder in self.forwarders.items():
+                lost[name] = forwarder.close(max(0.0, deadline - time.monotonic()))
 
         drainer = threading.Thread(target=drain, name="shutdown-drain", daemon=True)
         drainer.start()
@@ -300,15 +421,15 @@ class Daemon:
 
 def run_daemon(config: Config, config_path: str | None) -> int:
     """Start a daemon in this process and run it until it stops; return the exit status."""
-    configure_logging(config["logging"])
+    if not configure_logging(config["logging"]):
+        return 1  # the line saying why went to stderr
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except Exception as exc:  # a listener that cannot bind, a forwarder that cannot open
         log.error("cannot start: %s", exc)
-        for forwarder in daemon.forwarders:
-            forwarder.close(0)
+        close_all(daemon.forwarders.values())
         return 1
     # Everything built so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall the receive thread for several milliseconds.

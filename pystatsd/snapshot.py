@@ -1,8 +1,11 @@
-"""What a flush hands to aggregate forwarders: the finished statistics of one interval."""
+"""What a flush hands to aggregate forwarders: the finished statistics of one interval.
+
+Both types are frozen: a snapshot is complete when the daemon makes it (the self-metrics of the
+interval included) and every forwarder sees the same one, so none may change it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pystatsd.sample import Tags
 
@@ -38,10 +41,12 @@ class Snapshot:
     """One interval's flush.
 
     ``start`` is the interval's start in seconds since the epoch (aligned to the interval),
-    ``interval`` its real length in seconds, ``host`` the daemon's host name.
+    ``interval`` its length in seconds (the flush interval; shorter only for the final flush
+    at stop), ``host`` the daemon's host name, ``series`` every series sorted by name, type
+    and tags, the daemon's self-metrics among them.
     """
 
     start: float
     interval: float
     host: str
-    series: list[SeriesStats] = field(default_factory=list)
+    series: tuple[SeriesStats, ...] = ()

@@ -40,11 +40,13 @@ class DaemonProcess:
     """``python -m pystatsd -c FILE`` in its own process group, with stdout and stderr
     collected by reader threads so a chatty daemon never blocks on a full pipe."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path,
+                 pythonpath: tuple[str, ...] = ()) -> None:
         self.config_path = workdir / "pystatsd.conf"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = config.get("bind_port")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(REPO), *pythonpath)),
+               "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pystatsd", "-c", str(self.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=workdir,
@@ -119,9 +121,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
     started is killed at teardown, whatever the test did."""
     started: list[DaemonProcess] = []
 
-    def start(config: dict[str, Any], ready: bool = True) -> DaemonProcess:
+    def start(config: dict[str, Any], ready: bool = True,
+              pythonpath: tuple[str, ...] = ()) -> DaemonProcess:
         config = {"bind_port": free_port(), "state_dir": str(tmp_path / "state"), **config}
-        daemon = DaemonProcess(config, tmp_path)
+        daemon = DaemonProcess(config, tmp_path, pythonpath)
         started.append(daemon)
         if ready:
             daemon.wait_ready()

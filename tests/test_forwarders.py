@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from forwarders import Forwarder, ForwarderContext, UnknownForwarder, load_forwarder_class
+from forwarders import (
+    AggregateForwarder,
+    Forwarder,
+    ForwarderContext,
+    UnknownForwarder,
+    load_forwarder_class,
+)
 from forwarders.file import FileForwarder
 from pystatsd.config import build_config
 from pystatsd.snapshot import SeriesStats, Snapshot
@@ -19,10 +25,10 @@ from pystatsd.snapshot import SeriesStats, Snapshot
 def snapshot(n: int = 2, start: float = 1_700_000_000.0) -> Snapshot:
     series = [SeriesStats(f"m{i}", "counter", (("env", "stage"),), {"count": i, "rate": i / 10})
               for i in range(n)]
-    return Snapshot(start=start, interval=10.0, host="h1", series=series)
+    return Snapshot(start=start, interval=10.0, host="h1", series=tuple(series))
 
 
-class Recording(Forwarder):
+class Recording(AggregateForwarder):
     """A forwarder whose backend is a list, and which can be told to fail or to stall."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,0 +1,125 @@
+"""The base of forwarders that get raw lines: routing on the receive thread, sending on their own.
+
+The receive thread calls :meth:`RelayForwarder.submit_lines` once per datagram (or TCP chunk)
+with its lines, before aggregation. That call must never block for longer than a short lock
+held for one datagram: it may route the lines (hash them to an owner, buffer them per
+destination) but never touch a socket. The forwarder's own thread wakes every
+``round_interval`` seconds and calls :meth:`RelayForwarder.send_round`, which moves what was
+buffered to the backends. At close the thread keeps running rounds until nothing is pending or
+the deadline passes; what is still pending then is discarded and counted.
+
+Lines that the receive path made from JSON input (the relay wire is statsd) are submitted with
+``from_json=True``, so a relay may refuse them; their bytes never come from a client unescaped
+(the receive path's encoder refuses a sample whose name or tags would be statsd syntax).
+
+Bounding: :meth:`RelayForwarder.admit` counts the datagrams waiting between the two threads and
+refuses (and counts, ``dropped_queue_full``) past ``queue_size``; subclasses bound their own
+per-destination buffers and count what those drop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from forwarders.base import Forwarder, ForwarderContext
+
+__all__ = ["RelayForwarder"]
+
+
+class RelayForwarder(Forwarder):
+    """Subclasses implement :meth:`submit_lines`, :meth:`send_round`, :meth:`pending` and
+    :meth:`discard`, and may override :meth:`open` and :meth:`shutdown`. In ``debug_mode``
+    ``send_round`` must log what it would send and send nothing (the contract suite checks)."""
+
+    KIND: ClassVar[str] = "relay"
+    ROUND_INTERVAL: ClassVar[float] = 0.01
+    """Seconds between send rounds unless the instance sets ``round_interval``."""
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
+        super().__init__(name, config, context)
+        self.round_interval = self.ROUND_INTERVAL
+        self._max_waiting = int(self.config["queue_size"])
+        self._submitted_datagrams = 0
+        self._taken_datagrams = 0
+        self._stop = threading.Event()
+        self._deadline = 0.0
+        self._thread: threading.Thread | None = None
+
+    # -- called by the daemon -------------------------------------------------------------
+    def start(self) -> None:
+        if not self.context.debug_mode:
+            self.open()
+        self._thread = threading.Thread(target=self._run, name=f"relay-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit_lines(self, lines: list[bytes], from_json: bool = False) -> bool:
+        """Take one datagram's lines (receive thread); False when they were dropped."""
+        raise NotImplementedError
+
+    def close(self, timeout: float) -> int:
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread is not None:
+            # The thread stops by the deadline; the extra half second lets a round in progress
+            # finish rather than be abandoned mid-send.
+            self._thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
+        left = self.discard()
+        try:
+            left += self.shutdown(max(0.0, self._deadline - time.monotonic()))
+        except Exception:  # a backend failing at exit must not stop the other forwarders
+            self.log.exception("forwarder %s failed while shutting down", self.name)
+        return self._count_undelivered(left)
+
+    def stats(self) -> dict[str, float]:
+        return {**self.counters, "queued": self._submitted_datagrams - self._taken_datagrams}
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def admit(self, lines: int) -> bool:
+        """On the receive thread, before buffering a datagram of ``lines`` lines: False (and
+        counted) when ``queue_size`` datagrams already wait for the sender thread."""
+        if self._submitted_datagrams - self._taken_datagrams >= self._max_waiting:
+            self.counters["dropped_queue_full"] += lines
+            return False
+        self._submitted_datagrams += 1
+        return True
+
+    def taken(self) -> None:
+        """On the sender thread, having taken every buffered datagram: they no longer wait."""
+        self._taken_datagrams = self._submitted_datagrams
+
+    # -- implemented by subclasses --------------------------------------------------------
+    def send_round(self, now: float) -> None:
+        """Move what is buffered towards the backends (the forwarder's thread)."""
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        """Lines buffered or queued and not yet sent."""
+        raise NotImplementedError
+
+    def discard(self) -> int:
+        """Drop everything still pending; return how many lines that was."""
+        raise NotImplementedError
+
+    # -- internals ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.round_interval)
+            try:
+                self.send_round(time.monotonic())
+                if stopping:
+                    self._drain()
+                    return
+            except Exception:  # a bug in one round must not end relaying for good
+                self.counters["send_errors"] += 1
+                self.log.exception("relay %s: send round failed", self.name)
+                if stopping:
+                    return
+
+    def _drain(self) -> None:
+        while self.pending() and time.monotonic() < self._deadline:
+            time.sleep(min(self.round_interval, 0.01))
+            self.send_round(time.monotonic())
