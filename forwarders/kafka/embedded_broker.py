@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -23,10 +22,9 @@ from typing import IO, Any
 __all__ = [
     "EmbeddedBroker",
     "EmbeddedBrokerUnavailable",
-    "acquire_shared_broker",
     "broker_binary",
     "free_port",
-    "release_shared_broker",
+    "port_holder",
 ]
 
 
@@ -54,6 +52,52 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _listening_inodes(port: int) -> set[int]:
+    """Socket inodes of every TCP socket listening on ``port`` (any address), from /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    # local address is HEXIP:HEXPORT; state 0A is LISTEN
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(int(fields[9]))
+        except OSError:
+            continue
+    return inodes
+
+
+def _socket_inodes_of(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return inodes
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on TCP ``port`` now: ``pid N (program)``, ``another process`` when /proc
+    does not say (another user's, without root), or None when nobody does."""
+    listening = _listening_inodes(port)
+    if not listening:
+        return None
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _socket_inodes_of(int(entry)) & listening:
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    return f"pid {entry} ({comm.read().strip()})"
+            except OSError:
+                return f"pid {entry}"
+    return "another process"
 
 
 _PRCTL: Any
@@ -94,7 +138,21 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.advertised_port}"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
     def start(self, timeout: float = 10.0) -> str:
+        """Start the broker; return its bootstrap address once *its own* socket listens.
+
+        Refuses (:class:`EmbeddedBrokerUnavailable`) when something else already listens on
+        the port, rather than letting clients talk to somebody else's server."""
+        holder = port_holder(self.port)
+        if holder is not None:
+            raise EmbeddedBrokerUnavailable(
+                f"{self.host}:{self.port} is already in use by {holder}; not starting the "
+                "embedded broker there (choose another port, or set kafka_broker to use "
+                "that server on purpose)")
         binary = broker_binary()
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.host}:{self.advertised_port}"
@@ -114,14 +172,18 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EmbeddedBrokerUnavailable(
-                    f"embedded broker exited with status {self.process.returncode} "
-                    f"(is {self.host}:{self.port} already in use?)")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                status = self.process.returncode
+                self.process = None
+                holder = port_holder(self.port)
+                reason = f"{self.host}:{self.port} is in use by {holder}" if holder else \
+                    "see its output"
+                raise EmbeddedBrokerUnavailable(f"embedded broker exited with status {status} "
+                                                f"({reason})")
+            # Ours only when the listening socket is one of the child's own descriptors: a
+            # server that took the port between the check above and now answers too.
+            if _listening_inodes(self.port) & _socket_inodes_of(self.process.pid):
                 return self.bootstrap
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         raise EmbeddedBrokerUnavailable(
             f"embedded broker did not listen on {self.host}:{self.port} within {timeout:.0f} s")
@@ -157,37 +219,3 @@ class EmbeddedBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-# Brokers shared by listen address within this process. Module state, against the project's
-# habit, because a port is process-wide too: during a config reload the new Kafka forwarder
-# starts before the old one closes, and both want the broker on the same port. Sharing it also
-# keeps its (memory-only) topics across the reload.
-_shared_brokers: dict[tuple[str, int], tuple[EmbeddedBroker, int]] = {}
-_shared_brokers_lock = threading.Lock()
-
-
-def acquire_shared_broker(host: str, port: int) -> tuple[EmbeddedBroker, bool]:
-    """The started broker listening on ``host:port`` in this process, or a new one started
-    there; and whether it is new. Every call needs a :func:`release_shared_broker`."""
-    with _shared_brokers_lock:
-        key = (host, port)
-        if key in _shared_brokers:
-            broker, users = _shared_brokers[key]
-        else:
-            broker, users = EmbeddedBroker(host, port), 0
-            broker.start()
-        _shared_brokers[key] = (broker, users + 1)
-        return broker, users == 0
-
-
-def release_shared_broker(broker: EmbeddedBroker) -> None:
-    """One user is done with ``broker``; the last one stops it."""
-    with _shared_brokers_lock:
-        key = (broker.host, broker.port)
-        _, users = _shared_brokers.get(key, (broker, 1))
-        if users > 1:
-            _shared_brokers[key] = (broker, users - 1)
-            return
-        _shared_brokers.pop(key, None)
-    broker.stop()

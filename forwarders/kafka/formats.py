@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from forwarders.base import series_record
+from forwarders.records import series_record
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = [

@@ -29,16 +29,15 @@ from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from forwarders.base import Forwarder, ForwarderContext
+from forwarders.aggregate import AggregateForwarder
+from forwarders.base import ForwarderContext
 from forwarders.kafka.embedded_broker import (
     EmbeddedBroker,
     EmbeddedBrokerUnavailable,
-    acquire_shared_broker,
     broker_binary,
-    release_shared_broker,
 )
 from forwarders.kafka.formats import FORMATS, make_encoder
-from forwarders.kafka.spool import Record, Spool, open_spool, release_spool
+from forwarders.kafka.spool import Record, Spool, SpoolInUse
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = ["KafkaConfigError", "KafkaForwarder"]
@@ -207,25 +206,30 @@ def _topic_router(template: str, missing: str, where: str) -> Callable[[SeriesSt
     return route
 
 
-class KafkaForwarder(Forwarder):
+class KafkaForwarder(AggregateForwarder):
     """Each flush to Kafka, one message per series, keyed by series; see the module docstring."""
 
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
+    TOTALS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.TOTALS, "delivered", "failed",
+                                         "retried", "spooled", "spool_sent", "spool_dropped",
+                                         "broker_errors")
+    LEVELS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.LEVELS, "producer_queue_depth",
+                                         "spool_bytes")
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
         super().__init__(name, config, context)
+        config = self.config  # with the schema's defaults
         where = f"forwarders.{name}"
         self.counters.update({
             "delivered": 0, "failed": 0, "retried": 0, "spooled": 0, "spool_sent": 0,
             "spool_dropped": 0, "broker_errors": 0,
         })
-        self._encode = make_encoder(config.get("format", "legacy"),
-                                    config.get("kafka_apikey", ""),
-                                    config.get("kafka_tenant_id", ""))
-        self._topic_for = _topic_router(config["kafka_topic"],
-                                        config.get("topic_missing_tag", "untagged"), where)
+        self._encode = make_encoder(config["format"], config["kafka_apikey"],
+                                    config["kafka_tenant_id"])
+        self._topic_for = _topic_router(config["kafka_topic"], config["topic_missing_tag"],
+                                        where)
         self._spool_dir = Path(config.get("spool_dir") or context.state_dir / "spool" / name)
-        self._spool_max_bytes = int(config.get("spool_max_bytes", 256 << 20))
+        self._spool_max_bytes = int(config["spool_max_bytes"])
         self._embedded: EmbeddedBroker | None = None
         if not config.get("kafka_broker") and not context.debug_mode:
             try:
@@ -233,8 +237,7 @@ class KafkaForwarder(Forwarder):
             except EmbeddedBrokerUnavailable as exc:
                 raise KafkaConfigError(f"{where}.kafka_broker: not set, and {exc}") from exc
         self._producer_settings = self._settings(config)
-        self._drain_window = max(1, min(10_000, int(config.get("memory_queue_messages",
-                                                               200_000)) // 2))
+        self._drain_window = max(1, min(10_000, int(config["memory_queue_messages"]) // 2))
         self._problems = _ProblemLog(self.log)
         self._lock = threading.RLock()  # one producer of messages at a time keeps them in order
         self._stopping = threading.Event()
@@ -249,19 +252,18 @@ class KafkaForwarder(Forwarder):
         settings: dict[str, Any] = {
             "enable.idempotence": True,
             "acks": "all",
-            "compression.type": config.get("compression", "lz4"),
-            "linger.ms": config.get("linger_ms", 20),
-            "batch.size": config.get("batch_bytes", 1_000_000),
-            "message.timeout.ms": int(float(config.get("delivery_timeout", 300)) * 1000),
-            "queue.buffering.max.messages": config.get("memory_queue_messages", 200_000),
-            "queue.buffering.max.kbytes": max(1, int(config.get("memory_queue_bytes",
-                                                                128 << 20)) // 1024),
+            "compression.type": config["compression"],
+            "linger.ms": config["linger_ms"],
+            "batch.size": config["batch_bytes"],
+            "message.timeout.ms": int(float(config["delivery_timeout"]) * 1000),
+            "queue.buffering.max.messages": config["memory_queue_messages"],
+            "queue.buffering.max.kbytes": max(1, int(config["memory_queue_bytes"]) // 1024),
             # The Java client's partitioner (librdkafka's default hashes keys with CRC32), so
             # a series lands on the partition any other Kafka producer would pick for its key.
             "partitioner": "murmur2_random",
             # A metrics pipeline wants the broker back within seconds of it returning.
             "reconnect.backoff.max.ms": 2000,
-            "security.protocol": config.get("security_protocol", "plaintext"),
+            "security.protocol": config["security_protocol"],
             "client.id": f"pystatsd-{self.name}",
         }
         optional = {
@@ -273,44 +275,24 @@ class KafkaForwarder(Forwarder):
         for key, setting in optional.items():
             if config.get(key) is not None:
                 settings[setting] = config[key]
-        settings.update(config.get("producer") or {})
+        settings.update(config["producer"])
         return settings
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         try:
-            self._spool = open_spool(self._spool_dir, self._spool_max_bytes)
+            self._spool = Spool(self._spool_dir, self._spool_max_bytes, log=self.log)
+        except SpoolInUse as exc:
+            raise KafkaConfigError(f"forwarders.{self.name}.spool_dir: {exc}") from exc
         except OSError as exc:
             raise KafkaConfigError(f"forwarders.{self.name}.spool_dir: cannot use "
                                    f"{self._spool_dir}: {exc.strerror or exc} (set spool_dir "
                                    "or state_dir to a writable directory)") from exc
-        # Another instance over the same spool (the old one, during a reload) takes turns with
-        # this one on this lock, so no message is taken from the spool twice.
-        self._lock = self._spool.lock
-        bootstrap = self.config.get("kafka_broker")
-        if not bootstrap:
-            host, _, port = str(self.config.get("embedded_broker_listen",
-                                                "127.0.0.1:9092")).rpartition(":")
-            try:
-                self._embedded, new = acquire_shared_broker(host or "127.0.0.1", int(port))
-            except Exception:
-                release_spool(self._spool)
-                self._spool = None
-                raise
-            bootstrap = self._embedded.bootstrap
-            if new:  # a reload reuses the running one, silently
-                self.log.warning("forwarder %s: no kafka_broker configured; started an "
-                                 "embedded memory-only Tansu broker listening on %s",
-                                 self.name, bootstrap)
-        self._bootstrap = bootstrap
         try:
-            self._producer = self._new_producer(bootstrap)
+            self._bootstrap = self.config.get("kafka_broker") or self._start_embedded_broker()
+            self._producer = self._new_producer(self._bootstrap)
         except Exception:
-            if self._embedded is not None:
-                release_shared_broker(self._embedded)
-                self._embedded = None
-            release_spool(self._spool)
-            self._spool = None
+            self._release()
             raise
         if self._spool:
             self.log.info("forwarder %s: %d bytes spooled in %s from before; sending them first",
@@ -318,6 +300,30 @@ class KafkaForwarder(Forwarder):
         self._pump = threading.Thread(target=self._pump_loop, name=f"kafka-pump-{self.name}",
                                       daemon=True)
         self._pump.start()
+
+    def _start_embedded_broker(self) -> str:
+        host, _, port = str(self.config["embedded_broker_listen"]).rpartition(":")
+        where = f"forwarders.{self.name}.embedded_broker_listen"
+        self._embedded = EmbeddedBroker(host or "127.0.0.1", int(port))
+        try:
+            bootstrap = self._embedded.start()
+        except EmbeddedBrokerUnavailable as exc:
+            self._embedded = None
+            raise KafkaConfigError(f"{where}: {exc}") from exc
+        self.log.warning("forwarder %s: no kafka_broker configured; started an embedded "
+                         "memory-only Tansu broker (pid %d) listening on %s", self.name,
+                         self._embedded.pid, bootstrap)
+        return bootstrap
+
+    def _release(self) -> None:
+        """Close the spool and stop the embedded broker (after a failed open, or at the end)."""
+        if self._spool is not None:
+            with self._lock:
+                self._spool.close()
+            self._spool = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
 
     def _new_producer(self, bootstrap: str) -> Producer:
         settings = {**self._producer_settings, "bootstrap.servers": bootstrap,
@@ -349,23 +355,18 @@ class KafkaForwarder(Forwarder):
         with self._lock:
             if self._spool is not None:
                 lost += self._move_requeued_to_spool()
-        if self._spool is not None:
-            release_spool(self._spool)
         spooled = self.counters["spooled"] - spooled_before
         if spooled:
             self.log.warning("forwarder %s: %d messages undelivered at shutdown were spooled to "
                              "%s; the next start sends them", self.name, spooled,
                              self._spool_dir)
-        if self._embedded is not None:
-            release_shared_broker(self._embedded)
+        self._release()
         return lost
 
     def _drain_spool_while_delivering(self, until: float) -> None:
         """At shutdown, keep sending the spool while the broker acknowledges (what is left
         stays spooled for the next start); stop after a second without progress."""
         assert self._producer is not None and self._spool is not None
-        if self._spool.shared:
-            return
         last_progress, delivered = time.monotonic(), self.counters["delivered"]
         while time.monotonic() < until and time.monotonic() - last_progress < 1.0:
             with self._lock:
@@ -396,9 +397,9 @@ class KafkaForwarder(Forwarder):
         records = self._records(snapshot)
         with self._lock:
             assert self._spool is not None
-            if self._spool or self._spool.shared:
-                # Older messages wait in the spool, or in the producer of the instance this one
-                # replaces (a reload): queue behind them to keep each series in order.
+            if self._spool:
+                # Older messages wait in the spool: queue behind them to keep each series in
+                # order.
                 self._to_spool(records)
                 return
             for index, record in enumerate(records):
@@ -406,11 +407,8 @@ class KafkaForwarder(Forwarder):
                     self._to_spool(records[index:])
                     return
 
-    def describe(self, item: Snapshot | list[bytes]) -> Iterator[str]:
-        if not isinstance(item, Snapshot):
-            yield from super().describe(item)
-            return
-        for record in self._records(item):
+    def describe(self, snapshot: Snapshot) -> Iterator[str]:
+        for record in self._records(snapshot):
             key = record.key.decode() if record.key is not None else ""
             yield f"topic={record.topic} key={key} value={record.value.decode()}"
 
@@ -460,8 +458,6 @@ class KafkaForwarder(Forwarder):
 
     def _drain_spool(self) -> None:
         assert self._spool is not None and self._producer is not None
-        if self._spool.shared:
-            return  # until the other instance has put back what it holds (see send)
         budget = self._drain_window - len(self._producer)
         while budget > 0:
             record = self._spool.peek()

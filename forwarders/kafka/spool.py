@@ -11,27 +11,28 @@ The spool is not a write-ahead log: records are written when they spill, not bef
 produced, and files are flushed (not fsynced) per append; :meth:`close` fsyncs. A process
 killed with SIGKILL loses what was only in memory, exactly as it would without a spool.
 
-Use :func:`open_spool`/:func:`release_spool` rather than the constructor: during a config
-reload the daemon starts the new forwarder before it closes the old one, and both must then
-share one ``Spool`` object (one sequence of segment numbers, one lock) instead of two writing
-to the same files. Callers hold ``spool.lock`` around each use (the Kafka forwarder uses it as
-its own lock, so two instances over one spool take turns).
+One directory has one user at a time: the spool holds an exclusive ``flock`` on
+``<directory>/.lock`` from the constructor to :meth:`Spool.close`, so a second forwarder (in
+this process or in another daemon with the same ``state_dir``) is refused with
+:class:`SpoolInUse` instead of both writing the same segment numbers. The daemon never runs two
+instances of one forwarder section at once (see ``forwarders.base``), so a reload does not need
+to share a spool. A spool is not thread-safe: its owner serializes every call.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
-import threading
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-__all__ = ["Record", "Spool", "open_spool", "release_spool"]
+__all__ = ["Record", "Spool", "SpoolInUse"]
 
-log = logging.getLogger(__name__)
+_LOCK_NAME = ".lock"
 
 _HEADER = struct.Struct(">HiI")
 _FIRST_SEQUENCE = 10**15  # leaves room below for segments pushed to the front
@@ -56,7 +57,11 @@ def _encode(record: Record) -> bytes:
                      record.key or b"", record.value))
 
 
-def _decode_all(data: bytes, path: Path) -> list[Record]:
+class SpoolInUse(OSError):
+    """Another spool (this process's or another's) holds the directory."""
+
+
+def _decode_all(data: bytes, path: Path, log: logging.Logger) -> list[Record]:
     records: list[Record] = []
     offset = 0
     while offset < len(data):
@@ -85,9 +90,12 @@ class Spool:
     reached: only a full spool drops, and it drops the records being added, never the ones
     already spooled."""
 
-    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = 4 << 20) -> None:
+    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = 4 << 20,
+                 log: logging.Logger | None = None) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._log = log or logging.getLogger("pystatsd.forwarders.spool")
+        self._lock_file: int | None = _lock_exclusively(self.directory / _LOCK_NAME)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._segments: deque[int] = deque(sorted(
@@ -101,13 +109,6 @@ class Spool:
         self._tail: BinaryIO | None = None
         self._tail_sequence: int | None = None
         self._tail_size = 0
-        self.lock = threading.RLock()
-        self.users = 1  # forwarders using this spool (see open_spool)
-
-    @property
-    def shared(self) -> bool:
-        """True while two forwarder instances use this spool (a reload's overlap)."""
-        return self.users > 1
 
     def _path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:016d}{_SUFFIX}"
@@ -172,13 +173,17 @@ class Spool:
             self._head_consumed = False
 
     def close(self) -> None:
-        """Write back a partly sent oldest segment and fsync the newest one."""
+        """Write back a partly sent oldest segment, fsync the newest one, and give the
+        directory up. Safe to call twice."""
         self._persist_head()
         if self._tail is not None:
             self._tail.flush()
             os.fsync(self._tail.fileno())
             self._tail.close()
             self._tail = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # releases the flock
+            self._lock_file = None
 
     # -- internals ----------------------------------------------------------------------
     def _open_tail(self) -> None:
@@ -203,7 +208,7 @@ class Spool:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
-            records = _decode_all(data, path)
+            records = _decode_all(data, path, self._log)
             # Bytes of a trailing partial record will never be sent; stop counting them.
             self.bytes -= len(data) - sum(r.size() for r in records)
             if not records:
@@ -237,35 +242,13 @@ class Spool:
         os.replace(temporary, path)
 
 
-# The process-wide table of open spools. Module state, against the project's habit, because
-# what it mirrors is process-wide too: a directory can only be written by one Spool at a time.
-_open_spools: dict[Path, tuple[Spool, int]] = {}
-_open_spools_lock = threading.Lock()
-
-
-def open_spool(directory: Path, max_bytes: int) -> Spool:
-    """The spool of ``directory``: the one already open in this process (its bound updated to
-    ``max_bytes``), or a new one. Every call needs a :func:`release_spool`."""
-    key = Path(directory).resolve()
-    with _open_spools_lock:
-        if key in _open_spools:
-            spool, users = _open_spools[key]
-            spool.max_bytes = max_bytes
-        else:
-            spool, users = Spool(key, max_bytes), 0
-        _open_spools[key] = (spool, users + 1)
-        spool.users = users + 1
-        return spool
-
-
-def release_spool(spool: Spool) -> None:
-    """One user is done with ``spool``; the last one closes it."""
-    with _open_spools_lock:
-        _, users = _open_spools.get(spool.directory, (spool, 1))
-        if users > 1:
-            _open_spools[spool.directory] = (spool, users - 1)
-            spool.users = users - 1
-            return
-        _open_spools.pop(spool.directory, None)
-    with spool.lock:
-        spool.close()
+def _lock_exclusively(path: Path) -> int:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise SpoolInUse(f"spool {path.parent} is in use by another forwarder (another section "
+                         "with the same spool_dir, or another pystatsd with the same "
+                         "state_dir)") from None
+    return descriptor

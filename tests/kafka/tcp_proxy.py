@@ -27,6 +27,7 @@ class TcpProxy:
         self._forwarding = threading.Event()
         self._forwarding.set()
         self._refusing = False
+        self.accepted = 0  # connections taken through to the broker
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
         self._threads[0].start()
@@ -40,6 +41,7 @@ class TcpProxy:
             if self._refusing:
                 client.close()
                 continue
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
             except OSError:

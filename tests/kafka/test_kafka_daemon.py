@@ -83,20 +83,46 @@ def test_without_kafka_broker_the_daemon_runs_an_embedded_broker(start_daemon, t
     assert deadline_messages[0].value.startswith(b"e2e.hits,env=demo count=5.0,rate=")
 
 
-def test_forwarders_without_kafka_broker_share_the_embedded_broker(make_forwarder, topic):
-    from kafka_helpers import snapshot
+def test_the_embedded_broker_never_uses_a_port_somebody_else_holds(make_forwarder, topic):
+    """Found trying the quick start with 127.0.0.1:9092 taken: the forwarder logged that it had
+    started a broker and sent the metrics to the server that was already there."""
+    import os
+    import socket
 
+    import pytest
+
+    from forwarders.kafka import KafkaConfigError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        listen = f"127.0.0.1:{squatter.getsockname()[1]}"
+        forwarder = make_forwarder({"kafka_topic": topic, "embedded_broker_listen": listen},
+                                   start=False)
+        with pytest.raises(KafkaConfigError, match=(
+                rf"embedded_broker_listen: {listen} is already in use by pid {os.getpid()} ")):
+            forwarder.start()
+        assert forwarder.close(1) == 0
+        assert forwarder._embedded is None  # no broker left running
+
+
+def test_two_sections_cannot_share_one_embedded_broker_port(make_forwarder, topic):
+    from forwarders.kafka import KafkaConfigError
     from forwarders.kafka.embedded_broker import free_port
-    from pystatsd.snapshot import SeriesStats
 
     listen = f"127.0.0.1:{free_port()}"
-    section = {"kafka_topic": topic, "embedded_broker_listen": listen}
-    first = make_forwarder(section)  # as the old instance during a reload
-    second = make_forwarder(section)  # the new one: same port, no second broker
-    assert first.close(2) == 0  # the broker stays up for the other user
-    assert second.submit(snapshot(1_700_000_000.0, [SeriesStats("s", "set", (), {"count": 1.0})]))
-    assert read_topic(listen, topic, timeout=10)[0].key == b"s"
-    assert second.close(2) == 0
+    first = make_forwarder({"kafka_topic": topic, "embedded_broker_listen": listen})
+    second = make_forwarder({"type": "kafka", "kafka_topic": topic,
+                             "embedded_broker_listen": listen}, name="kafka2", start=False)
+    try:
+        second.start()
+    except KafkaConfigError as exc:
+        assert f"pid {first._embedded.pid} (" in str(exc)  # names the broker that holds it
+    else:
+        raise AssertionError("a second broker was started on a port already in use")
+    finally:
+        second.close(1)
+    assert first.close(2) == 0
 
 
 def test_a_reload_keeps_the_embedded_broker_and_loses_nothing(start_daemon, topic):

@@ -161,8 +161,11 @@ def test_messages_past_their_delivery_timeout_go_back_to_the_spool_and_are_sent_
 
 def test_a_reload_hands_the_spool_from_the_old_instance_to_the_new(proxied_broker,
                                                                    make_forwarder, topic):
-    """The daemon's reload starts the new forwarder before closing the old one: both share
-    the spool, and what the old one held ends up sent by the new one, once."""
+    """A changed Kafka section is rebuilt the way the daemon's reload does it: the old instance
+    is closed first (what it holds goes to the front of its spool), then the new one opens that
+    spool and sends it first, once. Two instances never hold one spool at the same time."""
+    from forwarders.kafka import KafkaConfigError
+
     broker, proxy = proxied_broker
     proxy.cut()
     section = {"kafka_broker": broker.bootstrap, "kafka_topic": topic, "format": "json",
@@ -170,11 +173,14 @@ def test_a_reload_hands_the_spool_from_the_old_instance_to_the_new(proxied_broke
     old = make_forwarder(section)
     assert old.submit(snapshot(START, counters(1.0, keys=30)))  # 20 in memory, 10 spooled
     assert wait_for(lambda: old.counters["spooled"] == 10, 5)
-    new = make_forwarder(section)
-    # while the old one still holds messages, the new one queues behind them in the spool
+    overlapping = make_forwarder(section, start=False)
+    with pytest.raises(KafkaConfigError, match="spool_dir: spool .* is in use"):
+        overlapping.start()
+    overlapping.close(0)
+    assert old.close(1) == 0  # its 20 in-memory messages go to the front of the spool
+    new = make_forwarder({**section, "linger_ms": 5})  # the reloaded, changed section
     assert new.submit(snapshot(START + 10, counters(2.0, keys=30)))
-    assert wait_for(lambda: new.counters["spooled"] == 30, 5)
-    assert old.close(1) == 0  # its 20 go to the front of the shared spool
+    assert wait_for(lambda: new.counters["spooled"] == 30, 5)  # queued behind the spool
     proxy.restore()
     assert wait_for(lambda: new.counters["delivered"] == 60, 20), new.stats()
     assert new.close(5) == 0
