@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from forwarders.base import Forwarder
+from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
+from pystatsd.relay_input import RelayInput
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Sample
 from pystatsd.selfstats import SelfStats
 from pystatsd.tagging import Tagger
@@ -56,7 +57,7 @@ class Pipeline:
     """Everything done with one received payload, under the daemon's ingest lock."""
 
     def __init__(self, config: Config, manager: MetricMgr, stats: SelfStats,
-                 relays: Sequence[Forwarder] = ()) -> None:
+                 relays: Sequence[RelayForwarder] = ()) -> None:
         self._manager = manager
         self._stats = stats
         manager.stats = stats
@@ -83,6 +84,7 @@ class Pipeline:
         self._tagger = Tagger(config["agent"].get("tags", {}), config["tag_precedence"])
         self._relay_only = config["mode"] == "relay"
         self._relaying = self._relay_only or bool(self._relays)
+        self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
         self._manager.reconfigure(config)
         self._cache = {}
         self._cache_size = 0
@@ -208,8 +210,12 @@ class Pipeline:
         if not lines[-1]:
             lines.pop()
         if lines:
+            plain, from_json = self._relay_input.split(lines)
             for relay in self._relays:
-                relay.submit_lines(lines)
+                if plain:
+                    relay.submit_lines(plain)
+                if from_json:
+                    relay.submit_lines(from_json, from_json=True)
         if self._relay_only:
             self._lines += len(lines)
         return self._relay_only

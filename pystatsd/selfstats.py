@@ -23,13 +23,16 @@ REJECT_REASONS = (
     "bad_line",
     "too_many_series",
     "not_metric",
+    "statsd_syntax",
 )
 """Why an input is dropped: JSON that does not parse (bad_json), an object or line without a
 name, type or value (missing_field), a value that is not a number or a sample rate out of (0, 1]
 (bad_value), a type that is not known (unknown_type), a line or datagram over the size limit
 (too_long), bytes that are not UTF-8 (not_utf8), a statsd line that does not have the
 `name:value|type` shape (bad_line), a new series past `max_series` (too_many_series), a
-DogStatsD event or service check, well-formed but not a metric (not_metric)."""
+DogStatsD event or service check, well-formed but not a metric (not_metric), a JSON sample
+that cannot be relayed as a statsd line because its name, a tag or a set member holds statsd
+syntax such as a newline or `|` (statsd_syntax; it is still aggregated)."""
 
 
 class SelfStats:

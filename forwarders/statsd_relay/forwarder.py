@@ -1,36 +1,32 @@
 """The ``statsd_relay`` forwarder: every raw line to its owner in each destination group.
 
-Two threads share the work. The receive thread calls :meth:`submit_lines` once per datagram;
-it only routes: it looks the line's hash key up in a cache (key -> owner) and appends the line
-to that backend's pending list, under a lock taken once per datagram. The sender thread wakes
-every ``send_interval``, takes the pending lists, moves them into each backend's bounded byte
-queue (dropping and counting what does not fit) and sends without blocking. Health (send
-failures, optional TCP probes on a third thread) decides which backends are dead; with
-``dead_backend_policy: reroute`` their keys go to the next owner until they recover.
+A :class:`~forwarders.RelayForwarder`. The receive thread calls :meth:`submit_lines` once per
+datagram; it only routes: it looks the line's hash key up in a cache (key -> owner) and appends
+the line to that backend's pending list, under a lock taken once per datagram. The sender
+thread (the base class's) runs a round every ``send_interval``: it takes the pending lists,
+moves them into each backend's bounded byte queue (dropping and counting what does not fit)
+and sends without blocking. Health (send failures, optional TCP probes on a third thread)
+decides which backends are dead; with ``dead_backend_policy: reroute`` their keys go to the
+next owner until they recover. JSON input arrives already made into statsd lines by the receive
+path (``from_json``); ``json_lines: reject`` refuses those.
 """
 
 from __future__ import annotations
 
-import copy
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import orjson
-
-from forwarders.base import Forwarder, ForwarderContext
+from forwarders.base import ForwarderContext
+from forwarders.relay import RelayForwarder
 from forwarders.statsd_relay.backend import Backend
 from forwarders.statsd_relay.groups import Group, build_groups
-from forwarders.statsd_relay.json_lines import json_to_statsd_lines
 from forwarders.statsd_relay.schema import CONFIG_SCHEMA
-from pystatsd.decoders import parse_statsd_line
 
 __all__ = ["StatsdRelayForwarder"]
 
-_JSON_START = (ord("{"), ord("["))
-_JSON_OPENERS = (b"{", b"[")
 _LOG_EVERY = 10.0
 
 # A route is what the cache remembers for one hash key in the general path: for each group
@@ -40,23 +36,23 @@ Action = tuple[Callable[[bytes], None], Group, bool]
 Route = tuple[tuple[Action, ...], tuple[tuple[Group, str], ...]]
 
 
-def _fill_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    from pystatsd.config import fill_defaults  # the daemon's own filler, so both agree
-
-    filled = copy.deepcopy(dict(config))
-    fill_defaults(CONFIG_SCHEMA, filled)
-    return filled
-
-
-class StatsdRelayForwarder(Forwarder):
+class StatsdRelayForwarder(RelayForwarder):
     """Relays raw statsd lines to backends chosen by consistent hash; see docs/relay.md."""
 
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
-    RELAY: ClassVar[bool] = True
+    TOTALS: ClassVar[tuple[str, ...]] = (
+        *RelayForwarder.TOTALS, "not_relayable", "json_converted", "internal_errors",
+        "dead_backend_changes", "backend.*.enqueued_lines", "backend.*.relayed_lines",
+        "backend.*.bytes_sent", "backend.*.datagrams_sent", "backend.*.dropped_*",
+        "backend.*.send_errors", "backend.*.connects", "backend.*.connect_failures",
+        "group.*")
+    LEVELS: ClassVar[tuple[str, ...]] = (*RelayForwarder.LEVELS, "backend.*.queued_bytes",
+                                         "backend.*.failing")
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
-        settings = _fill_defaults(config)
-        super().__init__(name, settings, context)
+        super().__init__(name, config, context)
+        settings = self.config
+        self.round_interval = float(settings["send_interval"])
         self.groups, slots = build_groups(settings["groups"])
         self.backends = [
             Backend(slot.address, queue_bytes=settings["queue_bytes"],
@@ -69,9 +65,7 @@ class StatsdRelayForwarder(Forwarder):
         ]
         self._by_tags = settings["hash_key"] == "name_and_tags"
         self._convert_json = settings["json_lines"] == "convert"
-        self._max_pending = int(settings["queue_size"])
         self._max_cache = int(settings["max_route_cache"])
-        self._send_interval = float(settings["send_interval"])
         self._health_interval = float(settings["health_check_interval"])
         self._pending: list[list[bytes]] = [[] for _ in self.backends]
         self._appenders = [pending.append for pending in self._pending]
@@ -83,11 +77,6 @@ class StatsdRelayForwarder(Forwarder):
                        and not self.groups[0].rewrites and self.groups[0].filter is None
                        and self.groups[0].blacklist is None)
         self._fast = self._plain
-        self._datagrams_in = 0
-        self._datagrams_taken = 0
-        self._stop = threading.Event()
-        self._drain_deadline = 0.0
-        self._sender: threading.Thread | None = None
         self._health: threading.Thread | None = None
         self._last_log = 0.0
         self._unlogged = 0
@@ -96,11 +85,7 @@ class StatsdRelayForwarder(Forwarder):
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        if not self.context.debug_mode:
-            self.open()
-        self._sender = threading.Thread(target=self._send_loop, name=f"relay-{self.name}",
-                                        daemon=True)
-        self._sender.start()
+        super().start()
         if self._health_interval > 0 and not self.context.debug_mode:
             self._health = threading.Thread(target=self._health_loop,
                                             name=f"relay-health-{self.name}", daemon=True)
@@ -114,28 +99,27 @@ class StatsdRelayForwarder(Forwarder):
                 self.log.warning("relay %s: backend %s not reachable yet: %s", self.name,
                                  backend.address.key, exc)
 
-    def close(self, timeout: float) -> int:
-        """Send what is queued within ``timeout``; return (and log) the lines left over."""
-        self._drain_deadline = time.monotonic() + timeout
-        self._stop.set()
-        for thread in (self._sender, self._health):
-            if thread is not None:
-                thread.join(max(0.0, self._drain_deadline - time.monotonic()) + 0.5)
+    def pending(self) -> int:
+        with self._lock:
+            waiting = sum(len(pending) for pending in self._pending)
+        return waiting + sum(backend.queued_lines() for backend in self.backends)
+
+    def discard(self) -> int:
         with self._lock:
             left = sum(len(pending) for pending in self._pending)
             for pending in self._pending:
                 pending.clear()
+        return left + sum(backend.discard_queue() for backend in self.backends)
+
+    def shutdown(self, timeout: float) -> int:
+        if self._health is not None:
+            self._health.join(timeout + 0.5)  # the stop event set by close() ends its wait
         for backend in self.backends:
-            left += backend.discard_queue()
             backend.close()
-        self.counters["undelivered_at_close"] += left
-        if left:
-            self.log.warning("relay %s left %d lines undelivered at shutdown", self.name, left)
-        return left
+        return 0
 
     def stats(self) -> dict[str, float]:
-        result: dict[str, float] = dict(self.counters)
-        result["queued"] = self._datagrams_in - self._datagrams_taken
+        result = super().stats()
         result["sent"] = sum(b.counters["relayed_lines"] for b in self.backends)
         for backend in self.backends:
             for stat, value in backend.stats().items():
@@ -166,16 +150,18 @@ class StatsdRelayForwarder(Forwarder):
         return result
 
     # -- receive thread -------------------------------------------------------------------
-    def submit_lines(self, lines: list[bytes]) -> bool:
+    def submit_lines(self, lines: list[bytes], from_json: bool = False) -> bool:
         """Route one datagram's lines to their owners' pending lists; never blocks for long
         (the lock is only ever held for one datagram or one swap of the pending lists)."""
-        if self._datagrams_in - self._datagrams_taken >= self._max_pending:
-            self.counters["dropped_queue_full"] += len(lines)
-            return False
-        if len(lines) > 1 and lines[0][:1] in _JSON_OPENERS:
-            lines = _one_json_document(lines)
+        if from_json:
+            if not self._convert_json:
+                for line in lines:
+                    self._not_relayable(line)
+                return False
+            self.counters["json_converted"] += len(lines)
         with self._lock:
-            self._datagrams_in += 1
+            if not self.admit(len(lines)):
+                return False
             get = self._cache.get
             # try costs nothing in 3.11 until it catches: a bug costs one line, not the rest
             if self._fast:
@@ -205,27 +191,16 @@ class StatsdRelayForwarder(Forwarder):
         return True
 
     def _resolve_plain(self, name: bytes) -> Callable[[bytes], None]:
-        """Cache miss in the one-group, no-rewrite path: the owner's append (or the JSON or
-        not-relayable handler when the "name" is the start of a JSON object)."""
+        """Cache miss in the one-group, no-rewrite path: the owner's append."""
         if len(self._cache) >= self._max_cache:
             self._cache.clear()
-        handler: Callable[[bytes], None]
-        if name[0] in _JSON_START:
-            handler = self._json_line if self._convert_json else self._not_relayable
-        else:
-            handler = self._appenders[self._owner(self.groups[0], name)[0]]
+        handler = self._appenders[self._owner(self.groups[0], name)[0]]
         self._cache[name] = handler
         return handler
 
-    def _dispatch(self, line: bytes, i: int, json_first: bool = True) -> None:
+    def _dispatch(self, line: bytes, i: int) -> None:
         """The general path: filters, several groups, rewrites, tags in the key, reroutes."""
         name = line[:i]
-        if json_first and name[0] in _JSON_START:
-            if self._convert_json:
-                self._json_line(line)
-            else:
-                self._not_relayable(line)
-            return
         tags = b""
         if self._by_tags:
             j = line.find(b"|#", i)
@@ -284,27 +259,6 @@ class StatsdRelayForwarder(Forwarder):
                 return fallback, True
         return owner, False
 
-    def _json_line(self, line: bytes) -> None:
-        converted = json_to_statsd_lines(line)
-        if converted is None:
-            if _is_statsd_line(line):  # a statsd name may start with '{' or '[' too
-                i = line.find(b":")
-                if self._fast:
-                    self._appenders[self._owner(self.groups[0], line[:i])[0]](line)
-                else:
-                    self._dispatch(line, i, json_first=False)
-            else:
-                self._not_relayable(line)
-            return
-        self.counters["json_converted"] += 1
-        for statsd_line in converted:
-            i = statsd_line.find(b":")
-            if self._fast:
-                append = self._cache.get(statsd_line[:i]) or self._resolve_plain(statsd_line[:i])
-                append(statsd_line)
-            else:
-                self._dispatch(statsd_line, i)
-
     def _internal_error(self, line: bytes) -> None:
         self.counters["internal_errors"] += 1
         self.log.exception("relay %s: bug while routing %r (line dropped)", self.name,
@@ -325,29 +279,14 @@ class StatsdRelayForwarder(Forwarder):
     def _take_pending(self) -> list[tuple[Backend, list[bytes]]]:
         taken = []
         with self._lock:
-            self._datagrams_taken = self._datagrams_in
+            self.taken()
             for backend, pending in zip(self.backends, self._pending, strict=True):
                 if pending:
                     taken.append((backend, pending.copy()))
                     pending.clear()
         return taken
 
-    def _send_loop(self) -> None:
-        while True:
-            stopping = self._stop.wait(self._send_interval)
-            try:
-                self._send_round()
-                if stopping:
-                    self._drain()
-                    return
-            except Exception:  # a bug in one round must not end relaying for good
-                self.counters["send_errors"] += 1
-                self.log.exception("relay %s: send round failed", self.name)
-                if stopping:
-                    return
-
-    def _send_round(self) -> None:
-        now = time.monotonic()
+    def send_round(self, now: float) -> None:
         for backend, lines in self._take_pending():
             if self.context.debug_mode:
                 for line in lines:
@@ -360,13 +299,6 @@ class StatsdRelayForwarder(Forwarder):
         for backend in self.backends:
             backend.pump(now)
         self._update_dead(now)
-
-    def _drain(self) -> None:
-        while time.monotonic() < self._drain_deadline:
-            if not any(backend.buffer for backend in self.backends):
-                return
-            time.sleep(min(self._send_interval, 0.01))
-            self._send_round()
 
     def _update_dead(self, now: float) -> None:
         dead = frozenset(i for i, b in enumerate(self.backends) if not b.alive(now))
@@ -407,23 +339,6 @@ class StatsdRelayForwarder(Forwarder):
                     continue
                 backend.probe_ok = _tcp_probe(backend.address.host, port,
                                               backend.connect_timeout)
-
-
-def _one_json_document(lines: list[bytes]) -> list[bytes]:
-    """A JSON document spread over several lines (pretty-printed) is one line to relay; lines
-    that are not one document together (JSON per line, statsd) stay as they are."""
-    try:
-        document = orjson.loads(b"\n".join(lines))
-    except orjson.JSONDecodeError:
-        return lines
-    return [orjson.dumps(document)]
-
-
-def _is_statsd_line(line: bytes) -> bool:
-    try:
-        return bool(parse_statsd_line(line))
-    except Exception:  # DecodeError, or a decoder bug: either way not a line to relay
-        return False
 
 
 def _rewrite(group: Group, line: bytes, i: int) -> bytes:

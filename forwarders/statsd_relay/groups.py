@@ -15,6 +15,7 @@ from typing import Any
 
 from forwarders.statsd_relay.backend import BackendAddress
 from forwarders.statsd_relay.hashing import Router, make_router
+from forwarders.statsd_relay.schema import BACKEND_DEFAULTS
 
 __all__ = ["BackendSlot", "Group", "build_groups", "parse_backend"]
 
@@ -33,9 +34,10 @@ def parse_backend(entry: str | Mapping[str, Any]) -> BackendSlot:
     """Given ``host:port``, ``host:port:udp|tcp``, ``[v6]:port[:proto]`` or an object, return
     the slot it describes; raise ``ValueError`` naming the bad part."""
     if not isinstance(entry, str):
-        protocol = str(entry.get("protocol", "udp"))
+        # Objects inside a oneOf get no defaults filled in: take them from the schema itself.
+        protocol = str(entry.get("protocol", BACKEND_DEFAULTS["protocol"]))
         address = BackendAddress(str(entry["host"]), int(entry["port"]), protocol)
-        weight = int(entry.get("weight", 1))
+        weight = int(entry.get("weight", BACKEND_DEFAULTS["weight"]))
         return BackendSlot(address, entry.get("instance"), weight, entry.get("health_port"))
     text = entry.strip()
     if text.startswith("["):
@@ -108,7 +110,7 @@ def build_groups(config: Sequence[Mapping[str, Any]]) -> tuple[list[Group], list
     groups: list[Group] = []
     for g_index, section in enumerate(config):
         where = f"groups[{g_index}]"
-        scheme = section.get("hash", "jump")
+        scheme = section["hash"]
         slots = [parse_backend(entry) for entry in section["backends"]]
         for slot in slots:
             if slot.weight != 1 and scheme != "ketama":
@@ -123,18 +125,18 @@ def build_groups(config: Sequence[Mapping[str, Any]]) -> tuple[list[Group], list
         addresses = [f"{s.address.host}:{s.address.port}" for s in slots]
         router = make_router(scheme, slot_backend, addresses, [s.weight for s in slots],
                              [s.instance for s in slots])
-        tags = section.get("append_tags", "")
+        tags = section["append_tags"]
         groups.append(Group(
             index=g_index,
             name=section.get("name") or f"group{g_index}",
             router=router,
-            prefix=section.get("prefix", "").encode(),
-            suffix=section.get("suffix", "").encode(),
+            prefix=section["prefix"].encode(),
+            suffix=section["suffix"].encode(),
             append_tags=tags.encode(),
-            hash_rewritten_name=bool(section.get("hash_rewritten_name", False)),
+            hash_rewritten_name=bool(section["hash_rewritten_name"]),
             filter=_compile(section.get("filter"), f"{where}.filter"),
             blacklist=_compile(section.get("blacklist"), f"{where}.blacklist"),
-            reroute=section.get("dead_backend_policy", "hold") == "reroute",
+            reroute=section["dead_backend_policy"] == "reroute",
             backend_indexes=sorted(set(slot_backend)),
         ))
     return groups, first_slots

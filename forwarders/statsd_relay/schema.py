@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CONFIG_SCHEMA"]
+__all__ = ["BACKEND_DEFAULTS", "CONFIG_SCHEMA"]
 
 _BACKEND_STRING = r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):[0-9]{1,5}(:(udp|tcp|UDP|TCP))?$"
 
@@ -22,7 +22,7 @@ _BACKEND_OBJECT: dict[str, Any] = {
         "instance": {"type": "string",
                      "description": "Only makes an entry distinct: jjneely's INSTANCE (not "
                      "hashed), or carbon's instance (hashed by the `carbon` scheme)."},
-        "weight": {"type": "integer", "minimum": 1,
+        "weight": {"type": "integer", "minimum": 1, "default": 1,
                    "description": "`ketama` only: this entry's share of the ring (statsite-proxy "
                    "servers file weight). Other schemes weigh by repeating an entry."},
         "health_port": {"type": "integer", "minimum": 1, "maximum": 65535,
@@ -31,6 +31,10 @@ _BACKEND_OBJECT: dict[str, Any] = {
                         "on its own port and a UDP backend only by its send errors."},
     },
 }
+
+BACKEND_DEFAULTS: dict[str, Any] = {key: spec["default"] for key, spec in
+                                    _BACKEND_OBJECT["properties"].items() if "default" in spec}
+"""Defaults of a backend given as an object (kept here, beside the schema that declares them)."""
 
 _GROUP: dict[str, Any] = {
     "type": "object",

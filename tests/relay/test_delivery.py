@@ -3,9 +3,14 @@ network accepts, through several destination groups with their rewrites and filt
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from forwarders.statsd_relay.hashing import JumpRouter, ShardMapRouter
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+from pystatsd.ingest import Pipeline
+from pystatsd.selfstats import SelfStats
 from tests.relay.conftest import backend_stat, wait_until
 
 
@@ -96,23 +101,35 @@ def test_hash_key_name_and_tags_spreads_series_of_one_name(udp_backends, make_re
         assert len(owner) == 1 and swapped[i] in owner[0].lines()
 
 
+def _through_receive_path(relay, *payloads: bytes) -> SelfStats:
+    """Hand payloads to ``relay`` the way the daemon does in ``mode: relay``: the receive path
+    splits them and makes JSON input into statsd lines."""
+    config = build_config({"mode": "relay", "forwarders": {}})
+    stats = SelfStats()
+    pipeline = Pipeline(config, MetricMgr(config), stats, relays=[relay])
+    for payload in payloads:
+        pipeline.ingest(payload)
+    return stats
+
+
 def test_json_lines_are_relayed_as_statsd_lines(udp_backends, make_relay):
     (backend,) = udp_backends(1)
     relay = make_relay({"groups": [{"backends": [backend.spec]}]})
-    relay.submit_lines([
+    stats = _through_receive_path(relay, b"\n".join([
         b'{"metric_name":"cfbroker.latency","metric_type":"guage","value":43,"stage":"ok"}',
         b'{"metric_name":"cfbroker.trace","metric_type":"trace","user":"x"}',
         b'{"metric_name":"t","metric_type":"gauge","value":-5}',
         b'{"metric_name": broken',
         b"{braces}.in.name:1|c",
         b"no colon here",
-    ])
+    ]))
     assert wait_until(lambda: len(backend.lines()) >= 5)
-    assert backend.lines() == [b"cfbroker.latency:43|g|#stage:ok", b"cfbroker.trace:1|c|#user:x",
-                               b"t:0|g", b"t:-5|g", b"{braces}.in.name:1|c"]
-    stats = relay.stats()
-    assert stats["json_converted"] == 3
-    assert stats["not_relayable"] == 2
+    assert sorted(backend.lines()) == sorted([
+        b"cfbroker.latency:43|g|#stage:ok", b"cfbroker.trace:1|c|#user:x", b"t:0|g", b"t:-5|g",
+        b"{braces}.in.name:1|c"])
+    assert relay.stats()["json_converted"] == 4  # lines made from JSON (the gauge takes two)
+    assert relay.stats()["not_relayable"] == 1  # "no colon here"
+    assert stats.counters["rejected.bad_json"] == 1
 
 
 def test_pretty_printed_json_datagram_is_relayed_whole(udp_backends, make_relay):
@@ -121,20 +138,38 @@ def test_pretty_printed_json_datagram_is_relayed_whole(udp_backends, make_relay)
     datagram = (b'[\n  {"metric_name": "a.b", "metric_type": "counter", "value": 2},\n'
                 b'  {"metric_name": "c.d", "metric_type": "timer", "value": 1.5,'
                 b' "sample_rate": 0.5}\n]')
-    relay.submit_lines(datagram.split(b"\n"))
-    relay.submit_lines([b'{"metric_name":"e","metric_type":"gauge","value":1}',
-                        b'{"metric_name":"f","metric_type":"gauge","value":2}'])  # per line
+    stats = _through_receive_path(
+        relay, datagram,
+        b'{"metric_name":"e","metric_type":"gauge","value":1}\n'
+        b'{"metric_name":"f","metric_type":"gauge","value":2}')  # one object per line
     assert wait_until(lambda: len(backend.lines()) >= 4)
     assert backend.lines() == [b"a.b:2|c", b"c.d:1.5|ms|@0.5", b"e:1|g", b"f:2|g"]
-    assert relay.stats()["not_relayable"] == 0
+    assert relay.stats()["not_relayable"] == 0 and not stats.counters
 
 
 def test_json_lines_rejected_when_configured(udp_backends, make_relay):
     (backend,) = udp_backends(1)
     relay = make_relay({"json_lines": "reject", "groups": [{"backends": [backend.spec]}]})
-    relay.submit_lines([b'{"metric_name":"a","metric_type":"counter","value":1}', b"b:1|c"])
+    _through_receive_path(relay, b'{"metric_name":"a","metric_type":"counter","value":1}\nb:1|c')
     assert wait_until(lambda: backend.lines() == [b"b:1|c"])
     assert relay.stats()["not_relayable"] == 1
+
+
+def test_json_tags_never_become_statsd_syntax_at_the_backend(udp_backends, make_relay):
+    """Found by probing: a JSON tag value holding a newline arrived at the backend as a second,
+    forged metric, and one holding ``|@...`` as a sample rate."""
+    (backend,) = udp_backends(1)
+    relay = make_relay({"groups": [{"backends": [backend.spec]}]})
+    stats = _through_receive_path(
+        relay,
+        b'{"metric_name":"a","metric_type":"counter","value":1,"env":"x\\nforged:999|c"}',
+        b'{"metric_name":"b","metric_type":"counter","value":1,"env":"x|@0.001"}',
+        b'{"metric_name":"c|ms","metric_type":"counter","value":1}',
+        b'{"metric_name":"ok","metric_type":"counter","value":1,"env":"a:b"}')
+    assert wait_until(lambda: backend.lines() == [b"ok:1|c|#env:a:b"])
+    time.sleep(0.05)
+    assert backend.lines() == [b"ok:1|c|#env:a:b"]
+    assert stats.counters["rejected.statsd_syntax"] == 3
 
 
 def test_debug_mode_logs_each_line_with_its_owner_instead_of_sending(udp_backends, caplog):
