@@ -47,6 +47,8 @@ log = logging.getLogger("pystatsd.daemon")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+_THREAD_DIED = -1
+"""Queued like a signal number when a thread ends with an unexpected exception."""
 
 
 def forwarder_context(config: Config, host: str) -> ForwarderContext:
@@ -168,8 +170,19 @@ class Daemon:
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        """Signals, and threads that die of an exception, only record; the main loop acts."""
         for signum in _HANDLED_SIGNALS:
             signal.signal(signum, self._record_signal)
+        threading.excepthook = self._thread_died
+
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        # Every thread of ours catches what it expects; reaching this is a bug. Running on
+        # without the thread would lose data silently, so the daemon stops, flushing first.
+        name = args.thread.name if args.thread is not None else "?"
+        log.critical("thread %s died: %s", name, args.exc_value,
+                     exc_info=args.exc_value or True)
+        self.stats.incr("thread.crashed")
+        self.signals.put(_THREAD_DIED)
 
     def _record_signal(self, signum: int, frame: object) -> None:
         self.signals.put(signum)  # SimpleQueue.put is safe to call from a signal handler
@@ -186,8 +199,17 @@ class Daemon:
             if signum in _STOP_SIGNALS:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 return self.stop()
+            if signum == _THREAD_DIED:
+                log.error("stopping after a thread died (final flush first); the service "
+                          "manager restarts the daemon")
+                self.stop()
+                return 1
             if signum == signal.SIGHUP:
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # a bug while applying a valid config: keep running
+                    self.stats.incr("reload.failed")
+                    log.exception("reload of %s failed while being applied", self.config_path)
                 interval = float(self.config["flush_interval"])
                 deadline = self._next_deadline(self.clock(), interval)
             elif signum == signal.SIGUSR1:
@@ -202,7 +224,11 @@ class Daemon:
                     # A stalled process (SIGSTOP, swap) flushes once, not once per lost interval.
                     self.stats.incr("flush.missed", missed)
                     log.warning("missed %d flush deadlines", missed)
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # a bug in one flush loses that interval, not the daemon
+                    self.stats.incr("flush.failed")
+                    log.exception("flush failed; this interval's aggregates are lost")
                 deadline = self._next_deadline(now, interval)
 
     @staticmethod

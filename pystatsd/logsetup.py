@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import sys
+import time
 from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -22,8 +24,11 @@ def configure_logging(settings: dict[str, Any]) -> bool:
     try:
         handler = _handler(target)
     except OSError as exc:
-        logger.error("cannot log to %s: %s; logging stays where it was", target,
-                     exc.strerror or exc)
+        line = f"cannot log to {target}: {exc.strerror or exc}; logging stays where it was"
+        logger.error("%s", line)
+        if not any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None)
+                   is sys.stderr for h in logger.handlers):
+            print(f"pystatsd: {line}", file=sys.stderr)  # the old target may be gone too
         return False
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -44,7 +49,41 @@ def _handler(target: str) -> logging.Handler:
         handler.setFormatter(logging.Formatter("pystatsd[%(process)d]: %(levelname)s "
                                                "%(name)s: %(message)s"))
     else:
-        handler = logging.handlers.WatchedFileHandler(target)
+        handler = _LogFileHandler(target)
     if handler.formatter is None:
         handler.setFormatter(logging.Formatter(_FORMAT))
     return handler
+
+
+class _LogFileHandler(logging.handlers.WatchedFileHandler):
+    """A log file that reopens itself after logrotate moves it, and whose write failures (a
+    removed directory, a full disk) cost a line on stderr once a minute, not a traceback per
+    record as the standard handler prints."""
+
+    _REPORT_EVERY = 60.0
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename)
+        self._last_report = -self._REPORT_EVERY
+        self._lost = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The standard handler reopens outside its own try: a removed directory would raise
+        # into whichever thread logged, and kill it.
+        try:
+            self.reopenIfNeeded()
+            if self.stream is None:
+                self.stream = self._open()
+        except Exception:
+            self.handleError(record)
+            return
+        logging.FileHandler.emit(self, record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self._lost += 1
+        now = time.monotonic()
+        if now - self._last_report >= self._REPORT_EVERY:
+            error = sys.exc_info()[1]
+            print(f"pystatsd: cannot write the log file {self.baseFilename}: {error}; "
+                  f"{self._lost} log lines lost so far", file=sys.stderr)
+            self._last_report = now
