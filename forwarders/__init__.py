@@ -11,7 +11,7 @@ third parties register under the entry-point group ``pystatsd.forwarders``.
 from __future__ import annotations
 
 from forwarders.aggregate import AggregateForwarder
-from forwarders.base import Forwarder, ForwarderContext, StatKind
+from forwarders.base import Forwarder, ForwarderContext, NeededPath, StatKind
 from forwarders.records import series_record, snapshot_records
 from forwarders.registry import (
     BUILTIN_FORWARDERS,
@@ -45,6 +45,7 @@ __all__ = [
     "ForwarderClash",
     "ForwarderContext",
     "ForwarderSource",
+    "NeededPath",
     "Registry",
     "RelayForwarder",
     "SeriesStats",

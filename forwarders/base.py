@@ -42,13 +42,21 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from forwarders.schema import section_schema, with_defaults
 
-__all__ = ["Forwarder", "ForwarderContext", "StatKind"]
+__all__ = ["Forwarder", "ForwarderContext", "NeededPath", "StatKind"]
 
 StatKind = Literal["total", "level"]
+
+
+class NeededPath(NamedTuple):
+    """A path a forwarder will write: a directory it creates and writes in, or a file it
+    creates or appends to. ``pystatsd --check-config`` checks each one in advance."""
+
+    path: Path
+    directory: bool
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,13 @@ class Forwarder:
     def section_schema(cls) -> dict[str, Any]:
         """The full JSON Schema of this forwarder's config section."""
         return section_schema(cls.CONFIG_SCHEMA)
+
+    @classmethod
+    def needed_paths(cls, name: str, section: Mapping[str, Any],
+                     context: ForwarderContext) -> dict[str, NeededPath]:
+        """The paths this section will write, by the key that names each (``--check-config``
+        checks them before start-up needs them). ``section`` has its defaults filled in."""
+        return {}
 
     @classmethod
     def stat_kind(cls, key: str) -> StatKind:

@@ -6,12 +6,14 @@ RotatingFileHandler, which wants LogRecords and a logger around what is plain da
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 import orjson
 
 from forwarders.aggregate import AggregateForwarder
+from forwarders.base import ForwarderContext, NeededPath
 from forwarders.records import snapshot_records
 from pystatsd.snapshot import Snapshot
 
@@ -41,6 +43,11 @@ class FileForwarder(AggregateForwarder):
     }
 
     _file: BinaryIO | None = None
+
+    @classmethod
+    def needed_paths(cls, name: str, section: Mapping[str, Any],
+                     context: ForwarderContext) -> dict[str, NeededPath]:
+        return {"path": NeededPath(Path(section["path"]), directory=False)}
 
     def open(self) -> None:
         self._path = Path(self.config["path"])

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from forwarders.aggregate import AggregateForwarder
-from forwarders.base import ForwarderContext
+from forwarders.base import ForwarderContext, NeededPath
 from forwarders.kafka.embedded_broker import (
     EmbeddedBroker,
     EmbeddedBrokerUnavailable,
@@ -228,7 +228,7 @@ class KafkaForwarder(AggregateForwarder):
                                     config["kafka_tenant_id"])
         self._topic_for = _topic_router(config["kafka_topic"], config["topic_missing_tag"],
                                         where)
-        self._spool_dir = Path(config.get("spool_dir") or context.state_dir / "spool" / name)
+        self._spool_dir = self.needed_paths(name, config, context)["spool_dir"].path
         self._spool_max_bytes = int(config["spool_max_bytes"])
         self._embedded: EmbeddedBroker | None = None
         if not config.get("kafka_broker") and not context.debug_mode:
@@ -247,6 +247,12 @@ class KafkaForwarder(AggregateForwarder):
         self._requeue: list[Record] = []  # filled by delivery reports, moved to the spool front
         self._fatal = False
         self._bootstrap = ""
+
+    @classmethod
+    def needed_paths(cls, name: str, section: Mapping[str, Any],
+                     context: ForwarderContext) -> dict[str, NeededPath]:
+        directory = Path(section.get("spool_dir") or context.state_dir / "spool" / name)
+        return {"spool_dir": NeededPath(directory, directory=True)}
 
     def _settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
         settings: dict[str, Any] = {
