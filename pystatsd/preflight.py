@@ -67,8 +67,8 @@ def check_paths_as(user: str, needed: dict[str, NeededPath]) -> list[str]:
         finally:
             os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as answer:
-        data = answer.read()
+    with os.fdopen(read_end, "rb") as report:
+        data = report.read()
     os.waitpid(pid, 0)
     if not data:
         return [f"--as-user: could not run the checks as {user!r} (must be root)"]
