@@ -9,6 +9,7 @@ import copy
 import difflib
 import functools
 import importlib.resources
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
         raw, duplicates = _ConfigLoader(text).load_checked()
+    except yaml.reader.ReaderError as exc:  # a control character: its message spans lines
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(source, [f"line {line}: not valid YAML: character "
+                                   f"#x{exc.character:04x} is not allowed"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_describe_yaml_error(exc)]) from exc
     if raw is None:
@@ -99,22 +104,30 @@ def _duplicate_keys(node: yaml.Node, path: tuple[Any, ...], seen: set[int]) -> I
         return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        first_line: dict[Any, int] = {}
+        first: dict[Any, yaml.Mark] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *base` may be overridden by keys beside it: that is its point
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if key is not None:
-                line = key_node.start_mark.line + 1
-                if key in first_line:
-                    yield (f"{_dotted((*path, key))}: duplicate key at line {line} (first at "
-                           f"line {first_line[key]}); only one may be given")
+                if key in first:
+                    again, before = _position(key_node.start_mark, first[key])
+                    yield (f"{_dotted((*path, key))}: duplicate key at {again} (first at "
+                           f"{before}); only one may be given")
                 else:
-                    first_line[key] = line
+                    first[key] = key_node.start_mark
             yield from _duplicate_keys(value_node, (*path, key), seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             yield from _duplicate_keys(item, (*path, index), seen)
+
+
+def _position(mark: yaml.Mark, other: yaml.Mark) -> tuple[str, str]:
+    """Both marks as "line N", with columns when they share a line (a flow mapping)."""
+    if mark.line != other.line:
+        return f"line {mark.line + 1}", f"line {other.line + 1}"
+    return (f"line {mark.line + 1}, column {mark.column + 1}",
+            f"line {other.line + 1}, column {other.column + 1}")
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -130,7 +143,7 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
         return (f"line {problem_mark.line + 1}: not valid YAML: {problem} (column "
                 f"{problem_mark.column + 1})")
     found_at = f"line {problem_mark.line + 1}, column {problem_mark.column + 1}"
-    construct = context.removeprefix("while scanning ").removeprefix("while parsing ")
+    construct = re.sub(r"^while (scanning|parsing|constructing) ", "", context)
     return (f"line {context_mark.line + 1}: not valid YAML: {construct} started here (column "
             f"{context_mark.column + 1}); {problem} at {found_at}")
 

@@ -138,12 +138,29 @@ def test_a_syntax_error_points_at_where_the_broken_construct_starts(tmp_path: Pa
     assert error.endswith("at line 14, column 1")
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("bind_port: 1\nmode: \x07\n", "line 2: not valid YAML: character #x0007 is not allowed"),
+    ("a:\n  b: 1\n c: 2\n", "line 1: not valid YAML: a block mapping started here (column 1); "
+     "expected <block end>, but found '<block mapping start>' at line 3, column 2"),
+    ("mode: !custom relay\n", "line 1: not valid YAML: could not determine a constructor for "
+     "the tag '!custom' (column 7)"),
+])
+def test_every_yaml_error_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    assert load_errors(tmp_path, text) == [expected]
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
     text = ("bind_port: 8125\nflush_interval: 5\nbind_port: 5090\n"
             "forwarders:\n  file:\n    path: /tmp/a\n    path: /tmp/b\n")
     assert load_errors(tmp_path, text) == [
         "bind_port: duplicate key at line 3 (first at line 1); only one may be given",
         "forwarders.file.path: duplicate key at line 7 (first at line 6); only one may be given"]
+
+
+def test_a_duplicate_on_one_line_is_placed_by_column(tmp_path: Path) -> None:
+    assert load_errors(tmp_path, "forwarders: {console: {}, console: {}}\n") == [
+        "forwarders.console: duplicate key at line 1, column 27 (first at line 1, column 14); "
+        "only one may be given"]
 
 
 def test_duplicates_are_reported_with_the_schema_errors(tmp_path: Path) -> None:
