@@ -225,7 +225,7 @@ def _describe(error: jsonschema.ValidationError, prefix: tuple[Any, ...]) -> Ite
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in allowed)
-        return [f"{_dotted((*path, key))}: unknown key{_known_hint(str(key), allowed)}"
+        return [f"{_dotted((*path, str(key)))}: unknown key{_known_hint(str(key), allowed)}"
                 for key in unknown]
     if error.validator == "enum":
         choices = ", ".join(map(str, error.validator_value))

@@ -91,6 +91,8 @@ def test_an_unknown_key_far_from_every_known_one_points_to_the_reference() -> No
     [error] = errors_of({"zzyzx": 1})
     assert error.startswith("zzyzx: unknown key (none is close; see README")
     assert "bind_port" not in error  # not a wall of all the daemon's keys
+    [numeric] = errors_of({1: "x"})  # YAML `1: x`: a key, not a list index
+    assert numeric.startswith("1: unknown key")
 
 
 def test_forwarder_sections_are_checked_even_when_the_top_level_is_wrong() -> None:
