@@ -43,6 +43,10 @@ WARNING_INTERVAL = 60.0
 FD_HEADROOM = 64
 """File descriptors kept for everything but TCP clients (forwarder connections, spool and log
 files, the admin socket) when the process limit forces lower connection caps."""
+ACCEPT_BATCH = 64
+"""Connections accepted per wake-up of the TCP loop, so a flood cannot starve the clients."""
+ACCEPT_RETRY_SECONDS = 1.0
+"""How long accepting pauses when the process is out of file descriptors."""
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _TCP_INFO_BYTES_RECEIVED = struct.Struct("=Q")
 _TCP_INFO_BYTES_RECEIVED_OFFSET = 128  # struct tcp_info.tcpi_bytes_received (Linux >= 4.1)
@@ -110,12 +114,10 @@ class _Listener:
         self._deliver = deliver
         self._stats = stats
         self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
-        self.prefix = metric_prefix(spec["protocol"], *self.address)
-
-    @property
-    def address(self) -> tuple[str, int]:
         host, port = self._sock.getsockname()[:2]
-        return host, port
+        self.address: tuple[str, int] = (host, port)
+        """Where it is bound (the real port when the spec asked for 0); kept after a close."""
+        self.prefix = metric_prefix(spec["protocol"], host, port)
 
     @property
     def label(self) -> str:
@@ -217,9 +219,8 @@ class UdpListener(_Listener):
     def _wake(self) -> None:
         host, port = self.address
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        try:
-            with socket.socket(self._sock.family, socket.SOCK_DGRAM) as waker:
-                waker.sendto(b"", (host, port))
+        try:  # from the socket itself: needs no descriptor, which may have run out
+            self._sock.sendto(b"", (host, port))
         except OSError as exc:
             log.warning("cannot wake the udp listener on %s:%d: %s", host, port, exc)
 
@@ -297,8 +298,9 @@ class TcpListener(_Listener):
 
     At most ``max_connections`` clients at once (one more is accepted and closed at once, and
     counted); a client silent for ``idle_timeout_seconds`` is closed. When the process runs
-    out of file descriptors, asyncio pauses accepting for a second; that is counted and logged
-    once a minute instead of a traceback per attempt."""
+    out of file descriptors, accepting pauses for :data:`ACCEPT_RETRY_SECONDS`; that is counted
+    and logged once a minute. (The accept loop is our own: asyncio's, at EMFILE, calls its
+    exception handler once per backlog slot per attempt, which was the traceback storm.)"""
 
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats,
                  max_connections: int | None = None) -> None:
@@ -306,12 +308,14 @@ class TcpListener(_Listener):
         self.max_connections = max_connections or spec["max_connections"]
         self._idle_timeout = float(spec["idle_timeout_seconds"])
         self._loop = asyncio.new_event_loop()
-        self._loop.set_exception_handler(self._loop_exception)
-        self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
+        self._accepting = False
         self._refusals = _Throttle()
         self._out_of_fds = _Throttle()
+        self._out_of_fds_at: float | None = None
+        self._out_of_fds_ceiling = 0
         self._idle_closes = _Throttle()
+        self._accept_errors = _Throttle()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-listener",
                                         daemon=True)
 
@@ -320,32 +324,100 @@ class TcpListener(_Listener):
         return len(self._connections)
 
     def start(self) -> None:
+        self._sock.listen(socket.SOMAXCONN)
+        self._sock.setblocking(False)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._begin)
 
-    async def _serve(self) -> None:
-        self._server = await self._loop.create_server(
-            lambda: _Connection(self), sock=self._sock, backlog=socket.SOMAXCONN)
+    def _begin(self) -> None:
+        self._accepting = True
+        self._loop.add_reader(self._sock.fileno(), self._accept)
         if self._idle_timeout:
             self._loop.call_later(self._sweep_period(), self._close_idle)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_FDS:
+                    self._pause_accepting(exc)
+                else:
+                    self._stats.incr(self.prefix + ".accept_errors")
+                    if self._accept_errors.ready():
+                        log.error("%s: accept failed: %s%s", self.label, exc,
+                                  self._accept_errors.take_suppressed())
+                return
+            if not self._admit():
+                conn.close()  # at once: the descriptor is free again for the rest
+                continue
+            self._attach(conn)
+
+    def _attach(self, conn: socket.socket) -> None:
+        """Give an accepted socket its transport and protocol."""
+        conn.setblocking(False)
+        connection = _Connection(self)
+        self._connections.add(connection)
+
+        def attached(done: asyncio.Task[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self._connections.discard(connection)
+                conn.close()
+
+        task = self._loop.create_task(
+            self._loop.connect_accepted_socket(lambda: connection, conn))
+        task.add_done_callback(attached)
+
+    def _admit(self) -> bool:
+        """Whether a new connection may stay: fewer than ``max_connections`` are open, and
+        the process has not just run out of descriptors."""
+        if len(self._connections) < min(self.max_connections, self._fd_ceiling()):
+            self._stats.incr("listener.tcp.connections")
+            return True
+        self._stats.incr(self.prefix + ".refused")
+        if self._refusals.ready():
+            why = ("the most max_connections allows" if self._out_of_fds_at is None
+                   else "no more while the process is short of file descriptors")
+            log.warning("%s: refused a connection: %d open, %s%s", self.label,
+                        len(self._connections), why, self._refusals.take_suppressed())
+        return False
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume_accepting)
+        self._stats.incr(self.prefix + ".accept_paused")
+        self._out_of_fds_at = time.monotonic()
+        self._out_of_fds_ceiling = max(0, len(self._connections) - 2)
+        if self._out_of_fds.ready():
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.error("%s: cannot accept: %s (%d client connections open, the process may "
+                      "open %d files): accepting paused; raise LimitNOFILE/ulimit -n or lower "
+                      "max_connections%s", self.label, exc.strerror, len(self._connections),
+                      soft, self._out_of_fds.take_suppressed())
+
+    def _resume_accepting(self) -> None:
+        if self._accepting:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _fd_ceiling(self) -> int:
+        """Connections allowed since the process last ran out of descriptors: fewer than were
+        open then, for a minute, so a descriptor freed for someone else (the admin socket, a
+        forwarder) is not taken by one more client."""
+        if self._out_of_fds_at is None:
+            return sys.maxsize
+        if time.monotonic() - self._out_of_fds_at > WARNING_INTERVAL:
+            self._out_of_fds_at = None
+            return sys.maxsize
+        return self._out_of_fds_ceiling
 
     def _sweep_period(self) -> float:
         return min(1.0, self._idle_timeout / 4)
 
-    def _admit(self, connection: _Connection) -> bool:
-        """Take a new connection unless ``max_connections`` are open already."""
-        if len(self._connections) >= self.max_connections:
-            self._stats.incr(self.prefix + ".refused")
-            if self._refusals.ready():
-                log.warning("%s: refused a connection: %d open, the most max_connections "
-                            "allows%s", self.label, len(self._connections),
-                            self._refusals.take_suppressed())
-            return False
-        self._connections.add(connection)
-        self._stats.incr("listener.tcp.connections")
-        return True
-
     def _close_idle(self) -> None:
+        if not self._accepting:
+            return
         now = self._loop.time()
         closed = 0
         for connection in list(self._connections):
@@ -359,22 +431,7 @@ class TcpListener(_Listener):
                 log.info("%s: closed %d connections idle for %gs (idle_timeout_seconds)%s",
                          self.label, closed, self._idle_timeout,
                          self._idle_closes.take_suppressed())
-        if self._server is not None and self._server.is_serving():
-            self._loop.call_later(self._sweep_period(), self._close_idle)
-
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS:
-            # asyncio stops accepting for a second and tries again; say so once a minute.
-            self._stats.incr(self.prefix + ".accept_paused")
-            if self._out_of_fds.ready():
-                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-                log.error("%s: cannot accept: %s (%d client connections open, the process may "
-                          "open %d files): accepting paused; raise LimitNOFILE/ulimit -n or "
-                          "lower max_connections%s", self.label, exc.strerror,
-                          len(self._connections), soft, self._out_of_fds.take_suppressed())
-            return
-        loop.default_exception_handler(context)
+        self._loop.call_later(self._sweep_period(), self._close_idle)
 
     def deliver_lines(self, complete: bytes) -> None:
         """Hand complete lines (joined by newlines, none over the limit) to ingest."""
@@ -391,24 +448,40 @@ class TcpListener(_Listener):
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting; read what every connection already delivered to the kernel, without
         waiting for the client; close; count and log what was cut."""
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout + 30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout + 30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
         self._loop.close()
+        self._sock.close()
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._accepting:
+            self._accepting = False
+            self._loop.remove_reader(self._sock.fileno())
         drained = [connection.drain_and_close() for connection in list(self._connections)]
         self._connections.clear()
+        # Clients whose connection the kernel completed but we had not accepted yet may have
+        # sent already: their data was acknowledged too.
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                break
+            with conn:
+                drained.append(_Connection(self).drain_socket(conn))
+        self._sock.close()
+        self._report_stop(drained)
+
+    def _report_stop(self, drained: list[_Drained]) -> None:
+        if not drained:
+            return
         read = sum(d.read for d in drained)
         unread = sum(d.unread for d in drained)
         cut = sum(1 for d in drained if d.cut_bytes)
         cut_bytes = sum(d.cut_bytes for d in drained)
         if cut:
             self._stats.incr(self.prefix + ".cut_lines", cut)
-        if not drained:
-            return
         if cut or unread:
             log.warning("%s: stopped %d connections; read %d bytes, lost %d bytes: %d partial "
                         "lines (%d bytes) cut mid-line, %d bytes the kernel held unread",
@@ -439,14 +512,12 @@ class _Connection(asyncio.Protocol):
         self._pending = b""
         self._skipping = False  # inside a line that already exceeded the limit
         self._read = 0
-        self.last_active = 0.0
+        self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.last_active = asyncio.get_running_loop().time()
-        if not self._listener._admit(self):
-            transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._listener._connections.discard(self)
@@ -463,8 +534,8 @@ class _Connection(asyncio.Protocol):
         return False
 
     def close_idle(self) -> None:
-        assert self._transport is not None
-        self._transport.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def _feed(self, chunk: bytes) -> None:
         self._read += len(chunk)
@@ -499,34 +570,41 @@ class _Connection(asyncio.Protocol):
         self._listener.deliver_lines(complete)
 
     def drain_and_close(self) -> _Drained:
+        """Stop reading through the transport, drain its socket (see :meth:`drain_socket`),
+        then drop the transport without waiting for anything."""
+        transport = self._transport
+        if transport is None:  # accepted, not attached yet: nothing read so far
+            return _Drained(0, 0, 0)
+        transport.pause_reading()
+        fd = transport.get_extra_info("socket").fileno()
+        raw = socket.socket(fileno=fd)  # the transport's descriptor: needs no new one
+        try:
+            drained = self.drain_socket(raw)
+        finally:
+            raw.detach()
+        transport.abort()
+        return drained
+
+    def drain_socket(self, raw: socket.socket) -> _Drained:
         """Shut the connection in both directions, then read everything the kernel holds.
 
         After the shutdown the kernel answers any further data with a reset instead of
         acknowledging it, so what is read here is exactly what the client's kernel was told
         had arrived. A last line without its newline is cut: it is counted, not guessed at."""
-        transport = self._transport
-        assert transport is not None
-        transport.pause_reading()
-        fd = transport.get_extra_info("socket").fileno()
-        raw = socket.socket(fileno=fd)  # the transport's descriptor: needs no new one
-        received: int | None = None
+        raw.setblocking(False)
         try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already reset by the client: the queue may still hold data
+        while True:
             try:
-                raw.shutdown(socket.SHUT_RDWR)
+                chunk = raw.recv(65536)
             except OSError:
-                pass  # already reset by the client: the queue may still hold data
-            while True:
-                try:
-                    chunk = raw.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                self._feed(chunk)
-            received = _bytes_received(raw)
-        finally:
-            raw.detach()
-        transport.abort()
+                break
+            if not chunk:
+                break
+            self._feed(chunk)
+        received = _bytes_received(raw)
         cut_bytes = 0 if self._skipping else len(self._pending)
         self._pending = b""
         unread = max(0, received - self._read) if received is not None else 0
