@@ -124,6 +124,7 @@ class Daemon:
             "listeners": [f"{listener.spec['protocol']} {host}:{port}"
                           for listener in self.listeners
                           for host, port in [listener.address]],
+            "listener_state": [listener.describe() for listener in self.listeners],
             "counters": dict(sorted(counters.items())),
             "forwarders": {f.name: {"type": type(f).__name__, **f.stats()}
                            for f in self.forwarders},

@@ -175,6 +175,13 @@ class UdpListener(_Listener):
         """Datagrams the kernel dropped on this socket since it was opened, as last read."""
         return self._drops_reported
 
+    def describe(self) -> dict[str, Any]:
+        """This listener's state for ``--status``."""
+        return {"listener": self.label, "kernel_drops": self._drops_reported,
+                "receive_buffer_bytes": self._sock.getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_RCVBUF) // 2
+                if self._sock.fileno() >= 0 else None}
+
     def start(self) -> None:
         self._thread.start()
         if self._drops.available:
@@ -322,6 +329,13 @@ class TcpListener(_Listener):
     @property
     def open_connections(self) -> int:
         return len(self._connections)
+
+    def describe(self) -> dict[str, Any]:
+        """This listener's state for ``--status``."""
+        return {"listener": self.label, "open_connections": len(self._connections),
+                "max_connections": self.max_connections,
+                "idle_timeout_seconds": self._idle_timeout,
+                "accepting": self._accepting and self._out_of_fds_at is None}
 
     def start(self) -> None:
         self._sock.listen(socket.SOMAXCONN)

@@ -39,8 +39,9 @@ def test_kernel_drops_are_counted_exactly_and_sent_equals_aggregated_plus_droppe
     assert 0 < kernel_says < SENT
 
     # --status shows it within the watcher's period, before any flush.
-    counters = wait_for(lambda: (c := status(daemon)["counters"]).get(drops_key) and c)
-    assert counters[drops_key] == kernel_says
+    state = wait_for(lambda: (s := status(daemon))["counters"].get(drops_key) and s)
+    assert state["counters"][drops_key] == kernel_says
+    assert state["listener_state"][0]["kernel_drops"] == kernel_says
     warning = daemon.wait_for_log("the kernel dropped")
     assert "receive_buffer_bytes" in warning and "net.core.rmem_max" in warning
     assert f"{kernel_says} since start" in warning

@@ -39,6 +39,9 @@ def test_one_connection_past_the_cap_is_refused_and_counted(start_fault_daemon: 
         prefix("tcp", daemon.port) + ".refused") and c)
     assert counters[prefix("tcp", daemon.port) + ".refused"] == 1
     assert counters["listener.tcp.connections"] == 5
+    assert status(daemon)["listener_state"] == [{
+        "listener": f"tcp 127.0.0.1:{daemon.port}", "open_connections": 5,
+        "max_connections": 5, "idle_timeout_seconds": 600, "accepting": True}]
     assert "refused a connection: 5 open, the most max_connections allows" in "".join(
         daemon.stderr)
     for sock in (*kept, extra):
