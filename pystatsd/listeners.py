@@ -433,12 +433,14 @@ class TcpListener(_Listener):
         if not self._accepting:
             return
         now = self._loop.time()
-        closed = 0
+        closed = cut = 0
         for connection in list(self._connections):
             if now - connection.last_active >= self._idle_timeout:
                 self._connections.discard(connection)
-                connection.close_idle()
+                cut += connection.close_idle()
                 closed += 1
+        if cut:
+            self._stats.incr(self.prefix + ".cut_lines", cut)
         if closed:
             self._stats.incr(self.prefix + ".idle_closed", closed)
             if self._idle_closes.ready():
@@ -547,9 +549,13 @@ class _Connection(asyncio.Protocol):
         self._pending = b""
         return False
 
-    def close_idle(self) -> None:
+    def close_idle(self) -> bool:
+        """Close a silent connection; True when that cut a line it had begun."""
         if self._transport is not None:
             self._transport.close()
+        cut = bool(self._pending) and not self._skipping
+        self._pending = b""
+        return cut
 
     def _feed(self, chunk: bytes) -> None:
         self._read += len(chunk)

@@ -55,7 +55,7 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_counted(
     daemon = start_fault_daemon({"flush_interval": 3600, "listeners": [
         {"protocol": "tcp", "idle_timeout_seconds": 1}]})
     idle, busy = connect(daemon.port), connect(daemon.port)
-    idle.sendall(b"fault.idle:1|c\n")
+    idle.sendall(b"fault.idle:1|c\nfault.idle:1")  # the second line never ends: cut
     started = time.monotonic()
     end = started + 2.5
     while time.monotonic() < end:  # the busy one keeps talking and stays open
@@ -65,6 +65,7 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_counted(
     assert not closed_by_daemon(busy, timeout=0.1)
     counters = status(daemon)["counters"]
     assert counters[prefix("tcp", daemon.port) + ".idle_closed"] == 1
+    assert counters[prefix("tcp", daemon.port) + ".cut_lines"] == 1
     assert "closed 1 connections idle for 1s (idle_timeout_seconds)" in "".join(daemon.stderr)
     idle.close()
     busy.close()
