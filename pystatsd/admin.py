@@ -56,7 +56,10 @@ class AdminServer:
             timeout = REQUEST_TIMEOUT
 
             def handle(self) -> None:
-                command = self.rfile.readline(256).decode("ascii", "replace").strip()
+                try:
+                    command = self.rfile.readline(256).decode("ascii", "replace").strip()
+                except OSError:  # silent past REQUEST_TIMEOUT, or gone: nothing to answer
+                    return
                 answer: dict[str, Any]
                 if command == "status":
                     answer = describe_state()
@@ -66,7 +69,10 @@ class AdminServer:
                 else:
                     answer = {"error": f"unknown command {command[:40]!r}",
                               "commands": ["status", "reload"]}
-                self.wfile.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+                try:
+                    self.wfile.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+                except OSError:
+                    pass
 
             def finish(self) -> None:
                 try:

@@ -47,4 +47,5 @@ def test_idle_admin_clients_are_bounded_and_timed_out(start_fault_daemon: Any,
         sock.close()
     assert status(daemon)["pid"] == daemon.proc.pid
     assert threads(daemon.proc.pid) <= before + 1
+    assert "Traceback" not in "".join(daemon.stderr)
     assert daemon.stop() == 0
