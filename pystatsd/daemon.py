@@ -155,6 +155,7 @@ class Daemon:
             "listeners": [f"{listener.spec['protocol']} {host}:{port}"
                           for listener in self.listeners
                           for host, port in [listener.address]],
+            "listener_state": [listener.describe() for listener in self.listeners],
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
                            for name, f in self.forwarders.items()},
