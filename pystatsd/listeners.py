@@ -12,6 +12,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,10 @@ class _Listener:
         self._deliver = deliver
         self._stats = stats
         self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
+        self.bytes_received = 0
+        """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
+        self.last_alive = time.monotonic()
+        """When the receive thread last answered :meth:`probe` (the watchdog's question)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -115,6 +120,11 @@ class UdpListener(_Listener):
                 self._thread.join(timeout)
         self._sock.close()
 
+    def probe(self) -> None:
+        """Ask the receive thread for a sign of life: an empty datagram, queued behind what
+        the socket holds, which the loop answers by setting ``last_alive``."""
+        self._wake()
+
     def _wake(self) -> None:
         host, port = self.address
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -136,6 +146,7 @@ class UdpListener(_Listener):
                 log.error("udp receive failed: %s", exc)
                 continue
             if payload:
+                self.bytes_received += len(payload)
                 try:  # inline, not _deliver_one: this loop is the hot path
                     deliver(payload)
                 except Exception:
@@ -143,6 +154,8 @@ class UdpListener(_Listener):
                     log.exception("ingest failed for a %d-byte datagram", len(payload))
             elif self._stopping.is_set():
                 break  # our own wake-up: everything received before the stop is delivered
+            else:  # the watchdog's probe came through the queue: this thread is not wedged
+                self.last_alive = time.monotonic()
         # What arrived between the stop and the wake-up is delivered too.
         self._sock.setblocking(False)
         while True:
@@ -175,6 +188,16 @@ class TcpListener(_Listener):
     def start(self) -> None:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result()
+
+    def probe(self) -> None:
+        """Ask the event loop for a sign of life: it sets ``last_alive`` when it gets to it."""
+        try:
+            self._loop.call_soon_threadsafe(self._answer_probe)
+        except RuntimeError:  # the loop is closed: stopping, and no longer watched
+            pass
+
+    def _answer_probe(self) -> None:
+        self.last_alive = time.monotonic()
 
     async def _serve(self) -> None:
         self._server = await asyncio.start_server(self._handle, sock=self._sock,
@@ -218,6 +241,7 @@ class TcpListener(_Listener):
             chunk = await reader.read(65536)
             if not chunk:
                 break
+            self.bytes_received += len(chunk)
             data = pending + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
