@@ -101,7 +101,7 @@ class AdminControl:
             keys = {display_name(key[0], key[2]): key for kind in KINDS[table]
                     for key in manager.current(kind)}
             for pattern in patterns:
-                names = [name for name in keys if matches(name, pattern)]
+                names = sorted(name for name in keys if matches(name, pattern))
                 if not names:
                     lines.append(f"metric {pattern} not found")
                 manager.forget([keys.pop(name) for name in names])
