@@ -29,10 +29,14 @@ class AdminRuntime:
         guard = TokenGuard(settings["token"])
         limit, timeout = settings["max_connections"], float(settings["connection_timeout"])
         self.servers: dict[str, ServingThread] = {}
+        if settings["console_socket"]:
+            state_dir = Path(daemon.config["state_dir"])
+            try:
+                self.servers["console unix"] = unix_console(self.control, guard, state_dir,
+                                                            limit, timeout)
+            except OSError as exc:  # like admin.sock: a convenience, never a reason not to run
+                log.warning("no console socket in %s: %s", state_dir, exc.strerror or exc)
         try:
-            if settings["console_socket"]:
-                self.servers["console unix"] = unix_console(
-                    self.control, guard, Path(daemon.config["state_dir"]), limit, timeout)
             console, http = settings["console"], settings["http"]
             if console["enabled"]:
                 self.servers["console tcp"] = tcp_console(

@@ -69,3 +69,14 @@ def test_an_admin_port_in_use_stops_start_up_with_one_line(tmp_path) -> None:
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "admin interface cannot bind" in errors[0], result.stderr
     assert not (Path(tmp_path) / "state" / "console.sock").exists()
+
+
+def test_a_state_dir_without_room_for_the_console_socket_is_no_reason_not_to_run(
+        start_daemon, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    daemon = start_daemon({"state_dir": str(blocker / "state")})  # cannot be created
+    daemon.wait_for_log("no console socket in")
+    daemon.send_udp(b"still:1|c")
+    assert daemon.stop() == 0
+    assert "still" in {record["name"] for record in daemon.records()}
