@@ -97,7 +97,7 @@ def test_pings_while_idle_and_stop_when_a_receive_thread_hangs(
     assert "READY=1" in notify_socket.collect(0.5)
     # Idle (no traffic, no flush due for an hour): every part still answers.
     pings = notify_socket.collect(3.0).count("WATCHDOG=1")
-    assert pings >= 4, notify_socket.messages
+    assert pings >= 3, notify_socket.messages  # one each 0.5 s: 6, less on a busy machine
     daemon.send_udp(b"normal:1|c")
     assert notify_socket.collect(1.5).count("WATCHDOG=1") >= 2
 
