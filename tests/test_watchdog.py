@@ -2,7 +2,7 @@
 pings while it makes progress, and stops when a receive thread hangs.
 
 The hang is injected from here, not by a production switch: a ``sitecustomize`` on the
-daemon's PYTHONPATH wraps the UDP listener's delivery so that a payload starting with
+daemon's PYTHONPATH wraps each listener's delivery so that a payload starting with
 ``test.hang`` blocks the receive thread for good."""
 
 from __future__ import annotations
@@ -22,19 +22,23 @@ import threading
 
 from pystatsd import listeners
 
-_init = listeners.UdpListener.__init__
+
+def _wrap(cls):
+    original = cls.__init__
+
+    def hanging_init(self, spec, deliver, stats):
+        def deliver_or_hang(payload):
+            if payload.startswith(b"test.hang"):
+                threading.Event().wait()  # this receive thread is wedged from here on
+            deliver(payload)
+
+        original(self, spec, deliver_or_hang, stats)
+
+    cls.__init__ = hanging_init
 
 
-def _hanging_init(self, spec, deliver, stats):
-    def deliver_or_hang(payload):
-        if payload.startswith(b"test.hang"):
-            threading.Event().wait()  # the receive thread is wedged from here on
-        deliver(payload)
-
-    _init(self, spec, deliver_or_hang, stats)
-
-
-listeners.UdpListener.__init__ = _hanging_init
+_wrap(listeners.UdpListener)
+_wrap(listeners.TcpListener)
 '''
 
 
@@ -88,8 +92,9 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     listener.close()
 
 
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
 def test_pings_while_idle_and_stop_when_a_receive_thread_hangs(
-        start_daemon, notify_socket, tmp_path) -> None:
+        start_daemon, notify_socket, tmp_path, protocol) -> None:
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HANG_HOOK)
@@ -99,17 +104,22 @@ def test_pings_while_idle_and_stop_when_a_receive_thread_hangs(
     pings = notify_socket.collect(3.0).count("WATCHDOG=1")
     assert pings >= 3, notify_socket.messages  # one each 0.5 s: 6, less on a busy machine
     daemon.send_udp(b"normal:1|c")
+    daemon.send_tcp(b"normal:1|c\n")
     assert notify_socket.collect(1.5).count("WATCHDOG=1") >= 2
 
-    daemon.send_udp(b"test.hang:1|c")
+    if protocol == "udp":
+        daemon.send_udp(b"test.hang:1|c")
+    else:
+        daemon.send_tcp(b"test.hang:1|c\n")
     line = daemon.wait_for_log("watchdog pings stopped", timeout=5)
-    assert "udp listener 127.0.0.1:" in line
+    assert f"{protocol} listener 127.0.0.1:" in line
     notify_socket.drain()  # pings sent before the verdict, queued while we waited for it
     assert notify_socket.collect(3.0).count("WATCHDOG=1") == 0
-    assert "makes progress again" not in "".join(daemon.stderr)
-    # The other parts are fine: the TCP listener and the main loop still answer.
-    assert "tcp listener" not in "".join(daemon.stderr)
-    assert "main loop" not in "".join(daemon.stderr)
+    log = "".join(daemon.stderr)
+    assert "makes progress again" not in log
+    # Only the wedged part is blamed: the other listener and the main loop still answer.
+    other = "tcp" if protocol == "udp" else "udp"
+    assert f"{other} listener" not in log and "main loop" not in log
     daemon.kill()  # what systemd does next (SIGABRT, then Restart=on-failure)
 
 
