@@ -118,8 +118,11 @@ class AdminControl:
         return logsetup.current_level()
 
     def set_log_level(self, level: str) -> str:
-        """Set the daemon's log level until the next reload or restart; return the old one."""
-        return logsetup.set_level(level)
+        """Set the daemon's log level until the next reload or restart; return the old one.
+        The running config holds it too, so reopening the log (SIGUSR1) keeps it."""
+        previous = logsetup.set_level(level)
+        self.daemon.config["logging"]["level"] = level.upper()
+        return previous
 
     # -- readiness ------------------------------------------------------------------------
     def unready_reasons(self) -> list[str]:

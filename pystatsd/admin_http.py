@@ -7,7 +7,7 @@
     GET  /metrics            Prometheus text exposition (:mod:`pystatsd.metrics_exposition`)
     GET  /loglevel           the current log level
     POST /health/up|down     take the node into or out of a load balancer's rotation
-    POST /loglevel/LEVEL     DEBUG, INFO, WARNING or ERROR until the next reload
+    POST /loglevel/LEVEL     DEBUG, INFO, WARNING or ERROR until the next reload or restart
 
 POSTs need ``Authorization: Bearer <admin.token>``, and are refused when no token is set."""
 

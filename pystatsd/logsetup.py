@@ -1,6 +1,6 @@
 """Where the daemon's own log goes (stderr, which is the journal under systemd, syslog, or a
 file), in which format (text lines, or JSON objects by python-json-logger), and at which level
-(changeable at run time through the admin interfaces until the next reload)."""
+(changeable at run time through the admin interfaces until the next reload or restart)."""
 
 from __future__ import annotations
 

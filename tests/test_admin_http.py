@@ -4,6 +4,7 @@ Prometheus server use it."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,9 @@ def test_post_commands_need_the_token(start_daemon) -> None:
     assert http(port, "/loglevel/DEBUG", "POST", TOKEN)[::2] == (200, "loglevel: DEBUG\n")
     assert http(port, "/loglevel")[::2] == (200, "DEBUG\n")
     assert http(port, "/loglevel/LOUD", "POST", TOKEN)[0] == 400
-    # At DEBUG the daemon now logs each admin request.
+    # At DEBUG the daemon now logs each admin request, also after a log reopen (SIGUSR1).
+    daemon.signal(signal.SIGUSR1)
+    daemon.wait_for_log("log reopened")
     http(port, "/healthz")
     daemon.wait_for_log('"GET /healthz HTTP/1.1" 200')
     assert daemon.stop() == 0
