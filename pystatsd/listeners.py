@@ -120,6 +120,10 @@ class _Listener:
         self.address: tuple[str, int] = (host, port)
         """Where it is bound (the real port when the spec asked for 0); kept after a close."""
         self.prefix = metric_prefix(spec["protocol"], host, port)
+        self.bytes_received = 0
+        """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
+        self.last_alive = time.monotonic()
+        """When the receive thread last answered :meth:`probe` (the watchdog's question)."""
 
     @property
     def label(self) -> str:
@@ -225,6 +229,11 @@ class UdpListener(_Listener):
                         self.label, new, total, self._drop_warnings.take_suppressed(), granted,
                         _read_sysctl("net/core/rmem_max"))
 
+    def probe(self) -> None:
+        """Ask the receive thread for a sign of life: an empty datagram, queued behind what
+        the socket holds, which the loop answers by setting ``last_alive``."""
+        self._wake()
+
     def _wake(self) -> None:
         host, port = self.address
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -245,6 +254,7 @@ class UdpListener(_Listener):
                 log.error("udp receive failed: %s", exc)
                 continue
             if payload:
+                self.bytes_received += len(payload)
                 try:  # inline, not _deliver_one: this loop is the hot path
                     deliver(payload)
                 except Exception:
@@ -252,6 +262,8 @@ class UdpListener(_Listener):
                     log.exception("ingest failed for a %d-byte datagram", len(payload))
             elif self._stopping.is_set():
                 break  # our own wake-up: everything received before the stop is delivered
+            else:  # the watchdog's probe came through the queue: this thread is not wedged
+                self.last_alive = time.monotonic()
         # What arrived between the stop and the wake-up is delivered too.
         self._sock.setblocking(False)
         while True:
@@ -344,6 +356,16 @@ class TcpListener(_Listener):
         self._sock.setblocking(False)
         self._thread.start()
         self._loop.call_soon_threadsafe(self._begin)
+
+    def probe(self) -> None:
+        """Ask the event loop for a sign of life: it sets ``last_alive`` when it gets to it."""
+        try:
+            self._loop.call_soon_threadsafe(self._answer_probe)
+        except RuntimeError:  # the loop is closed: stopping, and no longer watched
+            pass
+
+    def _answer_probe(self) -> None:
+        self.last_alive = time.monotonic()
 
     def _begin(self) -> None:
         self._accepting = True
@@ -562,6 +584,7 @@ class _Connection(asyncio.Protocol):
 
     def _feed(self, chunk: bytes) -> None:
         self._read += len(chunk)
+        self._listener.bytes_received += len(chunk)
         limit = self._limit
         data = self._pending + chunk
         cut = data.rfind(b"\n")
