@@ -112,8 +112,9 @@ def test_run_command_uses_its_own_broker_when_the_port_is_taken(
         moved = script.wait_for(script.err, f"127.0.0.1:{taken} is taken", timeout=120)
         own = moved.rstrip().rsplit("127.0.0.1:", 1)[1].split()[0]
         assert own != str(taken)
-        script.wait_for(script.err, f"embedded memory-only Tansu broker listening on "
-                        f"127.0.0.1:{own}", timeout=30)
+        started = script.wait_for(script.err, "started an embedded memory-only Tansu broker",
+                                  timeout=30)
+        assert f"listening on 127.0.0.1:{own}" in started
         script.wait_for(script.err, "pystatsd started", timeout=30)
         send(loopback_port, b"readme.check:1|c|@0.5|#env:stage")
         arrived = script.wait_for(script.out, '"readme.check"', timeout=30)
