@@ -23,6 +23,7 @@ say() { echo "run.sh: $*" >&2; }
 # the wanted one is held by anybody. When anything differs from the file, a temporary copy
 # with the ports filled in is what runs.
 tmpdir=$(mktemp -d)
+trap 'rm -rf "$tmpdir"' EXIT
 read -r port broker topic wanted_broker < <(.venv/bin/python - etc/embedded-kafka.conf \
     "$tmpdir/embedded-kafka.conf" "${PYSTATSD_DEMO_PORT:-}" "${PYSTATSD_DEMO_BROKER_PORT:-}" \
     <<'PY'

@@ -64,7 +64,7 @@ def test_self_metrics_fold_into_one_line_per_flush(make_forwarder, kafka_bootstr
     def shown(mode: str) -> list[str]:
         done = subprocess.run(
             [sys.executable, str(TOOL), "--bootstrap", kafka_bootstrap, "--topic", topic,
-             "--from-beginning", "--timeout", "3", "--self-metrics", mode],
+             "--from-beginning", "--max", "5", "--timeout", "10", "--self-metrics", mode],
             capture_output=True, text=True, timeout=30, check=True)
         return done.stdout.splitlines()
 
