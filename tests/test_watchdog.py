@@ -26,13 +26,13 @@ from pystatsd import listeners
 def _wrap(cls):
     original = cls.__init__
 
-    def hanging_init(self, spec, deliver, stats):
+    def hanging_init(self, spec, deliver, *rest, **keywords):
         def deliver_or_hang(payload):
             if payload.startswith(b"test.hang"):
                 threading.Event().wait()  # this receive thread is wedged from here on
             deliver(payload)
 
-        original(self, spec, deliver_or_hang, stats)
+        original(self, spec, deliver_or_hang, *rest, **keywords)
 
     cls.__init__ = hanging_init
 
