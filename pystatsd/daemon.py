@@ -182,6 +182,8 @@ class Daemon:
     def flush(self) -> Snapshot:
         """Close the current interval and hand its snapshot to every aggregate forwarder."""
         with self.lock:
+            if self.pipeline is not None:
+                self.pipeline.publish_counts()  # the receive counts land in this interval
             table = self.manager.swap()
             now = self.clock()
             counts = self.stats.take()
@@ -189,9 +191,10 @@ class Daemon:
         elapsed = max(now - started, 1e-9)
         interval = float(self.config["flush_interval"])
         aligned_start = math.floor(started / interval) * interval
-        snapshot = self.manager.snapshot(table, aligned_start, elapsed, self.host)
+        series = self.manager.finish(table, elapsed)
         if self.config["self_metrics"]["enabled"]:
-            snapshot.series.extend(self._self_metrics(counts, elapsed, len(snapshot.series)))
+            series.extend(self._self_metrics(counts, elapsed, len(series)))
+        snapshot = Snapshot(aligned_start, elapsed, self.host, series)
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": aligned_start,
                             "interval_seconds": elapsed, "series": len(snapshot.series)}
@@ -252,6 +255,7 @@ class Daemon:
             self._tagger = Tagger(new["agent"]["tags"], new["tag_precedence"])
             self.manager.reconfigure(self.config)
             assert self.pipeline is not None
+            self.pipeline.publish_counts()
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         for forwarder in old_forwarders:
             forwarder.close(float(self.config["shutdown_timeout"]))

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from pystatsd.aggregation import MetricMgr, percentile_key
+from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
+from pystatsd.distribution import percentile_key
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
@@ -22,11 +23,8 @@ def manager(**overrides: Any) -> MetricMgr:
 
 
 def flush(mgr: MetricMgr, interval: float = 10.0) -> dict[tuple[str, str, tuple], dict]:
-    """Swap and snapshot; return {(name, type, tags): stats}."""
-    snapshot = mgr.snapshot(mgr.swap(), 1000.0, interval, "testhost")
-    assert snapshot.start == 1000.0 and snapshot.interval == interval
-    assert snapshot.host == "testhost"
-    return {(s.name, s.type, s.tags): s.stats for s in snapshot.series}
+    """Swap and finish; return {(name, type, tags): stats}."""
+    return {(s.name, s.type, s.tags): s.stats for s in mgr.finish(mgr.swap(), interval)}
 
 
 def only(result: dict, name: str, kind: str, tags: tuple = ()) -> dict:
@@ -50,7 +48,7 @@ def test_counter_reports_only_intervals_with_samples() -> None:
     assert flush(mgr) == {}
 
 
-def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
+def test_series_differ_by_type_and_tags_and_finish_sorts_them() -> None:
     mgr = manager()
     mgr.add(Sample("b", COUNTER, 1.0))
     mgr.add(Sample("a", TIMER, 1.0))
@@ -58,8 +56,8 @@ def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
     mgr.add(Sample("a", COUNTER, 1.0, tags=(("z", "1"),)))
     mgr.add(Sample("a", COUNTER, 1.0, tags=(("k", "1"),)))
     mgr.add(Sample("a", COUNTER, 1.0))
-    snapshot = mgr.snapshot(mgr.swap(), 0.0, 10.0, "h")
-    assert [(s.name, s.type, s.tags) for s in snapshot.series] == [
+    series = mgr.finish(mgr.swap(), 10.0)
+    assert [(s.name, s.type, s.tags) for s in series] == [
         ("a", COUNTER, ()),
         ("a", COUNTER, (("k", "1"),)),
         ("a", COUNTER, (("z", "1"),)),
@@ -67,7 +65,7 @@ def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
         ("a", TIMER, ()),
         ("b", COUNTER, ()),
     ]
-    assert snapshot.series[3].stats["max"] == 2.0 and snapshot.series[4].stats["max"] == 1.0
+    assert series[3].stats["max"] == 2.0 and series[4].stats["max"] == 1.0
 
 
 def test_gauge_keeps_last_value_and_applies_deltas_in_order() -> None:
@@ -245,7 +243,7 @@ def test_set_members_stay_out_of_the_cyclic_gc_on_both_paths() -> None:
     cells = [table.series[(name, SET, ())] for name in ("fast", "slow")]
     assert [len(cell) for cell in cells] == [50, 50]
     assert not any(gc.is_tracked(cell) for cell in cells)
-    result = {(s.name, s.type): s.stats for s in mgr.snapshot(table, 0.0, 10.0, "h").series}
+    result = {(s.name, s.type): s.stats for s in mgr.finish(table, 10.0)}
     assert result == {("fast", SET): {"count": 50.0}, ("slow", SET): {"count": 50.0}}
 
 
@@ -298,8 +296,7 @@ def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
     finished = mgr.swap()
     mgr.add(Sample("a", COUNTER, 5.0))  # lands in the new interval
     assert len(finished) == 1 and mgr.series_count() == 1
-    snapshot = mgr.snapshot(finished, 0.0, 10.0, "h")
-    assert snapshot.series[0].stats["count"] == 1.0
+    assert mgr.finish(finished, 10.0)[0].stats["count"] == 1.0
     assert only(flush(mgr), "a", COUNTER)["count"] == 5.0
 
 
