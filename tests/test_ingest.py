@@ -4,7 +4,9 @@ counts what it sees, hands raw lines to relays, and never loses good lines besid
 from __future__ import annotations
 
 import gc
+import signal
 import threading
+import time
 import weakref
 from typing import Any, ClassVar
 
@@ -295,3 +297,20 @@ def test_line_cache_stays_bounded_and_results_stay_right(monkeypatch: Any) -> No
     series = manager.finish(manager.swap(), 10)
     assert len(series) == 600
     assert {s.stats["count"] for s in series} == {2.0}
+
+
+def test_the_daemon_counts_lines_received_before_a_reload_in_its_self_metrics(
+        start_daemon: Any) -> None:
+    # The daemon publishes the pipeline's counts before each swap and, on SIGHUP, those of the
+    # pipeline it replaces: nothing received before a reload goes uncounted.
+    daemon = start_daemon({"flush_interval": 3600})
+    daemon.send_udp(b"a:1|c\nb:2|g", b"c:3|ms")
+    time.sleep(0.3)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    daemon.send_udp(b"a:1|c")
+    time.sleep(0.3)
+    assert daemon.stop() == 0
+    counted = {r["name"]: r["stats"]["count"] for r in daemon.records()
+               if r["name"] in ("pystatsd.received.lines", "pystatsd.aggregated.samples")}
+    assert counted == {"pystatsd.received.lines": 4, "pystatsd.aggregated.samples": 4}
