@@ -208,6 +208,23 @@ def test_cached_timer_lines_fold_into_a_sketch_past_the_limit() -> None:
     assert abs(stats["p90"] - 900) <= 9
 
 
+def test_a_line_the_cache_refuses_keeps_its_place_among_the_lines_it_takes() -> None:
+    config = build_config({"forwarders": {}})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    pipeline.ingest(b"load:1|g|#a:1,b:2\nn:1|c")  # both shapes cached now
+    manager.swap()
+    # The first line is a new shape of the same series (decoded), the second a cached one: the
+    # delta must apply after the absolute value, as the lines came.
+    pipeline.ingest(b"load:5|g|#b:2,a:1\nload:+1|g|#a:1,b:2")
+    # The same refused line twice, between cached ones: each line counted once, in order.
+    pipeline.ingest(b"n:1|c\nbad\nn:1|c\nbad\nn:2|c\nn:nan|c\nn:4|c")
+    series = {s.name: s.stats for s in manager.finish(manager.swap(), 10)}
+    assert series == {"load": {"value": 6.0}, "n": {"count": 8.0, "rate": 0.8}}
+    assert rejects(stats) == {"rejected.bad_line": 2, "rejected.bad_value": 1}
+
+
 class RecordingRelay(Forwarder):
     """A real relay forwarder (queue and thread of the base class) that keeps what it gets."""
 
