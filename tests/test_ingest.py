@@ -10,6 +10,7 @@ import time
 import weakref
 from typing import Any, ClassVar
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -316,6 +317,7 @@ def test_line_cache_stays_bounded_and_results_stay_right(monkeypatch: Any) -> No
     assert {s.stats["count"] for s in series} == {2.0}
 
 
+@pytest.mark.integration
 def test_the_daemon_counts_lines_received_before_a_reload_in_its_self_metrics(
         start_daemon: Any) -> None:
     # The daemon publishes the pipeline's counts before each swap and, on SIGHUP, those of the
