@@ -315,12 +315,11 @@ class LineCache:
         manager = self._manager
         epoch = manager.epoch
         exact_limit = manager.exact_limit
-        entries_for = self._shapes.get
+        shapes = self._shapes
         counter_lines = self._counter_lines
-        known_counter = counter_lines.get
         hits = 0
         for line in lines:
-            known = known_counter(line)
+            known = counter_lines.get(line)
             if known is not None:  # a counter line seen before, bytes for bytes: add, done
                 shape = known[0]
                 if shape[1] == epoch:
@@ -329,7 +328,7 @@ class LineCache:
                     continue
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
-            entry = entries_for(tail, _NO_ENTRIES).get(name)
+            entry = shapes.get(tail, _NO_ENTRIES).get(name)
             if entry is None:
                 break
             kind, bound_epoch, cell, weight, key = entry
