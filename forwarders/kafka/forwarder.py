@@ -36,7 +36,7 @@ from forwarders.kafka.embedded_broker import (
     EmbeddedBrokerUnavailable,
     broker_binary,
 )
-from forwarders.kafka.formats import FORMATS, make_encoder
+from forwarders.kafka.formats import FORMATS, Unencodable, make_encoder
 from forwarders.kafka.spool import Record, Spool, SpoolInUse
 from pystatsd.snapshot import SeriesStats, Snapshot
 
@@ -62,6 +62,12 @@ _PRODUCER_STATE_LOST = frozenset({
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PROBLEM_LOG_INTERVAL = 60.0
+
+
+def _printable(text: str) -> str:
+    """``text`` as is when every character prints, else with Python's escapes: a tag value's
+    newline must not start a line of its own in the log."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class KafkaConfigError(ValueError):
@@ -212,7 +218,7 @@ class KafkaForwarder(AggregateForwarder):
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
     TOTALS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.TOTALS, "delivered", "failed",
                                          "retried", "spooled", "spool_sent", "spool_dropped",
-                                         "broker_errors")
+                                         "broker_errors", "unencodable")
     LEVELS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.LEVELS, "producer_queue_depth",
                                          "spool_bytes")
 
@@ -222,7 +228,7 @@ class KafkaForwarder(AggregateForwarder):
         where = f"forwarders.{name}"
         self.counters.update({
             "delivered": 0, "failed": 0, "retried": 0, "spooled": 0, "spool_sent": 0,
-            "spool_dropped": 0, "broker_errors": 0,
+            "spool_dropped": 0, "broker_errors": 0, "unencodable": 0,
         })
         self._encode = make_encoder(config["format"], config["kafka_apikey"],
                                     config["kafka_tenant_id"])
@@ -384,6 +390,11 @@ class KafkaForwarder(AggregateForwarder):
         for series in snapshot.series:
             try:
                 value = self._encode(series, snapshot)
+            except Unencodable as exc:  # client bytes that would be syntax in this format
+                self.counters["unencodable"] += 1
+                self._problems.report("unencodable", f"forwarder {self.name}: series not sent "
+                                      f"as {self.config['format']}: {exc}")
+                continue
             except Exception as exc:  # one odd series must not cost the rest of the flush
                 self.counters["failed"] += 1
                 self._problems.report("encode", f"forwarder {self.name}: cannot encode series "
@@ -410,7 +421,8 @@ class KafkaForwarder(AggregateForwarder):
     def describe(self, snapshot: Snapshot) -> Iterator[str]:
         for record in self._records(snapshot):
             key = record.key.decode() if record.key is not None else ""
-            yield f"topic={record.topic} key={key} value={record.value.decode()}"
+            value = _printable(record.value.decode())
+            yield f"topic={record.topic} key={_printable(key)} value={value}"
 
     def stats(self) -> dict[str, float]:
         result = super().stats()
