@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
@@ -20,6 +20,11 @@ class TopicMessage(NamedTuple):
     partition: int
     offset: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        """The value of the header ``name``, or None."""
+        return next((value for key, value in self.headers if key == name), None)
 
 
 def _consumer(bootstrap: str) -> Consumer:
@@ -81,7 +86,9 @@ def tail_topic(bootstrap: str, topic: str, from_beginning: bool = False,
             if message.error():
                 raise KafkaException(message.error())
             last = time.monotonic()
+            headers: Any = message.headers() or ()  # a list of (str, bytes | None)
             yield TopicMessage(message.key(), message.partition() or 0, message.offset() or 0,
-                               message.value() or b"")
+                               message.value() or b"",
+                               tuple((key, bytes(value or b"")) for key, value in headers))
     finally:
         consumer.close()
