@@ -5,47 +5,21 @@ idempotence id that stays the same however often it is delivered."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from kafka_helpers import snapshot, wait_for
+from kafka_helpers import snapshot, wait_for, wait_status
 
 from forwarders.kafka.reading import read_topic
 from pystatsd.snapshot import SeriesStats
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 ID = "pystatsd-id"
-
-
-def status(daemon: Any) -> dict[str, Any]:
-    """The Kafka forwarder's stats, as ``pystatsd --status`` prints them."""
-    result = subprocess.run([sys.executable, "-m", "pystatsd", "--status", "-c",
-                             str(daemon.config_path)], capture_output=True, text=True,
-                            timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr
-    stats: dict[str, Any] = orjson.loads(result.stdout)["forwarders"]["kafka"]
-    return stats
-
-
-def wait_status(daemon: Any, condition: Any, timeout: float = 20.0) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while True:
-        stats = status(daemon)
-        if condition(stats) or time.monotonic() > end:
-            assert condition(stats), orjson.dumps(stats).decode()
-            return stats
-        time.sleep(0.2)
 
 
 def counters(prefix: str, count: int) -> list[bytes]:
