@@ -23,7 +23,6 @@ delivery of it, so a consumer can drop a duplicate whatever caused it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
@@ -282,6 +281,9 @@ class KafkaForwarder(AggregateForwarder):
         self._spool_io_errors = self._spool_io_lost = 0  # of spools already closed
         self._pump: threading.Thread | None = None
         self._requeue: list[Record] = []  # filled by delivery reports, moved to the spool front
+        # the id of each message in the producer, by value (each names its series and
+        # interval): see _produce
+        self._ids_in_flight: dict[bytes, bytes] = {}
         self._fatal = False
         self._bootstrap = ""
 
@@ -366,7 +368,7 @@ class KafkaForwarder(AggregateForwarder):
 
     def _new_producer(self, bootstrap: str) -> Producer:
         settings = {**self._producer_settings, "bootstrap.servers": bootstrap,
-                    "error_cb": self._on_error,
+                    "on_delivery": self._on_delivery, "error_cb": self._on_error,
                     "logger": _LibrdkafkaLog(self.log)}
         try:
             return Producer(settings)
@@ -487,11 +489,8 @@ class KafkaForwarder(AggregateForwarder):
         """Hand one message to the producer; False when its queue is full (spill instead)."""
         assert self._producer is not None
         try:
-            # The record rides along to its delivery report: a report's message has no headers,
-            # and a message that goes back to the spool must keep its id.
             self._producer.produce(record.topic, value=record.value, key=record.key,
-                                   headers=[(ID_HEADER, record.message_id)],
-                                   on_delivery=functools.partial(self._on_delivery, record))
+                                   headers=[(ID_HEADER, record.message_id)])
         except BufferError:
             return False
         except KafkaException as exc:  # a message the producer refuses outright, e.g. too large
@@ -501,6 +500,10 @@ class KafkaForwarder(AggregateForwarder):
                                   f"for topic {record.topic} refused ({error.str()}); dropped")
             return True
         self.counters["produced"] += 1
+        # A delivery report's message has no headers, and one that goes back to the spool must
+        # keep its id. (A per-message delivery callback would carry it, but doubled the
+        # flush-to-acknowledgement time of bench/kafka.py.)
+        self._ids_in_flight[record.value] = record.message_id
         return True
 
     def _to_spool(self, records: list[Record]) -> int:
@@ -579,11 +582,14 @@ class KafkaForwarder(AggregateForwarder):
                               "the producer's idempotence state; started a new producer and "
                               "queued its unacknowledged messages again")
 
-    def _on_delivery(self, record: Record, error: KafkaError | None, message: Message) -> None:
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        key, value = message.key(), message.value() or b""
+        message_id = self._ids_in_flight.pop(value, b"")
         if error is None:
             self.counters["delivered"] += 1
             return
         code = error.code()
+        record = Record(message.topic() or "", key, value, message_id)
         if code in _PRODUCER_STATE_LOST:
             self._fatal = True  # the pump replaces the producer
         if code in _PURGED or code in _TRANSIENT or code in _PRODUCER_STATE_LOST \
