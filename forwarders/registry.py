@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "pystatsd.forwarders"
 BUILTIN_FORWARDERS: dict[str, str] = {
     "console": "forwarders.console:ConsoleForwarder",
     "file": "forwarders.file:FileForwarder",
+    "graphite": "forwarders.graphite:GraphiteForwarder",
     "kafka": "forwarders.kafka:KafkaForwarder",
     "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
 }
