@@ -31,6 +31,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "pystatsd.forwarders"
 
 BUILTIN_FORWARDERS: dict[str, str] = {
+    "carbon_routes": "forwarders.carbon_routes:CarbonRoutesForwarder",
     "console": "forwarders.console:ConsoleForwarder",
     "file": "forwarders.file:FileForwarder",
     "graphite": "forwarders.graphite:GraphiteForwarder",
