@@ -37,6 +37,7 @@ BUILTIN_FORWARDERS: dict[str, str] = {
     "graphite": "forwarders.graphite:GraphiteForwarder",
     "kafka": "forwarders.kafka:KafkaForwarder",
     "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
+    "statsite_proxy": "forwarders.statsite_proxy:StatsiteProxyForwarder",
 }
 
 

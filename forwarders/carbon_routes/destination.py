@@ -50,11 +50,12 @@ class Destination:
     def __init__(self, host: str, port: int, *, instance: str | None, pickle: bool,
                  queue_lines: int, backoff_min: float, backoff_max: float,
                  connect_timeout: float, spool_dir: Path | None = None,
-                 spool_max_bytes: int = 0) -> None:
+                 spool_max_bytes: int = 0, raw: bool = False) -> None:
         self.host = host
         self.port = port
         self.instance = instance
         self.pickle = pickle
+        self.raw = raw  # items are whole commands, terminated by their sender (no spool then)
         self.queue_lines = queue_lines
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
@@ -84,7 +85,7 @@ class Destination:
         return raw.replace(".", "_").replace(":", "_")
 
     def open(self) -> None:
-        if self.spool_dir is not None and self.spool_max_bytes > 0:
+        if self.spool_dir is not None and self.spool_max_bytes > 0 and not self.raw:
             self.spool = Spool(self.spool_dir, self.spool_max_bytes)
 
     # -- queue ----------------------------------------------------------------------------
@@ -162,7 +163,10 @@ class Destination:
             return False
         for start in range(0, len(lines), _FRAME_LINES):
             chunk = lines[start:start + _FRAME_LINES]
-            frame = _pickle_frame(chunk) if self.pickle else b"\n".join(chunk) + b"\n"
+            if self.raw:
+                frame = b"".join(chunk)
+            else:
+                frame = _pickle_frame(chunk) if self.pickle else b"\n".join(chunk) + b"\n"
             self._frames.append((frame, len(chunk)))
         return True
 
