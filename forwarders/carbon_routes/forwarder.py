@@ -70,6 +70,8 @@ class _Route:
 
 
 class CarbonRoutesForwarder(RelayForwarder):
+    INPUT_FORMAT: ClassVar[str] = "graphite"
+    """The listener format whose payloads this relay takes (pystatsd.wire_formats)."""
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
     TOTALS: ClassVar[tuple[str, ...]] = (
         *RelayForwarder.TOTALS, "lines_in", "blocked", "refused_lines", "unrouted",

@@ -54,6 +54,8 @@ def command_key(command: bytes) -> bytes | None:
 
 
 class StatsiteProxyForwarder(RelayForwarder):
+    INPUT_FORMAT: ClassVar[str] = "statsite"
+    """The listener format whose payloads this relay takes (pystatsd.wire_formats)."""
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["servers"],
