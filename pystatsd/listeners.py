@@ -8,18 +8,26 @@ payloads to a single ``deliver`` callable, which the daemon serializes with its 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pystatsd.selfstats import SelfStats
+from pystatsd.wire_formats import make_framer
 
 log = logging.getLogger("pystatsd.listeners")
 
 Deliver = Callable[[bytes], None]
+
+
+class FormatDeliver(Protocol):
+    """``deliver`` as the daemon gives it: a payload, and its listener's format."""
+
+    def __call__(self, payload: bytes, fmt: str = "statsd") -> None: ...
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -211,6 +219,9 @@ class TcpListener(_Listener):
             writer.close()
 
     async def _read_lines(self, reader: asyncio.StreamReader) -> None:
+        if self.spec.get("format", "statsd") != "statsd":
+            await self._read_framed(reader)
+            return
         limit = self.spec["max_datagram_bytes"]
         pending = b""
         skipping = False  # inside a line that already exceeded the limit
@@ -236,6 +247,21 @@ class TcpListener(_Listener):
         if pending and not skipping:
             self._deliver_lines(pending, limit)
 
+    async def _read_framed(self, reader: asyncio.StreamReader) -> None:
+        """A connection of another format: its framer (pystatsd.wire_formats) cuts the units."""
+        framer = make_framer(self.spec["format"], self.spec["max_datagram_bytes"], self._stats)
+        while not framer.closed:
+            chunk = await reader.read(65536)
+            for payload in framer.feed(chunk) if chunk else framer.finish():
+                try:
+                    self._deliver(payload)
+                except Exception:
+                    self._stats.incr("listener.tcp.ingest_errors")
+                    log.exception("ingest failed for %d bytes of %s", len(payload),
+                                  self.spec["format"])
+            if not chunk:
+                break
+
     def _deliver_lines(self, complete: bytes, limit: int) -> None:
         if not complete:
             return
@@ -254,7 +280,7 @@ class TcpListener(_Listener):
             log.exception("ingest failed for %d bytes of tcp lines", len(complete))
 
 
-def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
+def open_listeners(specs: list[dict[str, Any]], deliver: FormatDeliver,
                    stats: SelfStats) -> list[UdpListener | TcpListener]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
     none receives until ``start``."""
@@ -262,7 +288,12 @@ def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
     try:
         for spec in specs:
             cls = UdpListener if spec["protocol"] == "udp" else TcpListener
-            opened.append(cls(spec, deliver, stats))
+            fmt = spec.get("format", "statsd")
+            if fmt == "graphite_pickle" and spec["protocol"] == "udp":
+                raise ListenerError(f"udp {spec['address']}:{spec['port']}: format "
+                                    "graphite_pickle is tcp only")
+            opened.append(cls(spec, deliver if fmt == "statsd"
+                              else functools.partial(deliver, fmt=fmt), stats))
     except Exception:
         for listener in opened:
             listener.close_socket()
