@@ -25,6 +25,7 @@ from pystatsd.relay_input import RelayInput
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Sample
 from pystatsd.selfstats import SelfStats
 from pystatsd.tagging import Tagger
+from pystatsd.wire_formats import decode, relay_accepts, relay_items
 
 CACHE_ENTRIES = 100_000
 CACHE_BYTES = 32 << 20
@@ -62,7 +63,8 @@ class Pipeline:
         self._stats = stats
         manager.stats = stats
         manager.set_count_publisher(self.publish_counts)
-        self._relays = tuple(relays)
+        self._relays = tuple(r for r in relays if relay_accepts(r, "statsd"))
+        self._all_relays = tuple(relays)
         # Counted in plain ints (a Counter update per payload would cost more than a line)
         # and published into ``stats`` just before each swap.
         self._datagrams = 0
@@ -107,8 +109,12 @@ class Pipeline:
                 stats.incr(name, amount)
         self._datagrams = self._lines = self._hits = self._decoded = self._aggregated = 0
 
-    def ingest(self, payload: bytes) -> None:
-        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``."""
+    def ingest(self, payload: bytes, fmt: str = "statsd") -> None:
+        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``; a
+        listener of another ``format`` hands whole units of it (pystatsd.wire_formats)."""
+        if fmt != "statsd":
+            self._ingest_format(payload, fmt)
+            return
         self._datagrams += 1
         if self._relaying and self._relay(payload):
             return
@@ -219,6 +225,22 @@ class Pipeline:
         if self._relay_only:
             self._lines += len(lines)
         return self._relay_only
+
+    def _ingest_format(self, payload: bytes, fmt: str) -> None:
+        """A payload of graphite or statsite: to the relays that take that input, and (unless
+        relay mode) decoded and aggregated."""
+        self._datagrams += 1
+        relays = [relay for relay in self._all_relays if relay_accepts(relay, fmt)]
+        if relays:
+            items = relay_items(fmt, payload)
+            if items:
+                for relay in relays:
+                    relay.submit_lines(items)
+        if self._relay_only:
+            return
+        samples = decode(fmt, payload, self._stats)
+        self._lines += len(samples)
+        self._aggregate(samples)
 
     # -- the slow path: the decoders' rules, then the tagger and MetricMgr.add ----------------
     def _ingest_decoded(self, payload: bytes) -> None:
