@@ -8,6 +8,9 @@ two TCP carbon sinks by consistent hashing with < 0.1% loss. The relays:
 * carbon-c-relay (Debian's package): ``cluster ... carbon_ch`` over the same sinks, one worker
   (``-w 1``) and its default (one per core), in submission mode (``-s``).
 
+Then, over TCP (carbon's usual transport), the throughput of one client writing 2 million
+lines as fast as the relay takes them, until the sinks have them all.
+
 A C load generator (bench/graphite_blast.c, built into build/ on first use) paces the
 datagrams; each sink (its own process) counts the lines it gets. Each step offers a rate for
 ``--seconds``, waits for the relay to drain, and counts; loss = 1 - received / sent.
@@ -127,7 +130,9 @@ def pystatsd_relay(port: int, sinks: Sinks, workdir: Path) -> Iterator[subproces
     config = {
         "mode": "relay", "state_dir": str(workdir / "state"),
         "listeners": [{"protocol": "udp", "address": "127.0.0.1", "port": port,
-                       "format": "graphite", "receive_buffer_bytes": RECEIVE_BUFFER}],
+                       "format": "graphite", "receive_buffer_bytes": RECEIVE_BUFFER},
+                      {"protocol": "tcp", "address": "127.0.0.1", "port": port,
+                       "format": "graphite"}],
         "forwarders": {"routes": {"type": "carbon_routes", "queue_size": 65536, "routes": [
             {"key": "ring", "type": "consistent_hashing_v2", "destinations": [
                 {"address": f"127.0.0.1:{p.value}", "queue_lines": 2_000_000}
@@ -194,9 +199,34 @@ def step(port: int, sinks: Sinks, rate: int, lines: int, seconds: float) -> tupl
     return sent, sinks.received() - before
 
 
+def tcp_throughput(port: int, sinks: Sinks, lines: int) -> float:
+    """Lines/s relayed when one TCP client writes ``lines`` lines as fast as the relay reads:
+    TCP pushes back, so this is throughput (end-to-end, until the sinks have all of them)."""
+    chunk = b"".join(b"bench.tcp%d.requests.count 1 1700000000\n" % (i % NAMES)
+                     for i in range(10000))
+    before = sinks.received()
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for _ in range(lines // 10000):
+            sock.sendall(chunk)
+    deadline = time.monotonic() + 120
+    while sinks.received() - before < lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    took = time.monotonic() - began
+    return (sinks.received() - before) / took
+
+
 def ladder(name: str, relay: Any, seconds: float, quick: bool) -> dict[int, tuple[int, float]]:
     """For each lines-per-datagram: (best rate with < 0.1% loss, lines/s relayed there)."""
     results: dict[int, tuple[int, float]] = {}
+    sinks = Sinks()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp, relay(port, sinks, Path(tmp)):
+        rate = tcp_throughput(port, sinks, 1_000_000 if quick else 2_000_000)
+        print(f"  {name:24} tcp: {rate:,.0f} lines/s (load {os.getloadavg()[0]:.1f})",
+              flush=True)
+        results[0] = (0, rate)
+    sinks.close()
     for lines, rates in LADDERS.items():
         sinks = Sinks()
         port = free_port()
@@ -231,12 +261,13 @@ def main() -> None:
         "carbon-c-relay (default)": lambda p, s, w: carbon_c_relay(p, s, w, None),
     }
     table = {name: ladder(name, relay, seconds, options.quick) for name, relay in relays.items()}
-    print("\n| relay | 20 lines/datagram: datagrams/s (lines/s) | 1 line/datagram: datagrams/s |")
-    print("|---|---|---|")
+    print("\n| relay | udp, 20 lines/datagram: datagrams/s (lines/s) | udp, 1 line/datagram: "
+          "datagrams/s | tcp: lines/s |")
+    print("|---|---|---|---|")
     for name, results in table.items():
         rate20, lines20 = results[20]
         rate1, _ = results[1]
-        print(f"| {name} | {rate20:,} ({lines20:,.0f}) | {rate1:,} |")
+        print(f"| {name} | {rate20:,} ({lines20:,.0f}) | {rate1:,} | {results[0][1]:,.0f} |")
 
 
 if __name__ == "__main__":
