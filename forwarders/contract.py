@@ -96,10 +96,24 @@ class _Common:
     def _feed(self, forwarder: Any, batches: int = 2) -> int:
         raise NotImplementedError
 
+    STALL_HOOK = ""
+    """The hook the kind's base class calls on the forwarder's own thread."""
+
     @contextmanager
     def _stall(self, forwarder: Any) -> Iterator[threading.Event]:
-        raise NotImplementedError
-        yield threading.Event()
+        """Hold the forwarder's thread inside its hook until the block ends."""
+        release = threading.Event()
+        real = getattr(forwarder, self.STALL_HOOK)
+
+        def stalled(*args: Any) -> None:
+            release.wait(30)
+            real(*args)
+
+        setattr(forwarder, self.STALL_HOOK, stalled)
+        try:
+            yield release
+        finally:
+            release.set()
 
     def test_delivers_what_is_submitted(self, harness: Harness) -> None:
         forwarder = harness.make()
@@ -174,20 +188,7 @@ class AggregateContract(_Common):
             assert forwarder.submit(sample_snapshot(3, start=1_700_000_000.0 + 10 * index))
         return 3 * batches
 
-    @contextmanager
-    def _stall(self, forwarder: Any) -> Iterator[threading.Event]:
-        release = threading.Event()
-        real = forwarder.send
-
-        def stalled(snapshot: Snapshot) -> None:
-            release.wait(30)
-            real(snapshot)
-
-        forwarder.send = stalled
-        try:
-            yield release
-        finally:
-            release.set()
+    STALL_HOOK = "send"
 
     def test_submit_never_blocks_and_a_full_queue_drops_and_counts(self,
                                                                    harness: Harness) -> None:
@@ -241,20 +242,7 @@ class RelayContract(_Common):
             assert forwarder.submit_lines(lines)
         return 3 * batches
 
-    @contextmanager
-    def _stall(self, forwarder: Any) -> Iterator[threading.Event]:
-        release = threading.Event()
-        real = forwarder.send_round
-
-        def stalled(now: float) -> None:
-            release.wait(30)
-            real(now)
-
-        forwarder.send_round = stalled
-        try:
-            yield release
-        finally:
-            release.set()
+    STALL_HOOK = "send_round"
 
     def test_submit_never_blocks_and_a_full_queue_drops_and_counts(self,
                                                                    harness: Harness) -> None:

@@ -448,3 +448,39 @@ class MetricMgr:
             traces.clear()
         out.sort(key=_series_order)
         return Snapshot(start, interval, host, tuple(out))
+
+    # -- the admin console's view (under the ingest lock) -------------------------------
+    def current(self, kind: str) -> dict[SeriesKey, Any]:
+        """The current interval's value of every series of type ``kind``: a counter's sum, a
+        gauge's value (carried ones included), a distribution's kept samples, a set's members."""
+        series = self._table.series
+        if kind == GAUGE:
+            values: dict[SeriesKey, Any] = {key: entry[0] for key, entry in
+                                            list(self._gauges.items()) if entry[1] != math.inf}
+            for key, (base, delta) in [(k, c) for k, c in series.items() if k[1] == GAUGE]:
+                carried = values.get(key, 0.0)
+                values[key] = (carried if base is None else base) + delta
+            return values
+        cells = {key: cell for key, cell in series.items() if key[1] == kind}
+        if kind == TIMER or kind == HISTOGRAM:
+            return {key: [*cell.values.tolist(), *(v for v, _ in cell.weighted)]
+                    for key, cell in cells.items()}
+        if kind == SET:
+            return {key: sorted(map(str, cell)) for key, cell in cells.items()}
+        return {key: cell[0] for key, cell in cells.items()}
+
+    def forget(self, keys: list[SeriesKey]) -> int:
+        """Drop these series from the current interval (and a gauge's carried value, which a
+        later delta then starts from 0), as Etsy statsd's ``del*`` do; return how many were
+        known. The carried entry is marked, not deleted, since the flush thread owns that
+        table and deletes what it marks."""
+        forgotten = 0
+        for key in keys:
+            known = self._table.series.pop(key, None) is not None
+            carried = self._gauges.get(key) if key[1] == GAUGE else None
+            if carried is not None and carried[1] != math.inf:
+                carried[0], carried[1] = 0.0, math.inf
+                known = True
+            forgotten += known
+        self.epoch += 1  # the fast path's entries may hold the cells just dropped
+        return forgotten

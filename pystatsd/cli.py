@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                         "built-in defaults: listen on 127.0.0.1:5090, print flushes to stdout)")
     parser.add_argument("--check-config", metavar="FILE",
                         help="validate FILE, print every error with its key, exit 0 or 1")
+    parser.add_argument("--as-user", metavar="USER",
+                        help="with --check-config, run as root: check that USER (the service's "
+                        "user, pystatsd in the packages) can write every path start-up needs")
     parser.add_argument("--status", action="store_true",
                         help="ask the running daemon (found through the config's state_dir) "
                         "what it is doing; print JSON; exit 3 if none answers")
@@ -82,6 +85,29 @@ def _status(config: Config) -> int:
     return 0
 
 
+def _check_config(path: str, as_user: str | None) -> int:
+    """The schema first; then every path the daemon will write (log, state_dir, spools,
+    files), checked as ``as_user`` when given."""
+    from pystatsd.preflight import check_paths, check_paths_as, needed_paths
+
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        _report(error)
+        return 1
+    needed = needed_paths(config)
+    problems = check_paths_as(as_user, needed) if as_user else check_paths(needed)
+    for line in problems:
+        print(f"{path}: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{path}: ok")
+    if os.geteuid() == 0 and not as_user:
+        print("note: paths were checked as root; add --as-user pystatsd to check them as the "
+              "packaged service's user", file=sys.stderr)
+    return 0
+
+
 def _list_forwarders() -> int:
     from forwarders import discover
 
@@ -105,12 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_forwarders:
         return _list_forwarders()
     if args.check_config:
-        try:
-            load_config(args.check_config)
-        except ConfigError as error:
-            _report(error)
-            return 1
-        print(f"{args.check_config}: ok")
+        return _check_config(args.check_config, args.as_user)
         return 0
     path = args.config
     if path is None and os.path.exists(DEFAULT_CONFIG_PATH):

@@ -2,8 +2,14 @@
 
 It keeps the old agent's calls (``trace(name, info)``, ``guage(name, value, info)``) so existing
 callers work unchanged, and adds ``counter``, ``gauge``, ``timer`` and ``set``. Agent tags are
-merged by the daemon now; the client only adds ``host``, as the old one did. Sending never
-raises: metrics must not break the program that reports them."""
+merged by the daemon now. Sending never raises: metrics must not break the program that reports
+them.
+
+By default every metric carries a ``host`` tag, this machine's name, as the old agent's did: the
+series its callers already have keep their identity, and the ``legacy`` Kafka event has no
+other host field. That tag makes the client's series distinct from the same metric sent without
+it (``nc``, a statsd library): ``api.hits,env=stage,host=web1`` is not ``api.hits,env=stage``.
+``add_host=False`` sends only the caller's tags."""
 
 from __future__ import annotations
 
@@ -20,7 +26,10 @@ Info = Mapping[str, Any] | None
 
 
 class StatsClient:
-    """Sends one JSON datagram per call to ``host:port`` over UDP."""
+    """Sends one JSON datagram per call to ``host:port`` over UDP.
+
+    ``add_host``: tag every metric with ``host=<socket.gethostname()>`` (the old agent's
+    behaviour, the default); a ``host`` in a call's own tags wins over it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5090, *,
                  add_host: bool = True) -> None:

@@ -6,8 +6,10 @@ here after validation, and the sample config and reference docs are generated fr
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import importlib.resources
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,20 +47,100 @@ def forwarder_schema(forwarder_type: str) -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     """Given a config file path, return the validated config with every default filled in.
 
-    Raises :class:`ConfigError` with every problem found, each naming its key path."""
+    Raises :class:`ConfigError` with every problem found, each naming its key path; its
+    ``source`` is ``path``."""
     source = str(path)
     try:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
-        raw = yaml.safe_load(text)
+        raw, duplicates = _ConfigLoader(text).load_checked()
+    except yaml.reader.ReaderError as exc:  # a control character: its message spans lines
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(source, [f"line {line}: not valid YAML: character "
+                                   f"#x{exc.character:04x} is not allowed"]) from exc
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f"line {where.line + 1}: " if where is not None else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(source, [f"{line}not valid YAML: {problem}"]) from exc
-    return build_config(raw if raw is not None else {}, source)
+        raise ConfigError(source, [_describe_yaml_error(exc)]) from exc
+    if raw is None:
+        # A truncated or blanked file must not be taken for "every default": on a reload that
+        # would swap the configured forwarders for the console one and drop the real traffic.
+        raise ConfigError(source, ["(top level): the file has no settings; write {} to run on "
+                                   "every default"])
+    try:
+        config = build_config(raw, source)
+    except ConfigError as exc:
+        raise ConfigError(source, duplicates + exc.errors) from exc
+    if duplicates:
+        raise ConfigError(source, duplicates)
+    return config
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key written twice in one mapping is reported: PyYAML alone
+    silently keeps the last one, so an operator's first setting would quietly not apply."""
+
+    def load_checked(self) -> tuple[Any, list[str]]:
+        """Return the document and one error line per duplicated key."""
+        try:
+            node = self.get_single_node()
+            if node is None:
+                return None, []
+            duplicates = list(_duplicate_keys(node, (), set()))
+            return self.construct_document(node), duplicates
+        finally:
+            self.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple[Any, ...], seen: set[int]) -> Iterable[str]:
+    if id(node) in seen:  # an alias: its node was walked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` may be overridden by keys beside it: that is its point
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None:
+                if key in first:
+                    again, before = _position(key_node.start_mark, first[key])
+                    yield (f"{_dotted((*path, key))}: duplicate key at {again} (first at "
+                           f"{before}); only one may be given")
+                else:
+                    first[key] = key_node.start_mark
+            yield from _duplicate_keys(value_node, (*path, key), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*path, index), seen)
+
+
+def _position(mark: yaml.Mark, other: yaml.Mark) -> tuple[str, str]:
+    """Both marks as "line N", with columns when they share a line (a flow mapping)."""
+    if mark.line != other.line:
+        return f"line {mark.line + 1}", f"line {other.line + 1}"
+    return (f"line {mark.line + 1}, column {mark.column + 1}",
+            f"line {other.line + 1}, column {other.column + 1}")
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """One line that leads with where the broken construct starts: for an unclosed quote or
+    bracket PyYAML's own position (``problem_mark``) is where it gave up, often the file's end."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    problem_mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if problem_mark is None:
+        return f"not valid YAML: {problem}"
+    if context is None or context_mark is None:
+        return (f"line {problem_mark.line + 1}: not valid YAML: {problem} (column "
+                f"{problem_mark.column + 1})")
+    found_at = f"line {problem_mark.line + 1}, column {problem_mark.column + 1}"
+    construct = re.sub(r"^while (scanning|parsing|constructing) ", "", context)
+    return (f"line {context_mark.line + 1}: not valid YAML: {construct} started here (column "
+            f"{context_mark.column + 1}); {problem} at {found_at}")
 
 
 def build_config(raw: Any, source: str = "<config>") -> Config:
@@ -67,10 +149,12 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
         raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
     errors = _schema_errors(main_schema(), raw, ())
     config = copy.deepcopy(raw)
-    if not errors:
-        fill_defaults(main_schema(), config)
-        for name, section in config["forwarders"].items():
-            errors += _forwarder_errors(name, section)
+    fill_defaults(main_schema(), config)  # only adds absent keys: harmless on a bad document
+    forwarders = config.get("forwarders")
+    if isinstance(forwarders, dict):  # else the main schema has said what is wrong with it
+        for name, section in forwarders.items():
+            if isinstance(section, dict):
+                errors += _forwarder_errors(name, section)
     if errors:
         raise ConfigError(source, errors)
     return config
@@ -121,14 +205,28 @@ def _describe(error: jsonschema.ValidationError, prefix: tuple[Any, ...]) -> Ite
         missing = set(error.validator_value) - set(error.instance)
         return [f"{_dotted((*path, key))}: required" for key in sorted(missing)]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+        allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in allowed)
-        known = ", ".join(sorted(allowed))
-        return [f"{_dotted((*path, key))}: unknown key (known: {known})" for key in unknown]
+        return [f"{_dotted((*path, str(key)))}: unknown key{_known_hint(str(key), allowed)}"
+                for key in unknown]
     if error.validator == "enum":
         choices = ", ".join(map(str, error.validator_value))
         return [f"{_dotted(path)}: {error.instance!r} is not one of: {choices}"]
     return [f"{_dotted(path)}: {error.message}"]
+
+
+# Up to this many known keys are listed when none is close to an unknown one; past it the list
+# is a wall of names (the daemon has 26) and the reference is the better pointer.
+_KNOWN_KEYS_LISTED = 8
+
+
+def _known_hint(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    if len(allowed) <= _KNOWN_KEYS_LISTED:
+        return f" (known: {', '.join(allowed)})"
+    return ' (none is close; see README "Configuration" or pystatsd --print-default-config)'
 
 
 def _dotted(path: Iterable[Any]) -> str:

@@ -33,11 +33,13 @@ from forwarders import (
 )
 from pystatsd import __version__, systemd
 from pystatsd.admin import SOCKET_NAME, AdminServer
+from pystatsd.admin_runtime import AdminRuntime
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import Config, listeners, load_config
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
+from pystatsd.pidfile import PidFile, PidFileError
 from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
@@ -97,6 +99,9 @@ class Daemon:
         self._started_at = self.clock()
         self._last_flush: dict[str, float] = {}
         self.admin: AdminServer | None = None
+        self.admin_runtime: AdminRuntime | None = None
+        self.last_loop = time.monotonic()  # each pass of the main loop: the watchdog's question
+        self.last_reload = 0.0
 
     # -- start-up ---------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +119,7 @@ class Daemon:
             host, port = listener.address
             log.info("listening on %s %s:%d", listener.spec["protocol"], host, port)
         self._start_admin()
+        self._start_admin_interfaces()
         log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
                  self.config["mode"], self.config["flush_interval"],
                  ", ".join(self.forwarders) or "none")
@@ -137,6 +143,24 @@ class Daemon:
             return
         self.admin.start()
 
+    # -- admin interfaces and watchdog (pystatsd.admin_runtime) -------------------------
+    @property
+    def started_at(self) -> float:
+        return self._started_at
+
+    @property
+    def last_flush_at(self) -> float:
+        return float(self._last_flush.get("at", self._started_at))
+
+    def _start_admin_interfaces(self) -> None:
+        self.admin_runtime = AdminRuntime(self)
+        self.admin_runtime.start()
+
+    def _stop_admin_interfaces(self) -> None:
+        if self.admin_runtime is not None:
+            self.admin_runtime.stop()
+            self.admin_runtime = None
+
     def describe(self) -> dict[str, Any]:
         """What ``pystatsd --status`` prints: the daemon's state and every counter since start
         (the receive counts are published at each flush)."""
@@ -155,6 +179,7 @@ class Daemon:
             "listeners": [f"{listener.spec['protocol']} {host}:{port}"
                           for listener in self.listeners
                           for host, port in [listener.address]],
+            "listener_state": [listener.describe() for listener in self.listeners],
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
                            for name, f in self.forwarders.items()},
@@ -196,6 +221,7 @@ class Daemon:
                 signum = self.signals.get(timeout=max(0.0, deadline - self.clock()))
             except queue.Empty:
                 signum = None
+            self.last_loop = time.monotonic()
             if signum in _STOP_SIGNALS:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 return self.stop()
@@ -383,6 +409,7 @@ class Daemon:
                    if any(n not in old_forwarders for n in built) else "",
                    f"removed {', '.join(n for n in old_forwarders if n not in forwarders)}"
                    if any(n not in forwarders for n in old_forwarders) else ""]
+        self.last_reload = self.clock()
         log.info("reloaded %s; forwarders: %s", self.config_path,
                  "; ".join(c for c in changes if c) or "none")
         if needs_restart:
@@ -414,6 +441,7 @@ class Daemon:
         """The shutdown sequence: stop listeners, final flush, drain forwarders by one deadline,
         report what was lost. A second stop signal meanwhile skips the draining."""
         systemd.notify("STOPPING=1")
+        self._stop_admin_interfaces()
         if self.admin is not None:
             self.admin.stop()
         deadline = time.monotonic() + float(self.config["shutdown_timeout"])
@@ -449,12 +477,28 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     """Start a daemon in this process and run it until it stops; return the exit status."""
     if not configure_logging(config["logging"]):
         return 1  # the line saying why went to stderr
+    pid_file = PidFile(config["pid_file"]) if config["pid_file"] else None
+    try:
+        if pid_file is not None:
+            pid_file.claim()
+    except PidFileError as exc:
+        log.error("cannot start: %s", exc.strerror)
+        return 1
+    try:
+        return _run(config, config_path)
+    finally:
+        if pid_file is not None:
+            pid_file.release()
+
+
+def _run(config: Config, config_path: str | None) -> int:
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except Exception as exc:  # a listener that cannot bind, a forwarder that cannot open
         log.error("cannot start: %s", exc)
+        daemon._stop_admin_interfaces()
         close_all(daemon.forwarders.values())
         return 1
     # Everything built so far lives as long as the process: keep it out of the collector's

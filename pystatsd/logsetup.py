@@ -1,4 +1,6 @@
-"""Where the daemon's own log goes: stderr (the journal under systemd), syslog, or a file."""
+"""Where the daemon's own log goes (stderr, which is the journal under systemd, syslog, or a
+file), in which format (text lines, or JSON objects by python-json-logger), and at which level
+(changeable at run time through the admin interfaces until the next reload or restart)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ import sys
 import time
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_JSON_NAMES = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def configure_logging(settings: dict[str, Any]) -> bool:
@@ -22,7 +29,7 @@ def configure_logging(settings: dict[str, Any]) -> bool:
     logger = logging.getLogger("pystatsd")
     target = settings.get("target", "stderr")
     try:
-        handler = _handler(target)
+        handler = _handler(target, settings.get("format", "text"))
     except OSError as exc:
         line = f"cannot log to {target}: {exc.strerror or exc}; logging stays where it was"
         logger.error("%s", line)
@@ -39,18 +46,39 @@ def configure_logging(settings: dict[str, Any]) -> bool:
     return True
 
 
-def _handler(target: str) -> logging.Handler:
+def set_level(level: str) -> str:
+    """Change the level of the ``pystatsd`` logger now; return the previous one. ``ValueError``
+    for a level that is not one of :data:`LEVELS`."""
+    level = level.upper()
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    logger = logging.getLogger("pystatsd")
+    previous = logging.getLevelName(logger.getEffectiveLevel())
+    logger.setLevel(level)
+    return previous
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger("pystatsd").getEffectiveLevel())
+
+
+def _handler(target: str, form: str = "text") -> logging.Handler:
     handler: logging.Handler
+    syslog_prefix = ""
     if target == "stderr":
         handler = logging.StreamHandler()
     elif target == "syslog":
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         handler = logging.handlers.SysLogHandler(address=address)
-        handler.setFormatter(logging.Formatter("pystatsd[%(process)d]: %(levelname)s "
+        syslog_prefix = f"pystatsd[{os.getpid()}]: "
+        handler.setFormatter(logging.Formatter(syslog_prefix + "%(levelname)s "
                                                "%(name)s: %(message)s"))
     else:
         handler = _LogFileHandler(target)
-    if handler.formatter is None:
+    if form == "json":
+        handler.setFormatter(JsonFormatter(_JSON_FIELDS, rename_fields=_JSON_NAMES,
+                                           prefix=syslog_prefix))
+    elif handler.formatter is None:
         handler.setFormatter(logging.Formatter(_FORMAT))
     return handler
 

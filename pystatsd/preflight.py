@@ -1,8 +1,10 @@
 """What start-up will need from the machine, checked before it is needed.
 
 ``pystatsd --check-config`` validates the file against the schema, then (here) checks that
-every path the daemon will write can be written: the log file, ``state_dir`` (the admin
-socket, spools) and each forwarder's own paths (:meth:`forwarders.Forwarder.needed_paths`).
+every path the daemon will write can be written: the log file and each forwarder's own paths
+(:meth:`forwarders.Forwarder.needed_paths`: spools under ``state_dir``, output files). The
+admin socket in ``state_dir`` is not checked: without it only ``--status`` goes unanswered,
+which the daemon logs.
 The packaged service runs as the ``pystatsd`` user, and a check run by root proves nothing for
 that user: ``--as-user NAME`` runs the checks in a child process that has become that user.
 """
@@ -29,7 +31,6 @@ def needed_paths(config: Config) -> dict[str, NeededPath]:
     target = config["logging"]["target"]
     if target not in ("stderr", "syslog"):
         needed["logging.target"] = NeededPath(Path(target), directory=False)
-    needed["state_dir"] = NeededPath(Path(config["state_dir"]), directory=True)
     context = forwarder_context(config, host="check-config")
     for name, section in config["forwarders"].items():
         cls = load_forwarder_class(section.get("type", name))

@@ -1,4 +1,5 @@
-"""Readiness and status for systemd's ``Type=notify`` (a no-op when NOTIFY_SOCKET is unset)."""
+"""Readiness, status and watchdog pings for systemd's ``Type=notify`` (a no-op when
+NOTIFY_SOCKET is unset)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,17 @@ def notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds within which systemd expects ``WATCHDOG=1`` (``WatchdogSec=``), or None when
+    the watchdog is not enabled for this process (sd_watchdog_enabled's rules)."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        seconds = int(usec) / 1e6
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None

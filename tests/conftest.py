@@ -1,4 +1,5 @@
-"""Shared fixtures: free loopback ports and the real daemon as a subprocess."""
+"""Shared fixtures (free loopback ports, the real daemon as a subprocess) and the rules that
+put each test in its tier, so `bash tools/test.sh --fast` can leave out the slow ones."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGING_TESTS = REPO / "tests" / "packaging"
+
+# A test taking one of these starts a real process or broker, whether or not its module says
+# so: a new test cannot slip into the fast loop by forgetting its marker.
+REAL_PROCESS_FIXTURES = frozenset({"start_daemon", "kafka_bootstrap", "proxied_broker",
+                                   "etsy_statsd"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if PACKAGING_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.packaging)
+        if REAL_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -34,6 +49,12 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
                 continue
         return port
     raise RuntimeError("no free port")
+
+
+@pytest.fixture
+def loopback_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (for a test starting its own server)."""
+    return free_port()
 
 
 class DaemonProcess:

@@ -58,3 +58,15 @@ def test_a_send_error_is_counted_not_raised() -> None:
     client.close()  # sending on a closed socket fails
     client.counter("x")
     assert client.send_errors == 1
+
+
+def test_the_host_tag_is_on_by_default_and_a_callers_own_host_wins(
+        receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    with StatsClient("127.0.0.1", port) as default, \
+            StatsClient("127.0.0.1", port, add_host=False) as bare:
+        default.counter("hits")
+        default.counter("hits", 1, {"host": "lb1"})
+        bare.counter("hits")
+    tags = [parse_json_object(received(receiver)).tags for _ in range(3)]
+    assert tags == [(("host", socket.gethostname()),), (("host", "lb1"),), ()]

@@ -27,7 +27,6 @@ def test_every_written_path_is_named_by_its_key(tmp_path: Path) -> None:
     needed = needed_paths(config_for(tmp_path))
     assert {key: (str(p.path), p.directory) for key, p in needed.items()} == {
         "logging.target": (str(tmp_path / "logs" / "pystatsd.log"), False),
-        "state_dir": (str(tmp_path / "state"), True),
         "forwarders.out.path": (str(tmp_path / "out" / "m.jsonl"), False),
         "forwarders.k.spool_dir": (str(tmp_path / "state" / "spool" / "k"), True),
     }
@@ -40,7 +39,6 @@ def test_a_directory_where_a_file_goes_and_a_file_where_a_directory_goes(tmp_pat
     problems = check_paths(needed_paths(config_for(tmp_path)))
     assert problems == [
         f"logging.target: {tmp_path / 'logs' / 'pystatsd.log'} is a directory",
-        f"state_dir: {tmp_path / 'state'} is not a directory",
         f"forwarders.k.spool_dir: {tmp_path / 'state' / 'spool' / 'k'} cannot be created: "
         f"{tmp_path / 'state'} is not a directory",
     ]
@@ -59,7 +57,6 @@ def test_root_checks_as_the_service_user() -> None:
     assert problems == [
         f"logging.target: {tmp_path / 'logs' / 'pystatsd.log'} cannot be created: {tmp_path} "
         f"is not writable {owner}",
-        f"state_dir: {tmp_path / 'state'} cannot be created: {tmp_path} is not writable {owner}",
         f"forwarders.out.path: {tmp_path / 'out' / 'm.jsonl'} cannot be created: {tmp_path} is "
         f"not writable {owner}",
         f"forwarders.k.spool_dir: {tmp_path / 'state' / 'spool' / 'k'} cannot be created: "
@@ -80,3 +77,21 @@ def test_a_path_behind_a_directory_the_user_may_not_search(tmp_path: Path) -> No
     blocked = next(p for p in reversed(tmp_path.parents) if p.stat().st_mode & 0o001 == 0)
     assert problems[0] == (f"logging.target: {tmp_path / 'logs' / 'pystatsd.log'} cannot be "
                            f"reached: {blocked} is not searchable (as user nobody)")
+
+
+def test_check_config_reports_an_unwritable_log_target_in_one_line(tmp_path: Path) -> None:
+    """Found by probing: --check-config said ok, then a reload to this file killed the daemon."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "logs").write_text("a file where the log directory should be")
+    config = tmp_path / "pystatsd.conf"
+    config.write_text(f"logging:\n  target: {tmp_path / 'logs' / 'pystatsd.log'}\n")
+    checked = subprocess.run([sys.executable, "-m", "pystatsd", "--check-config", str(config)],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert checked.returncode == 1
+    assert checked.stderr.strip() == (
+        f"{config}: logging.target: {tmp_path / 'logs' / 'pystatsd.log'} cannot be created: "
+        f"{tmp_path / 'logs'} is not a directory")

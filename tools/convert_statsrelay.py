@@ -6,14 +6,16 @@ the same backend.
   convert_statsrelay.py lyft statsrelay.json                       (lyft/statsrelay 2.x JSON)
   convert_statsrelay.py statsite-proxy servers.conf [--port 8150]  (statsite-proxy servers file)
 
-The YAML goes to stdout (or ``-o FILE``); what has no equivalent is listed on stderr. The
-result is validated against pystatsd's schema before it is written. docs/relay.md explains
-each mapping.
+The YAML goes to stdout (or ``-o FILE``); every setting that is not converted (no equivalent,
+or a key the converter does not know, such as a misspelt one) is one warning line on stderr;
+with ``--strict`` any of them refuses the conversion (exit 1, nothing written). The result is
+validated against pystatsd's schema before it is written. docs/relay.md explains each mapping.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -65,6 +67,8 @@ def from_jjneely(argv: list[str], warnings: list[str]) -> Config:
             if name in JJNEELY_BOOL_FLAGS:
                 if name in ("dnscache", "pprof"):
                     warnings.append(f"-{name}: no equivalent, ignored")
+                else:
+                    warnings.append(f"-{name}: not converted; pystatsd's own is logging.level")
                 continue
             if name not in JJNEELY_VALUE_FLAGS:
                 raise ConversionError(f"unknown statsrelay flag {arg!r}")
@@ -138,9 +142,27 @@ def _lyft_backend(entry: str) -> str:
     raise ConversionError(f"shard_map entry {entry!r}: expected host:port[:proto]")
 
 
-def _lyft_group(section: Config, name: str, warnings: list[str]) -> Config:
+# lyft keys the converter maps, per section: a group's own keys, and the statsd section's
+LYFT_GROUP_KEYS = ("shard_map", "prefix", "suffix", "input_filter", "input_blacklist")
+LYFT_STATSD_KEYS = ("bind", "duplicate_to", "max_send_queue", "udp_receive_buffer_size")
+LYFT_STATSD_NO_EQUIVALENT = ("validate", "validate_tags", "point_tag_regex", "auto_reconnect",
+                             "reconnect_threshold", "tcp_cork")
+
+
+def _warn_unknown(section: Config, where: str, known: tuple[str, ...],
+                  warnings: list[str]) -> None:
+    """One warning per key nothing below converts: a misspelt ``input_filter`` would otherwise
+    leave a group without its filter, so it would receive (duplicate) every metric."""
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.append(f"{where}.{key}: unknown key, not converted{hint}")
+
+
+def _lyft_group(section: Config, name: str, where: str, warnings: list[str]) -> Config:
     if not section.get("shard_map"):
-        raise ConversionError(f"{name}: shard_map is missing or empty")
+        raise ConversionError(f"{where}: shard_map is missing or empty")
     group: Config = {"name": name, "hash": "shard_map",
                      "backends": [_lyft_backend(str(e)) for e in section["shard_map"]]}
     for ours, theirs in (("prefix", "prefix"), ("suffix", "suffix"),
@@ -149,7 +171,7 @@ def _lyft_group(section: Config, name: str, warnings: list[str]) -> Config:
             group[ours] = section[theirs]
     for key in LYFT_IGNORED:
         if key in section:
-            warnings.append(f"{name}.{key}: relay-side sampling and cardinality limits are not "
+            warnings.append(f"{where}.{key}: relay-side sampling and cardinality limits are not "
                             "supported; lines are relayed unsampled")
     return group
 
@@ -159,20 +181,30 @@ def from_lyft(document: Config, warnings: list[str]) -> Config:
     statsd = document.get("statsd")
     if not isinstance(statsd, dict):
         raise ConversionError("no \"statsd\" object: not a lyft/statsrelay config")
+    for key in document:
+        if key != "statsd":
+            warnings.append(f"{key}: not converted (only the \"statsd\" section is)")
+    _warn_unknown(statsd, "statsd", (*LYFT_STATSD_KEYS, "health_metrics_to",
+                                     *LYFT_STATSD_NO_EQUIVALENT, *LYFT_GROUP_KEYS, *LYFT_IGNORED),
+                  warnings)
     groups = []
     if statsd.get("shard_map"):
-        groups.append(_lyft_group(statsd, "main", warnings))
+        groups.append(_lyft_group(statsd, "main", "statsd", warnings))
     duplicates = statsd.get("duplicate_to", [])
     if isinstance(duplicates, dict):
-        duplicates = [duplicates]
-    for index, duplicate in enumerate(duplicates):
-        groups.append(_lyft_group(duplicate, f"duplicate{index}", warnings))
+        sections = [(duplicates, "statsd.duplicate_to")]
+    else:
+        sections = [(d, f"statsd.duplicate_to[{i}]") for i, d in enumerate(duplicates)]
+    for index, (duplicate, where) in enumerate(sections):
+        if not isinstance(duplicate, dict):
+            raise ConversionError(f"{where}: expected an object")
+        _warn_unknown(duplicate, where, (*LYFT_GROUP_KEYS, *LYFT_IGNORED), warnings)
+        groups.append(_lyft_group(duplicate, f"duplicate{index}", where, warnings))
     if not groups:
         raise ConversionError("neither shard_map nor duplicate_to: nothing to relay to")
     if "health_metrics_to" in statsd:
-        warnings.append("health_metrics_to: use pystatsd's self_metrics and admin stats")
-    for key in ("validate", "validate_tags", "point_tag_regex", "auto_reconnect",
-                "reconnect_threshold", "tcp_cork"):
+        warnings.append("statsd.health_metrics_to: use pystatsd's self_metrics and admin stats")
+    for key in LYFT_STATSD_NO_EQUIVALENT:
         if key in statsd:
             warnings.append(f"statsd.{key}: no equivalent, ignored")
     host, port = _split_host_port(statsd.get("bind", "127.0.0.1:8125"), 8125)
@@ -227,6 +259,8 @@ def convert(argv: list[str]) -> tuple[Config, list[str]]:
         prog="convert_statsrelay.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("-o", "--output", help="write the YAML here instead of stdout")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (exit 1, write nothing) when any setting is not converted")
     sub = parser.add_subparsers(dest="source", required=True)
     jj = sub.add_parser("jjneely", help="jjneely/statsrelay command line")
     jj.add_argument("args", nargs=argparse.REMAINDER)
@@ -252,6 +286,7 @@ def convert(argv: list[str]) -> tuple[Config, list[str]]:
         config = from_statsite_proxy(Path(options.path).read_text("utf-8"), options.port,
                                      warnings)
     config["_output"] = options.output
+    config["_strict"] = options.strict
     return config, warnings
 
 
@@ -262,13 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert_statsrelay: {exc}", file=sys.stderr)
         return 2
     output = config.pop("_output")
+    strict = config.pop("_strict")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if strict and warnings:
+        print(f"convert_statsrelay: --strict: {len(warnings)} setting(s) not converted, nothing "
+              "written", file=sys.stderr)
+        return 1
     try:
         build_config(config, "converted config")
     except ConfigError as exc:
         print(f"convert_statsrelay: the result does not validate: {exc}", file=sys.stderr)
         return 1
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     text = yaml.safe_dump(config, sort_keys=False)
     if output:
         Path(output).write_text(text, "utf-8")

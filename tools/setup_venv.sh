@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Creates (or updates) .venv with pystatsd installed editable plus the test and
-# embedded-broker extras. Idempotent; quiet unless something fails.
+# embedded-broker extras. Idempotent: silent when .venv is already up to date; otherwise says
+# on stderr what it is doing, since a first install takes a while.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
+started=$SECONDS
+say() { echo "setup_venv: $*" >&2; }
+
 if [ ! -x .venv/bin/python ]; then
+    say "creating .venv with $("$python" --version 2>&1) ($(command -v "$python"))"
     "$python" -m venv .venv
 fi
+# Only what decides the installation: setup.cfg and pyproject's [build-system] (editing the
+# pytest or ruff settings in pyproject.toml must not cost a reinstall).
 stamp=.venv/.installed-from
-want="$(cat setup.cfg pyproject.toml | sha1sum | cut -d' ' -f1)"
+want="$( (cat setup.cfg; sed -n '/^\[build-system\]/,/^$/p' pyproject.toml) | sha1sum \
+    | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    if [ -s "$stamp" ]; then
+        say "setup.cfg or the build system changed; updating .venv"
+    else
+        say "installing pystatsd (editable) with its test and embedded-broker extras into" \
+            ".venv; about 20-40 s the first time"
+    fi
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,embedded-broker]'
     echo "$want" > "$stamp"
+    say "ready in $((SECONDS - started)) s"
 fi

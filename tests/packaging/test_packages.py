@@ -2,8 +2,10 @@
 machine (with no network), used as an operator would (the pystatsd user, `service pystatsd
 ...`, upgrade, remove, purge) and removed again; the .rpm checked with rpm -qlp / --scripts.
 
-Needs root and dpkg/apt (Debian, Ubuntu): it installs a package system-wide. Everything it
-changes (the package, the pystatsd user, /usr/sbin/policy-rc.d) is restored at the end.
+Needs root and dpkg/apt (Debian, Ubuntu). The builds install missing build tools with apt-get
+and fetch wheels into build/wheelhouse. Installing the .deb system-wide runs only where CI=true
+(CI runs .ci/run so) or PYSTATSD_TEST_SYSTEM_INSTALL=1; everything it changes (the package,
+the pystatsd user, /usr/sbin/policy-rc.d) is restored at the end.
 """
 
 from __future__ import annotations
@@ -293,8 +295,16 @@ class Installed:
     offline: bool  # installed inside a network namespace with no interfaces up
 
 
+SYSTEM_INSTALL_ALLOWED = (os.environ.get("CI") == "true"
+                          or os.environ.get("PYSTATSD_TEST_SYSTEM_INSTALL") == "1")
+
+
 @pytest.fixture(scope="module")
-def installed(built: Built) -> Iterator[Installed]:
+def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
+    if not SYSTEM_INSTALL_ALLOWED:
+        pytest.skip("installs and purges the .deb system-wide: runs only with CI=true or "
+                    "PYSTATSD_TEST_SYSTEM_INSTALL=1")
+    built: Built = request.getfixturevalue("built")  # after the check: no build to skip
     if run("dpkg-query", "-W", "pystatsd", check=False).returncode == 0:
         pytest.skip("a pystatsd package is already installed here; not touching it "
                     "(dpkg --purge pystatsd to let this test run)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from forwarders.statsd_relay.hashing import JumpRouter
 from tests.relay.conftest import backend_stat, wait_until
 
@@ -26,6 +28,7 @@ def _load(relay, seq: int, router: JumpRouter, owned: list[list[bytes]], datagra
     return seq
 
 
+@pytest.mark.slow
 def test_tcp_backend_down_10s_under_load_keeps_bounded_queue_and_drains(
         udp_backends, tcp_backend, make_relay):
     (udp,) = udp_backends(1)

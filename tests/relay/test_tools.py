@@ -108,3 +108,36 @@ def test_converter_refuses_what_it_cannot_convert(tmp_path):
     empty.write_text("{}")
     result = _run(str(CONVERT), "lyft", str(empty))
     assert result.returncode == 2 and "statsd" in result.stderr
+
+
+def test_every_key_not_converted_is_one_warning_naming_it(tmp_path):
+    # a misspelt input_filter would leave the mirror group unfiltered: every metric duplicated
+    lyft = {"statsd": {"bind": "0.0.0.0:8125", "shard_map": ["10.0.0.1:8125"],
+                       "max_sendqueue": 1,
+                       "duplicate_to": [{"shard_map": ["10.9.0.1:8125"], "input_filtr": "^ban"}]},
+            "carbon": {"bind": "0.0.0.0:2003"}}
+    source = tmp_path / "statsrelay.json"
+    source.write_text(json.dumps(lyft))
+    _, config, stderr = _convert(tmp_path, "lyft", str(source))
+    assert stderr.splitlines() == [
+        "warning: carbon: not converted (only the \"statsd\" section is)",
+        "warning: statsd.max_sendqueue: unknown key, not converted "
+        "(did you mean 'max_send_queue'?)",
+        "warning: statsd.duplicate_to[0].input_filtr: unknown key, not converted "
+        "(did you mean 'input_filter'?)"]
+    assert "filter" not in config["forwarders"]["relay"]["groups"][1]
+
+
+def test_strict_refuses_a_conversion_that_would_leave_settings_behind(tmp_path):
+    source = tmp_path / "statsrelay.json"
+    source.write_text(json.dumps({"statsd": {"shard_map": ["10.0.0.1:8125"], "tcp_cork": True}}))
+    out = tmp_path / "pystatsd.conf"
+    result = _run(str(CONVERT), "--strict", "-o", str(out), "lyft", str(source))
+    assert result.returncode == 1
+    assert "warning: statsd.tcp_cork: no equivalent, ignored" in result.stderr
+    assert "--strict: 1 setting(s) not converted, nothing written" in result.stderr
+    assert not out.exists()
+    source.write_text(json.dumps({"statsd": {"shard_map": ["10.0.0.1:8125"]}}))
+    clean = _run(str(CONVERT), "--strict", "-o", str(out), "lyft", str(source))
+    assert clean.returncode == 0 and clean.stderr == ""
+    assert out.exists()
