@@ -188,10 +188,10 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd") -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload)
+            self.pipeline.ingest(payload, fmt)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
