@@ -10,7 +10,7 @@ frame anyway, and resending its head would duplicate it. Connects are retried wi
 doubling from ``backoff_min`` to ``backoff_max``.
 
 With a spool, while the destination is down the queue moves to the spool (the Kafka
-forwarder's :class:`~forwarders.kafka.spool.Spool`: on disk, bounded, kept across restarts),
+forwarder's :class:`~forwarders.spool.Spool`: on disk, bounded, kept across restarts),
 and at close what is still queued is spooled rather than lost. Once connected, the spool is
 sent before the queue, oldest first, so order is kept; a record leaves the spool only once
 every frame made from it has been written to the socket.
@@ -26,7 +26,7 @@ import struct
 from collections import deque
 from pathlib import Path
 
-from forwarders.kafka.spool import Record, Spool
+from forwarders.spool import Record, Spool
 
 __all__ = ["Destination"]
 

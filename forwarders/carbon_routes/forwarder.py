@@ -34,7 +34,7 @@ from forwarders.carbon_routes.destination import Destination
 from forwarders.carbon_routes.matching import Matcher, Rewriter, blocklist_matcher
 from forwarders.carbon_routes.ring import CarbonRing
 from forwarders.carbon_routes.schema import CONFIG_SCHEMA
-from forwarders.kafka.spool import SpoolInUse
+from forwarders.spool import SpoolInUse
 
 __all__ = ["CarbonRoutesConfigError", "CarbonRoutesForwarder"]
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from forwarders import AggregateForwarder, ForwarderContext, NeededPath, Snapshot
 from forwarders.graphite.naming import GraphiteNaming, UnsafeName
 from forwarders.graphite.wire import CarbonConnection, Datapoint, encode_pickle, encode_plaintext
-from forwarders.kafka.spool import Record, Spool, SpoolInUse
+from forwarders.spool import Record, Spool, SpoolInUse
 
 __all__ = ["GraphiteConfigError", "GraphiteForwarder"]
 
