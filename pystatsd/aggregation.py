@@ -25,6 +25,7 @@ the manager, not the table, and only :meth:`MetricMgr.finish` touches it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -34,6 +35,8 @@ from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats
+
+log = logging.getLogger("pystatsd.aggregation")
 
 Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
@@ -51,8 +54,22 @@ keeps ~80% (the receive path needs 70-85% of a core at the target rates), and fi
 interval."""
 
 
+DISTRIBUTION_LIMIT = 1e100
+"""A timer or histogram sample whose value or weight (1 / sample rate) is larger than this in
+magnitude is rejected as ``overflow``: the squares of deviations in the stddev, times a
+weight, then stay below 4e300, so that summing millions of them stays finite."""
+
+
 def _series_order(series: SeriesStats) -> SeriesKey:
     return (series.name, series.type, series.tags)
+
+
+def _all_finite(stats: dict[str, float]) -> bool:
+    total = sum(stats.values())
+    if total - total == 0.0:
+        return True  # the usual case: one C call
+    # Finite statistics can still sum past ±1.8e308.
+    return all(value - value == 0.0 for value in stats.values())
 
 
 class IntervalTable:
@@ -121,8 +138,23 @@ class MetricMgr:
             cell = self.cell(key)
             if cell is None:
                 return False
-        self.update(sample.type, cell, sample.value, 1.0 / sample.rate, sample.delta)
-        return True
+        weight = 1.0 / sample.rate
+        if self.update(sample.type, cell, sample.value, weight, sample.delta):
+            return True
+        self.overflow(key, sample.value, weight)
+        return False
+
+    def overflow(self, key: SeriesKey, value: float | str, weight: float) -> None:
+        """Count and log one sample :meth:`update` refused (``rejected.overflow``). A timer
+        or histogram whose only sample it was leaves the table (an empty distribution has no
+        statistics), so the epoch moves on: the line cache must not keep the dropped cell."""
+        cell = self._table.series.get(key)
+        if (isinstance(cell, Distribution) and not cell.values and not cell.weighted
+                and cell.sketch is None):
+            del self._table.series[key]
+            self.epoch += 1
+        self.stats.reject("overflow", f"{key[1]} value {value!r} with weight (1 / sample rate) "
+                          f"{weight!r} would make its interval aggregate non-finite", key[0])
 
     def cell(self, key: SeriesKey) -> Any:
         """The current interval's cell of series ``key``, made if new; None (counted as
@@ -139,25 +171,41 @@ class MetricMgr:
         return cell
 
     def update(self, kind: str, cell: Any, value: float | str, weight: float,
-               delta: bool) -> None:
+               delta: bool) -> bool:
         """Apply one value to a series' cell. ``weight`` is 1 / sample rate: counters, traces
         and distributions count it; gauges and sets ignore sample rates (as Etsy statsd does).
+        False, the cell untouched, if the value would make an aggregate non-finite (a sum past
+        ±1.8e308, a weight of 1 / 5e-324): the caller rejects it as ``overflow``.
 
         :meth:`LineCache.apply` has these rules inlined: change both."""
         if kind == COUNTER:
-            cell[0] += value * weight  # type: ignore[operator]
+            total = cell[0] + value * weight  # type: ignore[operator]
+            if total - total != 0.0:  # inf or nan
+                return False
+            cell[0] = total
         elif kind == GAUGE:
             if delta:
-                cell[1] += value
+                moved = cell[1] + value
+                level = moved if cell[0] is None else cell[0] + moved
+                if level - level != 0.0:
+                    return False
+                cell[1] = moved
             else:
                 cell[0] = value
                 cell[1] = 0.0
         elif kind == TIMER or kind == HISTOGRAM:
+            if not (-DISTRIBUTION_LIMIT <= value <= DISTRIBUTION_LIMIT  # type: ignore[operator]
+                    and weight <= DISTRIBUTION_LIMIT):
+                return False
             cell.add(value, weight, self.exact_limit, self.accuracy)
         elif kind == SET:
             cell[value] = None
         elif kind == TRACE:
-            cell[0] += weight
+            total = cell[0] + weight
+            if total - total != 0.0:
+                return False
+            cell[0] = total
+        return True
 
     def fold(self, key: SeriesKey) -> None:
         """Fold a distribution whose ``values`` grew past ``timer_exact_samples`` into its
@@ -192,6 +240,7 @@ class MetricMgr:
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
+        non_finite = 0
         for done, (key, cell) in enumerate(table.series.items()):
             if done & 7 == 0 and clock() > slice_end:
                 time.sleep(SNAPSHOT_PAUSE)  # let the receive thread drain its socket
@@ -205,6 +254,9 @@ class MetricMgr:
                 if base is None:  # only deltas this interval: they move the carried value
                     base = carried[0] if carried is not None else 0.0
                 value = base + delta
+                if value - value != 0.0:  # deltas on a carried value past ±1.8e308: undone
+                    non_finite += 1
+                    value = base
                 if carried is None:
                     gauges[key] = [value, 0]
                 else:  # in place: one GC-tracked list less made and freed per gauge and flush
@@ -224,7 +276,10 @@ class MetricMgr:
                     count += carried[0] if carried is not None else 0.0
                     traces[key] = [count, 0]
                 stats = {"count": count}
-            out.append(SeriesStats(name, kind, tags, stats))
+            if _all_finite(stats):
+                out.append(SeriesStats(name, kind, tags, stats))
+            else:
+                non_finite += 1
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
             for done, (key, entry) in enumerate(list(carried_state.items())):
                 if done & 63 == 0 and clock() > slice_end:
@@ -239,8 +294,18 @@ class MetricMgr:
                     out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
         if not cumulative:
             traces.clear()
+        if non_finite:
+            self._dropped_non_finite(non_finite)
         out.sort(key=_series_order)
         return out
+
+    def _dropped_non_finite(self, count: int) -> None:
+        """What :meth:`update`'s rules cannot rule out alone (a rate over a 1 ns interval, a
+        stddev of extreme weights, deltas on a carried gauge) is never emitted: counted as
+        ``flush.non_finite``, logged once per flush."""
+        self.stats.incr("flush.non_finite", count)
+        log.warning("%d series had a non-finite statistic this interval and were not flushed "
+                    "(a gauge kept its previous value)", count)
 
     # -- the admin console's view (under the ingest lock) -------------------------------
     def current(self, kind: str) -> dict[SeriesKey, Any]:
@@ -326,8 +391,9 @@ class LineCache:
         """Lines applied: each one sample decoded and aggregated. The pipeline reads and
         zeroes it when it publishes its counts."""
         self.unplaced = 0
-        """Lines decoded but dropped because their series would pass ``max_series`` (the
-        manager counts them as ``too_many_series``)."""
+        """Lines decoded but dropped because their series would pass ``max_series`` or their
+        value would overflow an aggregate (the manager counts them as ``too_many_series`` or
+        ``overflow``)."""
         self._shapes: dict[bytes, dict[bytes, list[Any]]] = {}
         self._size = 0
         self.bytes = 0
@@ -360,9 +426,11 @@ class LineCache:
             if known is not None:  # a counter line seen before, bytes for bytes: add, done
                 shape = known[0]
                 if shape[1] == epoch:
-                    shape[2][0] += known[1]
-                    hits += 1
-                    continue
+                    total = shape[2][0] + known[1]
+                    if total - total == 0.0:  # else an overflow: rejected below
+                        shape[2][0] = total
+                        hits += 1
+                        continue
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
             entry = shapes.get(tail, _NO_ENTRIES).get(name)
@@ -399,28 +467,49 @@ class LineCache:
                     cell = cell.values
                 entry[1] = epoch
                 entry[2] = cell
-            # MetricMgr.update, inlined (the same rules; a test compares the cells).
+            # MetricMgr.update, inlined (the same rules; a test compares the cells). A value
+            # that would overflow is rejected as MetricMgr.add does: the line is still taken,
+            # so whether a line is taken depends on its bytes alone.
             if kind == _COUNTER:
-                cell[0] += number * weight
+                total = cell[0] + number * weight
+                if total - total != 0.0:
+                    manager.overflow(key, number, weight)
+                    self.unplaced += 1
+                    continue
+                cell[0] = total
                 if len(value) <= 3 and len(line) <= COUNTER_LINE_BYTES:
                     # Small increments repeat (mostly :1): remember the whole line.
                     if len(counter_lines) >= COUNTER_LINES:
                         counter_lines.clear()
                     counter_lines[line] = (entry, number * weight)
             elif kind == _DISTRIBUTION:  # unit rate only: Distribution.add's first branch
+                if number > DISTRIBUTION_LIMIT or number < -DISTRIBUTION_LIMIT:
+                    manager.overflow(key, number, weight)
+                    self.unplaced += 1
+                    epoch = manager.epoch  # the cell may have left the table
+                    continue
                 cell.append(number)
                 if len(cell) > exact_limit:
                     manager.fold(key)
             elif kind == _GAUGE:  # a sign makes a delta, as the decoder decides
                 if value[0] == _PLUS or value[0] == _MINUS:
-                    cell[1] += number
+                    moved = cell[1] + number
+                    level = moved if cell[0] is None else cell[0] + moved
+                    if level - level != 0.0:
+                        manager.overflow(key, number, weight)
+                        self.unplaced += 1
+                        continue
+                    cell[1] = moved
                 else:
                     cell[0] = number
                     cell[1] = 0.0
             elif kind == _SET:
                 cell[member] = None
-            else:
-                manager.update(key[1], cell, number, weight, False)
+            elif not manager.update(key[1], cell, number, weight, False):
+                manager.overflow(key, number, weight)
+                self.unplaced += 1
+                epoch = manager.epoch
+                continue
             hits += 1
         else:
             self.hits += hits

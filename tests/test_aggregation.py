@@ -297,6 +297,56 @@ def test_max_series_drops_new_series_counts_them_and_keeps_known_ones() -> None:
     assert mgr.add(Sample("c", COUNTER, 1.0))  # a new interval has room again
 
 
+def test_a_sample_that_would_overflow_is_rejected_and_the_others_still_count() -> None:
+    mgr = manager(trace_cumulative=False)
+    accepted = [mgr.add(sample) for sample in [
+        Sample("hits", COUNTER, 1e308), Sample("hits", COUNTER, 1e308),  # the sum: rejected
+        Sample("hits", COUNTER, 1.0, rate=5e-324),  # 1 / rate is infinite: rejected
+        Sample("hits", COUNTER, 0.0, rate=5e-324),  # 0 * inf is nan: rejected
+        Sample("hits", COUNTER, 2.0, rate=0.5),
+        Sample("load", GAUGE, 1e308), Sample("load", GAUGE, 1e308, delta=True),  # rejected
+        Sample("load", GAUGE, -1.0, delta=True),
+        Sample("drift", GAUGE, -1e308, delta=True), Sample("drift", GAUGE, -1e308, delta=True),
+        Sample("db", TIMER, 1e101), Sample("db", TIMER, -1e200),  # past ±1e100: rejected
+        Sample("db", TIMER, 3.0), Sample("db", TIMER, 1.0, rate=1e-101),  # weight past 1e100
+        Sample("db", TIMER, 5.0, rate=0.5),
+        Sample("size", HISTOGRAM, 1e100), Sample("size", HISTOGRAM, 1e100),
+        Sample("events", TRACE, 1.0, rate=1e-308), Sample("events", TRACE, 1.0, rate=1e-308),
+    ]]
+    assert accepted.count(False) == 9
+    assert mgr.stats.counters["rejected.overflow"] == 9
+    result = flush(mgr)
+    assert only(result, "hits", COUNTER)["count"] == 1e308 + 4.0
+    assert only(result, "load", GAUGE)["value"] == 1e308 - 1.0
+    assert only(result, "drift", GAUGE)["value"] == -1e308
+    db = only(result, "db", TIMER)
+    assert (db["count"], db["sum"], db["min"], db["max"]) == (3.0, 13.0, 3.0, 5.0)
+    size = only(result, "size", HISTOGRAM)
+    assert size["sum"] == 2e100 and size["stddev"] == 0.0
+    assert only(result, "events", TRACE)["count"] == 1e308
+    assert all(math.isfinite(value) for stats in result.values() for value in stats.values())
+    assert "flush.non_finite" not in mgr.stats.counters
+
+
+def test_a_statistic_the_update_rules_cannot_bound_is_never_flushed() -> None:
+    mgr = manager()
+    mgr.add(Sample("hits", COUNTER, 1e308))
+    mgr.add(Sample("ok", COUNTER, 1.0))
+    mgr.add(Sample("load", GAUGE, 1e308))
+    # A rate over a nanosecond-long interval (a stop right at a deadline) would be infinite.
+    result = flush(mgr, interval=1e-9)
+    assert set(result) == {("ok", COUNTER, ()), ("load", GAUGE, ())}
+    assert mgr.stats.counters["flush.non_finite"] == 1
+    # Deltas checked against this interval's cell alone meet a carried value at the flush:
+    # they are undone, the carried value kept.
+    mgr.add(Sample("load", GAUGE, 1e308, delta=True))
+    result = flush(mgr)
+    assert only(result, "load", GAUGE) == {"value": 1e308}
+    assert mgr.stats.counters["flush.non_finite"] == 2
+    mgr.add(Sample("load", GAUGE, -1.0, delta=True))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 1e308 - 1.0}
+
+
 def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
     mgr = manager()
     mgr.add(Sample("a", COUNTER, 1.0))
@@ -366,7 +416,7 @@ def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]
     """The cells after ``lines`` through the line cache (the first line of each shape is
     decoded and remembered, the rest served by the cache) and through MetricMgr.add alone."""
     built = build_config({"forwarders": {}, **config})
-    fast, slow = MetricMgr(built), MetricMgr(built)
+    fast, slow = MetricMgr(built, SelfStats()), MetricMgr(built, SelfStats())
     cache = LineCache(fast)
     served = 0
     for line in lines:
@@ -382,8 +432,25 @@ def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]
     for line in lines:
         for sample in parse_statsd_line(line):
             slow.add(sample)
+    # The same rejects both ways, too (an overflow is refused by each path on its own).
+    assert fast.stats.counters == slow.stats.counters
     return ({key: cell_state(cell) for key, cell in fast.swap().series.items()},
             {key: cell_state(cell) for key, cell in slow.swap().series.items()}, served)
+
+
+def test_line_cache_and_metric_mgr_update_reject_the_same_overflows() -> None:
+    lines = [
+        b"hits:1e308|c", b"hits:1e308|c", b"hits:1|c", b"hits:1|c|@5e-324", b"hits:1e308|c",
+        b"big:9|c", b"big:9|c", b"big:1e308|c", b"big:1e308|c",  # whole-line counters too
+        b"load:1e308|g", b"load:+1e308|g", b"load:-1|g", b"drift:+1e308|g", b"drift:+1e308|g",
+        b"db:1e200|ms", b"db:-1e101|ms", b"db:5|ms", b"db:1|ms|@1e-200", b"db:6|h",
+    ]
+    fast, slow, served = cells_both_ways(lines * 3)
+    assert served > len(lines)
+    assert fast == slow
+    assert fast[("hits", COUNTER, ())] == [1e308 + 3.0]
+    assert fast[("big", COUNTER, ())] == [1e308 + 54.0]
+    assert fast[("load", GAUGE, ())] == [1e308, -1.0]  # each repeat sets 1e308 again
 
 
 def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -> None:
@@ -406,9 +473,10 @@ def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -
 
 
 SHAPES = st.sampled_from([b"n:%s|c", b"n:%s|c|@0.25", b"g:%s|g", b"t:%s|ms", b"t:%s|ms|@0.5",
-                          b"h:%s|h", b"s:%s|s", b"s:%s|s|#k:v"])
+                          b"h:%s|h", b"s:%s|s", b"s:%s|s|#k:v", b"n:%s|c|@5e-324",
+                          b"t:%s|ms|@1e-200"])
 NUMBERS = st.sampled_from([b"1", b"0", b"-1", b"+1", b"2.5", b"-0.5", b"+0.25", b"1e2", b"7",
-                           b"-3", b"+10", b"42"])
+                           b"-3", b"+10", b"42", b"1e308", b"-1e308", b"+1e308", b"1e200"])
 
 
 @settings(max_examples=150, deadline=None)

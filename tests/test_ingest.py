@@ -75,6 +75,9 @@ CORPUS = [
     b"api.hits:1_0|c\napi.hits: 1|c\napi.hits:nan|c\napi.hits:inf|g\napi.hits:1e999|ms\n",
     b"api.hits:0x10|c\napi.hits:|c\nusers:|s\nusers:\xff\xfe|s\napi.hits:1.2.3|c\n",
     b"api.hits:" + b"9" * 400 + b"|c\napi.hits:+7|c\napi.hits:-.5|c\napi.hits:5.|c\n",
+    # finite values whose aggregate would not be: rejected as overflow, the rest still counts
+    b"big:1e308|c\nbig:1e308|c\nbig:1|c|@5e-324\nbig:2|c\nload:+1e308|g\nload:+1e308|g\n",
+    b"db:1e200|ms\ndb:4|ms\ndb:1|ms|@1e-300\nbig:1e308|c\nbig:2|c\n",
     # shapes that must stay on the slow path
     b"stamp:1|c|T1700000000\nstamp:2|c|T1700000000\nbad line\n\n\nx|y:1|c\nnotype:1|\n",
     b"api.hits:1|c\r\napi.hits:2|c\r\n  api.hits:3|c  \n\tload:9|g\n",
@@ -97,6 +100,7 @@ def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> No
     assert fast == slow
     assert fast_rejects == slow_rejects
     assert fast_rejects["rejected.bad_value"] >= 10  # the odd values were rejected, not summed
+    assert fast_rejects["rejected.overflow"] == 2 * 6  # CORPUS[:4] has none
     assert len(fast[3]) > 0  # gauges carried into the empty interval
 
 
@@ -113,9 +117,10 @@ def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> Non
 
 NAMES = st.sampled_from(["a", "b.c", "a,k=v", "{x", " a", "ü"])
 VALUES = st.sampled_from(["1", "-2", "+3", "0.5", ".5", "5.", "1e3", "1E-2", "1_0", " 1", "nan",
-                          "inf", "1e999", "", "x", "1:2", "1:x", "\udcff"])
+                          "inf", "1e999", "", "x", "1:2", "1:x", "\udcff", "1e308", "-1e308",
+                          "+1e308", "1e200"])
 TYPES = st.sampled_from(["c", "g", "ms", "h", "d", "s", "q", ""])
-EXTRAS = st.lists(st.sampled_from(["@0.5", "@1", "@0.1", "@0", "@x", "#k:v,j", "#j,k:v",
+EXTRAS = st.lists(st.sampled_from(["@0.5", "@1", "@0.1", "@0", "@x", "@5e-324", "#k:v,j", "#j,k:v",
                                    "#k:w", "T5", "c:abc", ""]), max_size=3)
 
 
