@@ -42,6 +42,14 @@ Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
 """(name, type, tags): what makes two samples the same series."""
 
+SERIES_WARNING_FILL = 0.8
+"""A warning is logged (at most every ``SERIES_WARNING_EVERY`` seconds) when a new series takes
+the table past this fraction of ``max_series``."""
+SERIES_WARNING_EVERY = 60.0
+SHRINK_AFTER = 4096
+"""A carried table that had at least this many entries and lost half of them to idle expiry is
+copied, so that the memory of a burst of names is given back (a dict never shrinks by deleting)."""
+
 SNAPSHOT_SLICE = 0.0005
 SNAPSHOT_PAUSE = 0.002
 """:meth:`MetricMgr.finish` works at most ``SNAPSHOT_SLICE`` seconds at a time, then sleeps
@@ -75,10 +83,15 @@ def _all_finite(stats: dict[str, float]) -> bool:
 class IntervalTable:
     """The cells of one interval's series, keyed by :data:`SeriesKey`."""
 
-    __slots__ = ("series",)
+    __slots__ = ("series", "carried_again", "carryable")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, Any] = {}
+        self.carried_again = 0
+        """Gauges and traces made here that the manager already carried (held once, not
+        twice)."""
+        self.carryable = 0
+        """Gauges and traces made here that it did not: the flush may carry them on."""
 
     def __len__(self) -> int:
         return len(self.series)
@@ -115,6 +128,11 @@ class MetricMgr:
         older epoch must look the cell up again."""
         self._gauges: dict[SeriesKey, list[float]] = {}  # key -> [value, idle flushes]
         self._traces: dict[SeriesKey, list[float]] = {}  # key -> [events so far, idle flushes]
+        self._carried = 0
+        """Series carried into the current interval (gauges, cumulative traces): exact after
+        :meth:`finish`, an upper bound between :meth:`swap` and the end of :meth:`finish`.
+        They count toward ``max_series`` as the table's own series do."""
+        self._warned_at = -math.inf
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -126,6 +144,7 @@ class MetricMgr:
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
         self.max_series: int = config["max_series"]
+        self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
 
     # -- receiving (under the ingest lock) -------------------------------------------------
     def add(self, sample: Sample) -> bool:
@@ -158,17 +177,40 @@ class MetricMgr:
 
     def cell(self, key: SeriesKey) -> Any:
         """The current interval's cell of series ``key``, made if new; None (counted as
-        ``too_many_series``) when a new series would pass ``max_series``."""
-        series = self._table.series
+        ``too_many_series``) when a new series would pass ``max_series``. Every series held
+        counts: this interval's and the carried ones (a carried series that comes back is
+        held once)."""
+        table = self._table
+        series = table.series
         cell = series.get(key)
         if cell is None:
-            if len(series) >= self.max_series:
-                self.stats.reject("too_many_series",
-                                  f"{len(series)} series this interval (max_series)",
-                                  key[0] + "|" + key[1])
-                return None
-            cell = series[key] = new_cell(key[1])
+            kind = key[1]
+            if (kind == GAUGE and key in self._gauges) or (kind == TRACE and key in self._traces):
+                table.carried_again += 1
+            else:
+                held = len(series) + self._carried - table.carried_again
+                if held >= self.max_series:
+                    self.stats.reject("too_many_series",
+                                      f"{held} series held ({len(series)} this interval, "
+                                      f"{held - len(series)} carried) = max_series", key[0] +
+                                      "|" + kind)
+                    return None
+                if held + 1 >= self._warn_at:
+                    self._warn_fill(held + 1)
+                if kind == GAUGE or kind == TRACE:
+                    table.carryable += 1
+            cell = series[key] = new_cell(kind)
         return cell
+
+    def _warn_fill(self, held: int) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < SERIES_WARNING_EVERY:
+            return
+        self._warned_at = now
+        log.warning("%d series held, %d%% of max_series (%d): new series will be dropped as "
+                    "too_many_series past it; raise max_series (about 1 KB of RSS a series, "
+                    "see docs/reliability.md) or find the names that explode", held,
+                    100 * held // self.max_series, self.max_series)
 
     def update(self, kind: str, cell: Any, value: float | str, weight: float,
                delta: bool) -> bool:
@@ -220,11 +262,24 @@ class MetricMgr:
         finished = self._table
         self._table = IntervalTable()
         self.epoch += 1
+        # Until finish says exactly, the finished table's new gauges and traces may all be
+        # carried: count them, so that a burst straddling the flush cannot pass max_series.
+        self._carried += finished.carryable
         return finished
 
     def series_count(self) -> int:
-        """Series in the current interval's table (what ``max_series`` limits)."""
+        """Series in the current interval's table."""
         return len(self._table.series)
+
+    def series_held(self) -> int:
+        """Series held now, this interval's and the carried ones: what ``max_series`` limits."""
+        table = self._table
+        return len(table.series) + self._carried - table.carried_again
+
+    def series_levels(self) -> dict[str, float]:
+        """The self-metric gauges of the series table (read after a flush)."""
+        return {"series.held": float(self.series_held()), "series.carried": float(self._carried),
+                "series.limit": float(self.max_series)}
 
     # -- flushing (main thread, without the ingest lock) -----------------------------------
     def finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
@@ -281,6 +336,7 @@ class MetricMgr:
             else:
                 non_finite += 1
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
+            before = len(carried_state)
             for done, (key, entry) in enumerate(list(carried_state.items())):
                 if done & 63 == 0 and clock() > slice_end:
                     time.sleep(SNAPSHOT_PAUSE)
@@ -292,12 +348,24 @@ class MetricMgr:
                     del carried_state[key]
                 else:
                     out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
+            if before >= SHRINK_AFTER and len(carried_state) <= before // 2:
+                self._shrink(carried_state)
         if not cumulative:
             traces.clear()
+        self._carried = len(self._gauges) + len(self._traces)
         if non_finite:
             self._dropped_non_finite(non_finite)
         out.sort(key=_series_order)
         return out
+
+    def _shrink(self, carried_state: dict[SeriesKey, list[float]]) -> None:
+        """Replace a carried table by a copy sized for what is left. The entries (lists) are
+        shared, so a mark :meth:`forget` makes meanwhile is kept; the attribute is swapped in
+        one store, which the receive thread sees whole."""
+        if carried_state is self._gauges:
+            self._gauges = dict(carried_state)
+        else:
+            self._traces = dict(carried_state)
 
     def _dropped_non_finite(self, count: int) -> None:
         """What :meth:`update`'s rules cannot rule out alone (a rate over a 1 ns interval, a

@@ -7,6 +7,7 @@ import gc
 import math
 import random
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,64 @@ def test_a_statistic_the_update_rules_cannot_bound_is_never_flushed() -> None:
     assert mgr.stats.counters["flush.non_finite"] == 2
     mgr.add(Sample("load", GAUGE, -1.0, delta=True))
     assert only(flush(mgr), "load", GAUGE) == {"value": 1e308 - 1.0}
+
+
+def test_carried_gauges_and_traces_count_toward_max_series() -> None:
+    mgr = manager(max_series=4, trace_cumulative=True)
+    for name in ("g1", "g2"):
+        assert mgr.add(Sample(name, GAUGE, 1.0))
+    assert mgr.add(Sample("t1", TRACE, 1.0))
+    assert mgr.add(Sample("c1", COUNTER, 1.0))
+    # Between the swap and the end of finish (another thread's work) the table's gauges and
+    # traces may all be carried on: a burst straddling the flush is counted against them.
+    finished = mgr.swap()
+    assert mgr.series_held() == 3
+    assert mgr.add(Sample("c2", COUNTER, 1.0))
+    assert not mgr.add(Sample("c3", COUNTER, 1.0))
+    assert len(mgr.finish(finished, 10.0)) == 4
+    assert mgr.series_levels() == {"series.held": 4.0, "series.carried": 3.0,
+                                   "series.limit": 4.0}
+    assert mgr.add(Sample("g1", GAUGE, 2.0))  # carried: held already, at the limit or not
+    assert mgr.add(Sample("t1", TRACE, 1.0))
+    assert not mgr.add(Sample("g3", GAUGE, 1.0))
+    assert mgr.stats.counters["rejected.too_many_series"] == 2
+    result = flush(mgr)
+    assert len(result) == 4  # c2 and the three carried: never more than max_series
+    assert only(result, "g1", GAUGE) == {"value": 2.0}
+    assert only(result, "t1", TRACE) == {"count": 2.0}
+
+
+def test_a_fill_warning_is_logged_once_past_the_documented_level(
+        caplog: pytest.LogCaptureFixture) -> None:
+    mgr = manager(max_series=10)
+    for i in range(7):
+        mgr.add(Sample(f"g{i}", GAUGE, 1.0))
+    assert not [r for r in caplog.records if "of max_series" in r.getMessage()]
+    for i in range(7, 12):
+        mgr.add(Sample(f"g{i}", GAUGE, 1.0))
+    warnings = [r.getMessage() for r in caplog.records if "of max_series" in r.getMessage()]
+    assert warnings == ["8 series held, 80% of max_series (10): new series will be dropped as "
+                        "too_many_series past it; raise max_series (about 1 KB of RSS a series, "
+                        "see docs/reliability.md) or find the names that explode"]
+    assert mgr.stats.counters["rejected.too_many_series"] == 2
+
+
+def test_carried_tables_shrink_after_a_burst_of_names_expires() -> None:
+    mgr = manager(idle_expiry_intervals=2, trace_cumulative=True)
+    for i in range(20_000):
+        mgr.add(Sample(f"burst.{i}", GAUGE, 1.0))
+        mgr.add(Sample(f"burst.{i}", TRACE, 1.0))
+    flush(mgr)
+    full = sys.getsizeof(mgr._gauges), sys.getsizeof(mgr._traces)
+    for _ in range(2):
+        mgr.add(Sample("steady", GAUGE, 1.0))
+        mgr.add(Sample("steady", TRACE, 1.0))
+        result = flush(mgr)
+    assert set(result) == {("steady", GAUGE, ()), ("steady", TRACE, ())}
+    assert len(mgr._gauges) == len(mgr._traces) == 1
+    assert sys.getsizeof(mgr._gauges) * 100 < full[0]
+    assert sys.getsizeof(mgr._traces) * 100 < full[1]
+    assert mgr.series_levels()["series.carried"] == 2.0
 
 
 def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:

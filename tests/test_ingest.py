@@ -162,18 +162,18 @@ def test_counts_received_decoded_and_aggregated_at_swap() -> None:
     pipeline.ingest(b'{"metric_name":"a","metric_type":"counter","value":1}')
     assert "received.datagrams" not in stats.counters  # kept locally until published
     pipeline.publish_counts()
-    manager.swap()
+    manager.finish(manager.swap(), 10.0)  # the gauge b is carried on: it holds one of the two
     assert stats.take() == {
         "received.datagrams": 3, "received.lines": 6, "decoded.samples": 5,
         "aggregated.samples": 4, "rejected.bad_line": 1, "rejected.too_many_series": 1,
     }
     pipeline.ingest(b"c:1|c\nd:5|c")  # the shapes are cached now; a and b have not come back
-    pipeline.ingest(b"e:1|c\na:1|c")  # past max_series even through the cache
+    pipeline.ingest(b"e:1|c\na:1|c\nb:+1|g")  # past max_series even through the cache; b is held
     pipeline.publish_counts()
     manager.swap()
     assert stats.take() == {
-        "received.datagrams": 2, "received.lines": 4, "decoded.samples": 4,
-        "aggregated.samples": 2, "rejected.too_many_series": 2,
+        "received.datagrams": 2, "received.lines": 5, "decoded.samples": 5,
+        "aggregated.samples": 2, "rejected.too_many_series": 3,  # d, e, a; c and b count
     }
 
 
