@@ -202,6 +202,24 @@ def test_max_series_applies_to_cached_lines_in_a_new_interval() -> None:
     assert stats.counters["rejected.too_many_series"] == 3
 
 
+def test_the_line_cache_lets_go_of_a_burst_of_names_once_they_are_gone() -> None:
+    config = build_config({"forwarders": {}, "idle_expiry_intervals": 1})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    burst = b"\n".join(b"burst.%d:1|c" % i for i in range(6000))
+    pipeline.ingest(burst)
+    pipeline.ingest(burst)  # now served from the cache
+    assert pipeline.cached_shapes == 6000
+    manager.finish(manager.swap(), 10.0)
+    pipeline.ingest(b"steady:1|c")
+    manager.finish(manager.swap(), 10.0)  # a table under half the last one's: the burst is over
+    pipeline.ingest(b"steady:1|c\nsteady:2|c")
+    assert pipeline.cached_shapes == 1  # emptied, then refilled by the traffic
+    series = manager.finish(manager.swap(), 10.0)
+    assert [(s.name, s.stats["count"]) for s in series] == [("steady", 3.0)]
+
+
 def test_cached_timer_lines_fold_into_a_sketch_past_the_limit() -> None:
     config = build_config({"forwarders": {}, "timer_exact_samples": 50})
     manager = MetricMgr(config)
