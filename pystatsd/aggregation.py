@@ -20,7 +20,12 @@ ingest: the pipeline decodes and tags what the cache does not know and tells it 
 :meth:`LineCache.remember`.
 
 State carried across intervals (gauge values, cumulative trace counts, idle counts) lives in
-the manager, not the table, and only :meth:`MetricMgr.finish` touches it.
+the manager, not the table, and only :meth:`MetricMgr.finish` changes it; :meth:`MetricMgr.cell`
+reads whether a key is carried, since every series held, carried or not, counts toward
+``max_series``.
+
+A sample whose aggregate would not be finite is rejected (``overflow``) by both paths alike;
+:meth:`MetricMgr.finish` never emits a non-finite statistic either.
 """
 
 from __future__ import annotations
