@@ -300,6 +300,7 @@ class Daemon:
                               {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
+        gauges.update(self.manager.series_levels())  # held, carried, limit: max_series' view
         for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"
