@@ -320,8 +320,11 @@ class LineCache:
     decoders, the tagger and :meth:`MetricMgr.add`. One instance per pipeline: its entries
     hold series keys with the pipeline's agent tags."""
 
-    def __init__(self, manager: MetricMgr) -> None:
+    def __init__(self, manager: MetricMgr, absolute_gauges: bool = False) -> None:
         self._manager = manager
+        self.absolute_gauges = absolute_gauges
+        """The lines it takes come from ``gauge_sign: absolute`` listeners: a signed gauge
+        value is the value, not a change (replayed by :meth:`MetricMgr.update`)."""
         self.hits = 0
         """Lines applied: each one sample decoded and aggregated. The pipeline reads and
         zeroes it when it publishes its counts."""
@@ -441,7 +444,9 @@ class LineCache:
         if kind == COUNTER:
             code = _COUNTER
         elif kind == GAUGE:
-            code = _GAUGE
+            # _GAUGE applies a signed value as a change; the general rule takes the decoder's
+            # ``delta`` (always False with absolute gauges).
+            code = _OTHER if self.absolute_gauges else _GAUGE
         elif kind == SET:
             code = _SET
         elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:

@@ -188,10 +188,10 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes, absolute_gauges: bool = False) -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload)
+            self.pipeline.ingest(payload, absolute_gauges)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

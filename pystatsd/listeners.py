@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import resource
@@ -24,13 +25,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pystatsd.selfstats import SelfStats
 
 log = logging.getLogger("pystatsd.listeners")
 
-Deliver = Callable[[bytes], None]
+
+
+class Deliver(Protocol):
+    """Where a listener hands each payload: the daemon's ingest, told the listener's
+    ``gauge_sign``."""
+
+    def __call__(self, payload: bytes, absolute_gauges: bool = False) -> None: ...
+
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -111,9 +119,16 @@ def _bind(protocol: str, address: str, port: int) -> socket.socket:
 class _Listener:
     """What every listener has: its spec, a bound socket, where payloads go, what it counts."""
 
+    GAUGE_SIGN_DEFAULT = "delta"
+    """``gauge_sign`` when the spec does not say (schema.yaml documents it per kind)."""
+
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         self.spec = spec
-        self._deliver = deliver
+        self._deliver: Callable[[bytes], None] = deliver
+        if spec.get("gauge_sign", self.GAUGE_SIGN_DEFAULT) == "absolute":
+            # A partial keeps the receive loops' one-argument call, and costs nothing on the
+            # delta listeners.
+            self._deliver = functools.partial(deliver, absolute_gauges=True)
         self._stats = stats
         self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
         host, port = self._sock.getsockname()[:2]

@@ -25,11 +25,16 @@ STATSD_TYPES = {
 }
 
 
-def parse_statsd_line(line: bytes) -> list[Sample]:
+def parse_statsd_line(line: bytes, absolute_gauges: bool = False) -> list[Sample]:
     """Given one statsd or DogStatsD line (no newline; surrounding whitespace is ignored),
     return its samples, one per packed value; raise :class:`DecodeError` if it is not a metric.
 
-    A pure function of its bytes, so a caller may cache its result by line."""
+    ``absolute_gauges`` is the listener's ``gauge_sign: absolute`` (DogStatsD's meaning): a
+    gauge's ``-5`` and ``+5`` set it to -5 and 5. Otherwise (Etsy's meaning) a signed gauge
+    value is a change to the current value.
+
+    A pure function of its bytes and that flag, so a caller may cache its result by line
+    (one cache per flag)."""
     if len(line) > MAX_LINE_BYTES:
         raise DecodeError("too_long", f"line of {len(line)} bytes (limit {MAX_LINE_BYTES})")
     try:
@@ -77,7 +82,8 @@ def parse_statsd_line(line: bytes) -> list[Sample]:
     samples = []
     for value in value_text.split(":"):
         number = parse_number(value, "value")
-        delta = kind == GAUGE and value[0] in "+-"  # Etsy: a signed gauge value is a change
+        # Etsy: a signed gauge value is a change; DogStatsD: every gauge value is the value.
+        delta = kind == GAUGE and not absolute_gauges and value[0] in "+-"
         samples.append(Sample(name, kind, number, rate, tags, delta, timestamp))
     return samples
 
