@@ -13,8 +13,9 @@ __all__ = ["series_record", "snapshot_records"]
 
 
 def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
-    """The record of one series of a flush: name, type, tags, stats, interval, host."""
-    return {
+    """The record of one series of a flush: name, type, tags, stats, interval, host, and the
+    client's ``timestamp`` when the series was passed through with it."""
+    record = {
         "name": series.name,
         "type": series.type,
         "tags": dict(series.tags),
@@ -23,6 +24,9 @@ def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
         "interval": snapshot.interval,
         "host": snapshot.host,
     }
+    if series.timestamp is not None:
+        record["timestamp"] = series.timestamp
+    return record
 
 
 def snapshot_records(snapshot: Snapshot) -> Iterator[dict[str, Any]]:

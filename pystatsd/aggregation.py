@@ -51,17 +51,20 @@ keeps ~80% (the receive path needs 70-85% of a core at the target rates), and fi
 interval."""
 
 
-def _series_order(series: SeriesStats) -> SeriesKey:
-    return (series.name, series.type, series.tags)
+def _series_order(series: SeriesStats) -> tuple[str, str, Tags, float]:
+    stamp = series.timestamp
+    return (series.name, series.type, series.tags, -1.0 if stamp is None else stamp)
 
 
 class IntervalTable:
-    """The cells of one interval's series, keyed by :data:`SeriesKey`."""
+    """The cells of one interval's series, keyed by :data:`SeriesKey`, and the cells of the
+    samples stamped outside the interval and passed through, keyed by series and second."""
 
-    __slots__ = ("series",)
+    __slots__ = ("series", "stamped")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, Any] = {}
+        self.stamped: dict[tuple[SeriesKey, float], Any] = {}
 
     def __len__(self) -> int:
         return len(self.series)
@@ -109,18 +112,58 @@ class MetricMgr:
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
         self.max_series: int = config["max_series"]
+        self.flush_interval: float = float(config["flush_interval"])
+        self.timestamp_window: float = float(config["timestamp_window_seconds"])
+        self.late_samples_pass: bool = config["late_samples"] == "pass"
 
     # -- receiving (under the ingest lock) -------------------------------------------------
     def add(self, sample: Sample) -> bool:
         """Aggregate one sample (agent tags already merged); False if it was dropped because
-        its series would pass ``max_series``. The client's timestamp is not used: a sample
-        counts in the interval it arrives in."""
+        its series would pass ``max_series``, or for its client timestamp. A sample stamped
+        within the current interval (by the wall clock, intervals aligned as the daemon's
+        flushes) counts in it like an unstamped one; one stamped outside it is
+        :meth:`_add_stamped`."""
         key = (sample.name, sample.type, sample.tags)
+        if sample.timestamp is not None:
+            now = time.time()
+            start = now - now % self.flush_interval
+            if not start <= sample.timestamp < start + self.flush_interval:
+                return self._add_stamped(key, sample, now, start)
         cell = self._table.series.get(key)
         if cell is None:
             cell = self.cell(key)
             if cell is None:
                 return False
+        self.update(sample.type, cell, sample.value, 1.0 / sample.rate, sample.delta)
+        return True
+
+    def _add_stamped(self, key: SeriesKey, sample: Sample, now: float, start: float) -> bool:
+        """A sample stamped before (late) or after (future) the current interval: counted as
+        such; dropped and counted as ``timestamp_out_of_window`` if further than
+        ``timestamp_window_seconds`` from now, or as ``late_sample`` with ``late_samples:
+        drop``; else aggregated only with the samples of its series stamped in the same second
+        (``late_samples: pass``, as the Datadog agent forwards timestamped samples without
+        aggregating them) and flushed next with that timestamp."""
+        stamp = sample.timestamp
+        assert stamp is not None
+        where = f"{key[0][:80]}|{key[1]} stamped {stamp:.0f}, now {now:.0f}"
+        if abs(stamp - now) > self.timestamp_window:
+            self.stats.reject("timestamp_out_of_window",
+                              f"{where} (timestamp_window_seconds)", key[0])
+            return False
+        self.stats.incr("timestamps.late" if stamp < start else "timestamps.future")
+        if not self.late_samples_pass:
+            self.stats.reject("late_sample", f"{where}, outside the interval (late_samples)",
+                              key[0])
+            return False
+        table = self._table
+        second = float(math.floor(stamp))
+        cell = table.stamped.get((key, second))
+        if cell is None:
+            if len(table.series) + len(table.stamped) >= self.max_series:
+                self.stats.reject("too_many_series", f"{where} (max_series)", key[0])
+                return False
+            cell = table.stamped[(key, second)] = new_cell(key[1])
         self.update(sample.type, cell, sample.value, 1.0 / sample.rate, sample.delta)
         return True
 
@@ -239,6 +282,11 @@ class MetricMgr:
                     out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
         if not cumulative:
             traces.clear()
+        for ((name, kind, tags), second), cell in table.stamped.items():
+            out.append(SeriesStats(name, kind, tags,
+                                   _stamped_stats(kind, cell, seconds, percentiles, accuracy),
+                                   second))
+        table.stamped.clear()
         out.sort(key=_series_order)
         return out
 
@@ -277,6 +325,24 @@ class MetricMgr:
             forgotten += known
         self.epoch += 1  # the fast path's entries may hold the cells just dropped
         return forgotten
+
+
+def _stamped_stats(kind: str, cell: Any, seconds: float, percentiles: Percentiles,
+                   accuracy: float) -> dict[str, float]:
+    """The statistics of a passed-through cell: those of an interval's series, with no state
+    carried (a gauge of deltas alone starts from 0; a trace counts only its own events)."""
+    if kind == COUNTER:
+        return {"count": cell[0], "rate": cell[0] / seconds}
+    if kind == GAUGE:
+        base, delta = cell
+        return {"value": (0.0 if base is None else base) + delta}
+    if kind == TIMER or kind == HISTOGRAM:
+        stats: dict[str, float] = cell.stats(percentiles, accuracy)
+        cell.release()
+        return stats
+    if kind == SET:
+        return {"count": float(len(cell))}
+    return {"count": cell[0]}
 
 
 # -- the fast path ----------------------------------------------------------------------------

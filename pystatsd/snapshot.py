@@ -27,6 +27,10 @@ class SeriesStats:
     type: str
     tags: Tags
     stats: dict[str, float]
+    timestamp: float | None = None
+    """The client's timestamp (seconds since the epoch) shared by the samples of a series
+    stamped outside its interval and passed through (``late_samples: pass``), aggregated only
+    with samples of the same series and second; None for an interval's aggregate."""
 
     @property
     def key(self) -> str:
