@@ -56,6 +56,7 @@ class Pipeline:
         """Apply a reloaded config: agent tags, precedence, limits. Empties the line cache,
         whose entries hold series keys with the old agent tags."""
         self._tagger = Tagger(config["agent"].get("tags", {}), config["tag_precedence"])
+        self._container_tag: str = config["container_id_tag"]
         self._relay_only = config["mode"] == "relay"
         self._relaying = self._relay_only or bool(self._relays)
         self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
@@ -135,7 +136,8 @@ class Pipeline:
     def _ingest_decoded(self, payload: bytes, absolute_gauges: bool) -> None:
         """A whole payload through ``decode_payload`` (JSON, or anything starting oddly)."""
         self._lines += sum(1 for line in payload.split(b"\n") if line.strip())
-        self._aggregate(decode_payload(payload, self._stats, absolute_gauges))
+        self._aggregate(decode_payload(payload, self._stats, absolute_gauges,
+                                       self._container_tag))
 
     def _ingest_line(self, line: bytes, cache: LineCache) -> None:
         """One line the line cache did not take: decode it as ``decode_payload`` would, and
@@ -144,17 +146,17 @@ class Pipeline:
         if not stripped:
             self._lines -= 1
             return
-        absolute = cache.absolute_gauges
+        absolute, container_tag = cache.absolute_gauges, self._container_tag
         if stripped[0] in _JSON_START:
-            self._aggregate(decode_payload(stripped, self._stats, absolute))
+            self._aggregate(decode_payload(stripped, self._stats, absolute, container_tag))
             return
         try:
-            samples = parse_statsd_line(stripped, absolute)
+            samples = parse_statsd_line(stripped, absolute, container_tag)
         except DecodeError as exc:
             self._stats.reject(exc.reason, exc.detail, stripped)
             return
         except Exception:  # a decoder bug: let decode_payload count and log it the usual way
-            self._aggregate(decode_payload(stripped, self._stats, absolute))
+            self._aggregate(decode_payload(stripped, self._stats, absolute, container_tag))
             return
         tagged = self._aggregate(samples)
         if len(tagged) == 1 and tagged[0].timestamp is None:

@@ -23,14 +23,14 @@ daemon keeps running; a non-zero value here is a bug to report."""
 _JSON_START = (ord("{"), ord("["))
 
 
-def decode_payload(payload: bytes, stats: SelfStats,
-                   absolute_gauges: bool = False) -> list[Sample]:
+def decode_payload(payload: bytes, stats: SelfStats, absolute_gauges: bool = False,
+                   container_tag: str = "") -> list[Sample]:
     """Given one UDP datagram or a chunk of complete TCP lines, return the samples of every good
     line or object in it; count and log each bad one via ``stats.reject`` and drop it.
 
     JSON if the first non-space byte is ``{`` or ``[`` (one object, an array of objects, or
     several objects one per line), else newline-separated statsd lines. ``absolute_gauges``
-    is passed to :func:`parse_statsd_line`. Never raises."""
+    and ``container_tag`` are passed to :func:`parse_statsd_line`. Never raises."""
     samples: list[Sample] = []
     body = payload.lstrip()
     if body[:1] and body[0] in _JSON_START:
@@ -47,9 +47,9 @@ def decode_payload(payload: bytes, stats: SelfStats,
             continue
         try:
             if line[0] in _JSON_START:
-                _decode_json_line(line, samples, stats, absolute_gauges)
+                _decode_json_line(line, samples, stats, absolute_gauges, container_tag)
             else:
-                samples.extend(parse_statsd_line(line, absolute_gauges))
+                samples.extend(parse_statsd_line(line, absolute_gauges, container_tag))
         except DecodeError as exc:
             stats.reject(exc.reason, exc.detail, line)
         except Exception:  # a decoder bug must cost one line, never the datagram or the daemon
@@ -58,12 +58,12 @@ def decode_payload(payload: bytes, stats: SelfStats,
 
 
 def _decode_json_line(line: bytes, samples: list[Sample], stats: SelfStats,
-                      absolute_gauges: bool) -> None:
+                      absolute_gauges: bool, container_tag: str) -> None:
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         try:  # a statsd name may start with '{' or '[' too
-            samples.extend(parse_statsd_line(line, absolute_gauges))
+            samples.extend(parse_statsd_line(line, absolute_gauges, container_tag))
             return
         except DecodeError:
             pass
