@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pystatsd.snapshot import SeriesStats, Snapshot
+from pystatsd.snapshot import Event, SeriesStats, Snapshot
 
-__all__ = ["series_record", "snapshot_records"]
+__all__ = ["event_record", "series_record", "snapshot_records"]
 
 
 def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
@@ -29,7 +29,30 @@ def series_record(series: SeriesStats, snapshot: Snapshot) -> dict[str, Any]:
     return record
 
 
+def event_record(event: Event, snapshot: Snapshot) -> dict[str, Any]:
+    """The record of a DogStatsD event or service check (docs/schemas/kafka-event.schema.json):
+    ``kind`` says which, and tells it from a series record (which has ``type``)."""
+    return {
+        "kind": event.kind,
+        "title": event.title,
+        "text": event.text,
+        "tags": dict(event.tags),
+        "timestamp": event.timestamp,
+        "hostname": event.hostname,
+        "priority": event.priority,
+        "alert_type": event.alert_type,
+        "aggregation_key": event.aggregation_key,
+        "source_type_name": event.source_type_name,
+        "status": event.status,
+        "interval_start": snapshot.start,
+        "host": snapshot.host,
+    }
+
+
 def snapshot_records(snapshot: Snapshot) -> Iterator[dict[str, Any]]:
-    """Given a snapshot, yield :func:`series_record` of each of its series."""
+    """Given a snapshot, yield :func:`series_record` of each of its series, then
+    :func:`event_record` of each of its events."""
     for series in snapshot.series:
         yield series_record(series, snapshot)
+    for event in snapshot.events:
+        yield event_record(event, snapshot)

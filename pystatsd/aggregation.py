@@ -33,7 +33,7 @@ from typing import Any
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import SeriesStats
+from pystatsd.snapshot import Event, SeriesStats
 
 Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
@@ -60,11 +60,13 @@ class IntervalTable:
     """The cells of one interval's series, keyed by :data:`SeriesKey`, and the cells of the
     samples stamped outside the interval and passed through, keyed by series and second."""
 
-    __slots__ = ("series", "stamped")
+    __slots__ = ("series", "stamped", "events")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, Any] = {}
         self.stamped: dict[tuple[SeriesKey, float], Any] = {}
+        self.events: list[Event] = []
+        """DogStatsD events and service checks, in arrival order: forwarded, not aggregated."""
 
     def __len__(self) -> int:
         return len(self.series)
@@ -165,6 +167,17 @@ class MetricMgr:
                 return False
             cell = table.stamped[(key, second)] = new_cell(key[1])
         self.update(sample.type, cell, sample.value, 1.0 / sample.rate, sample.delta)
+        return True
+
+    def add_event(self, event: Event) -> bool:
+        """Keep one event or service check (agent tags merged) for this interval's flush; False
+        (counted as ``too_many_series``) past ``max_series`` of them in one interval."""
+        events = self._table.events
+        if len(events) >= self.max_series:
+            self.stats.reject("too_many_series", f"{len(events)} events this interval "
+                              "(max_series)", event.title[:80])
+            return False
+        events.append(event)
         return True
 
     def cell(self, key: SeriesKey) -> Any:

@@ -283,7 +283,7 @@ class Daemon:
         series = self.manager.finish(table, end - start)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
-        snapshot = Snapshot(start, end - start, self.host, tuple(series))
+        snapshot = Snapshot(start, end - start, self.host, tuple(series), tuple(table.events))
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
                             "series": len(snapshot.series)}

@@ -13,14 +13,17 @@ the same statistics and the same cells.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
+from pystatsd.decoders.events import is_event_line, parse_event_line
 from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import Event
 from pystatsd.tagging import Tagger
 
 _SLOW_START = b"{[ \t\r\n\x0b\x0c"
@@ -136,8 +139,10 @@ class Pipeline:
     def _ingest_decoded(self, payload: bytes, absolute_gauges: bool) -> None:
         """A whole payload through ``decode_payload`` (JSON, or anything starting oddly)."""
         self._lines += sum(1 for line in payload.split(b"\n") if line.strip())
+        events: list[Event] = []
         self._aggregate(decode_payload(payload, self._stats, absolute_gauges,
-                                       self._container_tag))
+                                       self._container_tag, events))
+        self._keep_events(events)
 
     def _ingest_line(self, line: bytes, cache: LineCache) -> None:
         """One line the line cache did not take: decode it as ``decode_payload`` would, and
@@ -147,6 +152,14 @@ class Pipeline:
             self._lines -= 1
             return
         absolute, container_tag = cache.absolute_gauges, self._container_tag
+        if is_event_line(stripped):
+            try:
+                event = parse_event_line(stripped)
+            except DecodeError as exc:
+                self._stats.reject(exc.reason, exc.detail, stripped)
+                return
+            self._keep_events([event])
+            return
         if stripped[0] in _JSON_START:
             self._aggregate(decode_payload(stripped, self._stats, absolute, container_tag))
             return
@@ -161,6 +174,12 @@ class Pipeline:
         tagged = self._aggregate(samples)
         if len(tagged) == 1 and tagged[0].timestamp is None:
             cache.remember(line, tagged[0])
+
+    def _keep_events(self, events: list[Event]) -> None:
+        apply = self._tagger.apply
+        for event in events:
+            self._manager.add_event(dataclasses.replace(event, tags=apply(event.tags)))
+        self._decoded += len(events)
 
     def _aggregate(self, samples: list[Sample]) -> list[Sample]:
         apply = self._tagger.apply

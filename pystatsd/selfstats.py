@@ -25,6 +25,7 @@ REJECT_REASONS = (
     "too_many_series",
     "timestamp_out_of_window",
     "late_sample",
+    "bad_event",
     "not_metric",
     "statsd_syntax",
 )
@@ -35,7 +36,8 @@ name, type or value (missing_field), a value that is not a number or a sample ra
 `name:value|type` shape (bad_line), a new series past `max_series` (too_many_series), a
 sample whose client timestamp is further than `timestamp_window_seconds` from now
 (timestamp_out_of_window), a sample stamped outside the current interval with
-`late_samples: drop` (late_sample), a
+`late_samples: drop` (late_sample), a DogStatsD event or service check that does not
+follow the datagram format (bad_event), a
 DogStatsD event or service check, well-formed but not a metric (not_metric), a JSON sample
 that cannot be relayed as a statsd line because its name, a tag or a set member holds statsd
 syntax such as a newline or `|` (statsd_syntax; it is still aggregated)."""

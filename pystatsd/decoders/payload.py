@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 
 from pystatsd.decoders.errors import DecodeError
+from pystatsd.decoders.events import is_event_line, parse_event_line
 from pystatsd.decoders.json_object import parse_json_object
 from pystatsd.decoders.statsd_line import parse_statsd_line
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import Event
 
 log = logging.getLogger("pystatsd.decoders")
 
@@ -24,13 +26,15 @@ _JSON_START = (ord("{"), ord("["))
 
 
 def decode_payload(payload: bytes, stats: SelfStats, absolute_gauges: bool = False,
-                   container_tag: str = "") -> list[Sample]:
+                   container_tag: str = "", events: list[Event] | None = None) -> list[Sample]:
     """Given one UDP datagram or a chunk of complete TCP lines, return the samples of every good
     line or object in it; count and log each bad one via ``stats.reject`` and drop it.
 
     JSON if the first non-space byte is ``{`` or ``[`` (one object, an array of objects, or
     several objects one per line), else newline-separated statsd lines. ``absolute_gauges``
-    and ``container_tag`` are passed to :func:`parse_statsd_line`. Never raises."""
+    and ``container_tag`` are passed to :func:`parse_statsd_line`. DogStatsD events and
+    service checks are decoded into ``events`` when it is given, else counted as
+    ``not_metric``. Never raises."""
     samples: list[Sample] = []
     body = payload.lstrip()
     if body[:1] and body[0] in _JSON_START:
@@ -46,7 +50,9 @@ def decode_payload(payload: bytes, stats: SelfStats, absolute_gauges: bool = Fal
         if not line:
             continue
         try:
-            if line[0] in _JSON_START:
+            if events is not None and is_event_line(line):
+                events.append(parse_event_line(line))
+            elif line[0] in _JSON_START:
                 _decode_json_line(line, samples, stats, absolute_gauges, container_tag)
             else:
                 samples.extend(parse_statsd_line(line, absolute_gauges, container_tag))

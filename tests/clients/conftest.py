@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,4 +50,14 @@ def run_node() -> Any:
 def by_series(records: list[dict[str, Any]]) -> dict[tuple[str, str, tuple[Any, ...]], Any]:
     """Flushed console records keyed by (name, type, sorted tags), for user series only."""
     return {(r["name"], r["type"], tuple(sorted(r["tags"].items()))): r["stats"]
-            for r in records if not r["name"].startswith("pystatsd.")}
+            for r in records if "name" in r and not r["name"].startswith("pystatsd.")}
+
+
+@pytest.fixture(scope="session")
+def embedded_kafka() -> Iterator[str]:
+    """A real Kafka broker on loopback (the embedded Tansu the forwarder itself runs when it
+    has no kafka_broker); its bootstrap address."""
+    from forwarders.kafka.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
