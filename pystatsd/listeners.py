@@ -130,8 +130,8 @@ class _Listener:
             # delta listeners.
             self._deliver = functools.partial(deliver, absolute_gauges=True)
         self._stats = stats
-        self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
-        host, port = self._sock.getsockname()[:2]
+        self._sock = self._open_socket(spec)
+        host, port = self._bound_address()
         self.address: tuple[str, int] = (host, port)
         """Where it is bound (the real port when the spec asked for 0); kept after a close."""
         self.prefix = metric_prefix(spec["protocol"], host, port)
@@ -139,6 +139,14 @@ class _Listener:
         """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
         self.last_alive = time.monotonic()
         """When the receive thread last answered :meth:`probe` (the watchdog's question)."""
+
+    def _open_socket(self, spec: dict[str, Any]) -> socket.socket:
+        """The bound socket (a Unix socket listener opens its own: pystatsd/uds_listeners.py)."""
+        return _bind(spec["protocol"], spec["address"], spec["port"])
+
+    def _bound_address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
 
     @property
     def label(self) -> str:
@@ -724,14 +732,18 @@ def connection_caps(specs: list[dict[str, Any]]) -> list[int]:
 
 
 def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
-                   stats: SelfStats) -> list[UdpListener | TcpListener]:
+                   stats: SelfStats) -> list[Any]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
     none receives until ``start``."""
-    opened: list[UdpListener | TcpListener] = []
+    from pystatsd.uds_listeners import UNIX_LISTENERS  # it builds on this module's classes
+
+    opened: list[Any] = []
     caps = iter(connection_caps(specs))
     try:
         for spec in specs:
-            if spec["protocol"] == "udp":
+            if spec["protocol"] in UNIX_LISTENERS:
+                opened.append(UNIX_LISTENERS[spec["protocol"]](spec, deliver, stats))
+            elif spec["protocol"] == "udp":
                 opened.append(UdpListener(spec, deliver, stats))
             else:
                 opened.append(TcpListener(spec, deliver, stats, next(caps)))
