@@ -20,6 +20,7 @@ from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
 from pystatsd.decoders.events import is_event_line, parse_event_line
+from pystatsd.mapping import load_mapper
 from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
@@ -60,6 +61,7 @@ class Pipeline:
         whose entries hold series keys with the old agent tags."""
         self._tagger = Tagger(config["agent"].get("tags", {}), config["tag_precedence"])
         self._container_tag: str = config["container_id_tag"]
+        self._mapper = load_mapper(config)  # validated with the config: raises only on a race
         self._relay_only = config["mode"] == "relay"
         self._relaying = self._relay_only or bool(self._relays)
         self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
@@ -184,11 +186,17 @@ class Pipeline:
     def _aggregate(self, samples: list[Sample]) -> list[Sample]:
         apply = self._tagger.apply
         add = self._manager.add
+        decoded = len(samples)
+        if self._mapper:
+            mapped = [self._mapper.apply(sample) for sample in samples]
+            samples = [sample for sample in mapped if sample is not None]
+            if len(samples) < decoded:
+                self._stats.incr("mapping.dropped", decoded - len(samples))
         tagged = [sample._replace(tags=apply(sample.tags)) for sample in samples]
         aggregated = 0
         for sample in tagged:
             if add(sample):
                 aggregated += 1
-        self._decoded += len(samples)
+        self._decoded += decoded
         self._aggregated += aggregated
         return tagged
