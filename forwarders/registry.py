@@ -35,6 +35,7 @@ BUILTIN_FORWARDERS: dict[str, str] = {
     "file": "forwarders.file:FileForwarder",
     "kafka": "forwarders.kafka:KafkaForwarder",
     "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
+    "prometheus": "forwarders.prometheus:PrometheusForwarder",
 }
 
 
