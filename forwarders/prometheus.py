@@ -3,8 +3,9 @@ by ``prometheus-client``, so a statsd_exporter user can point Prometheus at pyst
 
 Each flush updates the exposed state: a counter's count is added to its cumulative
 ``<name>_total``; a gauge, a set's count and a trace count are gauges; a timer or histogram is
-a summary (its ``_count`` and ``_sum`` cumulative, its quantiles those of the last interval).
-A series no flush has updated for ``expiry_seconds`` disappears. Names and tag keys are made
+a summary (its ``_count`` and ``_sum`` cumulative, its quantiles those of the last interval),
+or a histogram (cumulative ``_bucket`` counts) when ``histogram_buckets`` gives it buckets. A
+series no flush has updated for ``expiry_seconds`` disappears. Names and tag keys are made
 valid Prometheus names (any other character becomes ``_``); tags become labels."""
 
 from __future__ import annotations
@@ -53,10 +54,21 @@ def _quantile(key: str) -> float | None:
     return round(float(f"{found.group(1)}.{found.group(2) or 0}") / 100, 9)
 
 
+def _bucket_bound(key: str) -> float | None:
+    """``le_0_005`` -> 0.005, ``le_m1`` -> -1.0; None for ``le_inf`` (the count) and for any
+    other statistic (see ``histogram_buckets``)."""
+    if not key.startswith("le_") or key == "le_inf":
+        return None
+    try:
+        return float(key[3:].replace("m", "-").replace("_", "."))
+    except ValueError:
+        return None
+
+
 class _Exposed:
     """One exposed series: its Prometheus type, values, and when a flush last updated it."""
 
-    __slots__ = ("kind", "value", "count", "sum", "quantiles", "seen")
+    __slots__ = ("kind", "value", "count", "sum", "quantiles", "buckets", "seen")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -64,6 +76,7 @@ class _Exposed:
         self.count = 0.0
         self.sum = 0.0
         self.quantiles: dict[float, float] = {}
+        self.buckets: dict[float, float] = {}  # le bound -> cumulative count since start
         self.seen = 0.0
 
 
@@ -128,6 +141,10 @@ class PrometheusForwarder(AggregateForwarder):
                     entry.sum += stats.get("sum", 0.0)
                     entry.quantiles = {q: value for stat, value in stats.items()
                                        if (q := _quantile(stat)) is not None}
+                    for stat, value in stats.items():
+                        bound = _bucket_bound(stat)
+                        if bound is not None:
+                            entry.buckets[bound] = entry.buckets.get(bound, 0.0) + value
                 else:  # set, trace: the interval's count
                     entry.value = stats.get("count", 0.0)
                 entry.seen = now
@@ -149,6 +166,8 @@ class PrometheusForwarder(AggregateForwarder):
                 base = metric_name(name)
                 prom_type = {COUNTER: "counter", TIMER: "summary",
                              HISTOGRAM: "summary"}.get(kind, "gauge")
+                if entry.buckets:
+                    prom_type = "histogram"
                 if kind == SET:
                     base += "_unique"
                 family = families.get((base, prom_type))
@@ -158,6 +177,13 @@ class PrometheusForwarder(AggregateForwarder):
                 labels = _labels(tags)
                 if prom_type == "counter":
                     family.add_sample(family.name + "_total", labels, entry.value)
+                elif prom_type == "histogram":
+                    for bound, count in sorted(entry.buckets.items()):
+                        family.add_sample(base + "_bucket", {**labels, "le": repr(bound)},
+                                          count)
+                    family.add_sample(base + "_bucket", {**labels, "le": "+Inf"}, entry.count)
+                    family.add_sample(base + "_count", labels, entry.count)
+                    family.add_sample(base + "_sum", labels, entry.sum)
                 elif prom_type == "summary":
                     for quantile, value in sorted(entry.quantiles.items()):
                         family.add_sample(base, {**labels, "quantile": repr(quantile)}, value)

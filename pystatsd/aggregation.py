@@ -117,6 +117,7 @@ class MetricMgr:
         self.flush_interval: float = float(config["flush_interval"])
         self.timestamp_window: float = float(config["timestamp_window_seconds"])
         self.late_samples_pass: bool = config["late_samples"] == "pass"
+        self.histogram_buckets = HistogramBuckets(config["histogram_buckets"])
 
     # -- receiving (under the ingest lock) -------------------------------------------------
     def add(self, sample: Sample) -> bool:
@@ -246,6 +247,7 @@ class MetricMgr:
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
+        buckets = self.histogram_buckets
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
         for done, (key, cell) in enumerate(table.series.items()):
@@ -269,6 +271,8 @@ class MetricMgr:
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
                 stats = cell.stats(percentiles, accuracy)
+                if buckets:
+                    buckets.add_to(stats, name, cell)
                 cell.release()
             elif kind == SET:
                 stats = {"count": float(len(cell))}
@@ -338,6 +342,45 @@ class MetricMgr:
             forgotten += known
         self.epoch += 1  # the fast path's entries may hold the cells just dropped
         return forgotten
+
+
+class HistogramBuckets:
+    """``histogram_buckets``: per name pattern, the ``le`` bounds whose cumulative counts a
+    timer's or histogram's statistics include (``le_0_5``, ..., ``le_inf``); the first entry
+    whose glob matches the name wins. Decided once per name."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        from pystatsd.mapping import glob_pattern
+
+        self._entries = [(glob_pattern(entry["match"]),
+                          sorted(float(b) for b in entry["buckets"])) for entry in entries]
+        self._by_name: dict[str, list[tuple[str, float]] | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def add_to(self, stats: dict[str, float], name: str, cell: Distribution) -> None:
+        bounds = self._by_name.get(name, _UNKNOWN)
+        if bounds is _UNKNOWN:
+            if len(self._by_name) >= 100_000:
+                self._by_name.clear()
+            bounds = self._by_name[name] = next(
+                ([(bucket_key(b), b) for b in found] for pattern, found in self._entries
+                 if pattern.fullmatch(name)), None)
+        if bounds:
+            for (key, _), count in zip(bounds, cell.buckets([b for _, b in bounds]),
+                                       strict=True):
+                stats[key] = count
+            stats["le_inf"] = stats["count"]
+
+
+_UNKNOWN: Any = object()
+
+
+def bucket_key(bound: float) -> str:
+    """The statistic of a bucket bound: ``le_0_005`` for 0.005, ``le_10`` for 10 (the dot
+    becomes an underscore, as in percentile keys), ``le_m1`` for -1."""
+    return "le_" + f"{bound:g}".replace(".", "_").replace("-", "m")
 
 
 def _stamped_stats(kind: str, cell: Any, seconds: float, percentiles: Percentiles,

@@ -118,6 +118,11 @@ def _expand(text: str, groups: tuple[str | Any, ...]) -> str:
     return _REFERENCE.sub(one, text)
 
 
+def glob_pattern(text: str) -> re.Pattern[str]:
+    """A statsd_exporter glob (``*`` any run of characters but ``.``) as a regex."""
+    return _glob(text)
+
+
 def _glob(text: str) -> re.Pattern[str]:
     """A statsd_exporter glob: ``*`` is any run of characters but ``.``, the rest literal."""
     return re.compile("".join("([^.]*)" if part == "*" else re.escape(part)

@@ -112,3 +112,44 @@ class TestPrometheusContract(AggregateContract):
     @pytest.fixture
     def harness(self, tmp_path: Path) -> PrometheusHarness:
         return PrometheusHarness()
+
+
+def test_histogram_buckets_reach_the_stats_and_the_endpoint() -> None:
+    from pystatsd.aggregation import MetricMgr
+    from pystatsd.ingest import Pipeline
+    from pystatsd.selfstats import SelfStats
+
+    config = build_config({"forwarders": {}, "timer_exact_samples": 4, "histogram_buckets": [
+        {"match": "api.*", "buckets": [10, 0.5, 100]}, {"match": "*", "buckets": [1]}]})
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, SelfStats())
+    pipeline.ingest(b"api.lat:0.2|ms\napi.lat:5|ms\napi.lat:50|ms|@0.5\napi.lat:500|ms\n"
+                    b"db:0.5|h\ndb:2|h\nother.x.y:1|ms")
+    pipeline.ingest(b"\n".join(b"big:%d|ms" % v for v in range(1, 101)))  # past the sketch
+    got = {s.name: s.stats for s in manager.finish(manager.swap(), 10.0)}
+    api = got["api.lat"]
+    assert (api["le_0_5"], api["le_10"], api["le_100"], api["le_inf"]) == (1, 2, 4, 5)
+    assert (got["db"]["le_1"], got["db"]["le_inf"]) == (1, 2)
+    assert "le_1" not in got["other.x.y"]  # '*' is one component: no entry matches
+    assert got["big"]["le_inf"] == 100 and abs(got["big"]["le_1"] - 1) <= 1  # sketch rank
+    sketch = build_config({"forwarders": {}, "timer_exact_samples": 4,
+                           "histogram_buckets": [{"match": "big", "buckets": [50]}]})
+    manager = MetricMgr(sketch)
+    Pipeline(sketch, manager, SelfStats()).ingest(
+        b"\n".join(b"big:%d|ms" % v for v in range(1, 101)))
+    assert abs(manager.finish(manager.swap(), 10.0)[0].stats["le_50"] - 50) <= 2
+
+    forwarder = build()
+    forwarder.start()
+    try:
+        lat = SeriesStats("api.lat", "timer", (), api)
+        forwarder.submit(flush(0.0, lat))
+        forwarder.submit(flush(10.0, lat))
+        wait_for(lambda: forwarder.stats()["sent"] == 2)
+        scraped = scrape(forwarder)
+        assert scraped[("api_lat_bucket", (("le", "0.5"),))] == 2
+        assert scraped[("api_lat_bucket", (("le", "100.0"),))] == 8
+        assert scraped[("api_lat_bucket", (("le", "+Inf"),))] == 10
+        assert scraped[("api_lat_count", ())] == 10
+    finally:
+        forwarder.close(5)
