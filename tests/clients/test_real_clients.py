@@ -7,6 +7,8 @@ tells users to set them up."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -189,3 +191,35 @@ setTimeout(() => c.close(), 200);
     assert distribution(series[("ns.size", "histogram", ())]) == {
         "count": 1, "sum": 5, "min": 5, "max": 5}
     assert series[("ns.users", "set", ())]["count"] == 2
+
+
+def test_statsd_ruby_client(start_daemon: Any) -> None:
+    """``statsd-ruby`` (Debian's ``ruby-statsd``), when installed: .ci/run installs it."""
+    ruby = shutil.which("ruby")
+    if ruby is None or subprocess.run([ruby, "-e", "require 'statsd'"],
+                                      capture_output=True).returncode != 0:
+        pytest.skip("ruby with the statsd-ruby library (Debian ruby-statsd) not installed")
+    daemon, port, _ = start(start_daemon)
+    script = f"""
+require 'statsd'
+s = Statsd.new('127.0.0.1', {port})
+s.namespace = 'rb'
+s.increment 'hits'
+s.count 'hits', 4
+s.decrement 'hits'
+s.gauge 'temp', 3
+s.gauge 'temp', 7
+s.timing 'query', 12
+s.timing 'query', 20
+s.set 'users', 'alice'
+s.set 'users', 'bob'
+"""
+    result = subprocess.run([ruby, "-e", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    series = flushed(daemon)
+
+    assert series[("rb.hits", "counter", ())]["count"] == 4
+    assert series[("rb.temp", "gauge", ())]["value"] == 7
+    assert distribution(series[("rb.query", "timer", ())]) == {
+        "count": 2, "sum": 32, "min": 12, "max": 20}
+    assert series[("rb.users", "set", ())]["count"] == 2
