@@ -38,6 +38,7 @@ BUILTIN_FORWARDERS: dict[str, str] = {
     "kafka": "forwarders.kafka:KafkaForwarder",
     "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
     "statsite_proxy": "forwarders.statsite_proxy:StatsiteProxyForwarder",
+    "prometheus": "forwarders.prometheus:PrometheusForwarder",
 }
 
 

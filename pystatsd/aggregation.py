@@ -41,7 +41,7 @@ from typing import Any
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import SeriesStats
+from pystatsd.snapshot import Event, SeriesStats
 
 log = logging.getLogger("pystatsd.aggregation")
 
@@ -88,8 +88,9 @@ magnitude is rejected as ``overflow``: the squares of deviations in the stddev, 
 weight, then stay below 4e300, so that summing millions of them stays finite."""
 
 
-def _series_order(series: SeriesStats) -> SeriesKey:
-    return (series.name, series.type, series.tags)
+def _series_order(series: SeriesStats) -> tuple[str, str, Tags, float]:
+    stamp = series.timestamp
+    return (series.name, series.type, series.tags, -1.0 if stamp is None else stamp)
 
 
 def _all_finite(stats: dict[str, float]) -> bool:
@@ -101,9 +102,10 @@ def _all_finite(stats: dict[str, float]) -> bool:
 
 
 class IntervalTable:
-    """The cells of one interval's series, keyed by :data:`SeriesKey`."""
+    """The cells of one interval's series, keyed by :data:`SeriesKey`, and the cells of the
+    samples stamped outside the interval and passed through, keyed by series and second."""
 
-    __slots__ = ("series", "carried_again", "carryable")
+    __slots__ = ("series", "carried_again", "carryable", "stamped", "events")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, Any] = {}
@@ -112,6 +114,9 @@ class IntervalTable:
         twice)."""
         self.carryable = 0
         """Gauges and traces made here that it did not: the flush may carry them on."""
+        self.stamped: dict[tuple[SeriesKey, float], Any] = {}
+        self.events: list[Event] = []
+        """DogStatsD events and service checks, in arrival order: forwarded, not aggregated."""
 
     def __len__(self) -> int:
         return len(self.series)
@@ -173,13 +178,24 @@ class MetricMgr:
         self.trace_cumulative: bool = config["trace_cumulative"]
         self.max_series: int = config["max_series"]
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
+        self.flush_interval: float = float(config["flush_interval"])
+        self.timestamp_window: float = float(config["timestamp_window_seconds"])
+        self.late_samples_pass: bool = config["late_samples"] == "pass"
+        self.histogram_buckets = HistogramBuckets(config["histogram_buckets"])
 
     # -- receiving (under the ingest lock) -------------------------------------------------
     def add(self, sample: Sample) -> bool:
         """Aggregate one sample (agent tags already merged); False if it was dropped because
-        its series would pass ``max_series``. The client's timestamp is not used: a sample
-        counts in the interval it arrives in."""
+        its series would pass ``max_series``, or for its client timestamp. A sample stamped
+        within the current interval (by the wall clock, intervals aligned as the daemon's
+        flushes) counts in it like an unstamped one; one stamped outside it is
+        :meth:`_add_stamped`."""
         key = (sample.name, sample.type, sample.tags)
+        if sample.timestamp is not None:
+            now = time.time()
+            start = now - now % self.flush_interval
+            if not start <= sample.timestamp < start + self.flush_interval:
+                return self._add_stamped(key, sample, now, start)
         cell = self._table.series.get(key)
         if cell is None:
             cell = self.cell(key)
@@ -202,6 +218,47 @@ class MetricMgr:
             self.epoch += 1
         self.stats.reject("overflow", f"{key[1]} value {value!r} with weight (1 / sample rate) "
                           f"{weight!r} would make its interval aggregate non-finite", key[0])
+
+    def _add_stamped(self, key: SeriesKey, sample: Sample, now: float, start: float) -> bool:
+        """A sample stamped before (late) or after (future) the current interval: counted as
+        such; dropped and counted as ``timestamp_out_of_window`` if further than
+        ``timestamp_window_seconds`` from now, or as ``late_sample`` with ``late_samples:
+        drop``; else aggregated only with the samples of its series stamped in the same second
+        (``late_samples: pass``, as the Datadog agent forwards timestamped samples without
+        aggregating them) and flushed next with that timestamp."""
+        stamp = sample.timestamp
+        assert stamp is not None
+        where = f"{key[0][:80]}|{key[1]} stamped {stamp:.0f}, now {now:.0f}"
+        if abs(stamp - now) > self.timestamp_window:
+            self.stats.reject("timestamp_out_of_window",
+                              f"{where} (timestamp_window_seconds)", key[0])
+            return False
+        self.stats.incr("timestamps.late" if stamp < start else "timestamps.future")
+        if not self.late_samples_pass:
+            self.stats.reject("late_sample", f"{where}, outside the interval (late_samples)",
+                              key[0])
+            return False
+        table = self._table
+        second = float(math.floor(stamp))
+        cell = table.stamped.get((key, second))
+        if cell is None:
+            if len(table.series) + len(table.stamped) >= self.max_series:
+                self.stats.reject("too_many_series", f"{where} (max_series)", key[0])
+                return False
+            cell = table.stamped[(key, second)] = new_cell(key[1])
+        self.update(sample.type, cell, sample.value, 1.0 / sample.rate, sample.delta)
+        return True
+
+    def add_event(self, event: Event) -> bool:
+        """Keep one event or service check (agent tags merged) for this interval's flush; False
+        (counted as ``too_many_series``) past ``max_series`` of them in one interval."""
+        events = self._table.events
+        if len(events) >= self.max_series:
+            self.stats.reject("too_many_series", f"{len(events)} events this interval "
+                              "(max_series)", event.title[:80])
+            return False
+        events.append(event)
+        return True
 
     def cell(self, key: SeriesKey) -> Any:
         """The current interval's cell of series ``key``, made if new; None (counted as
@@ -322,6 +379,7 @@ class MetricMgr:
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
+        buckets = self.histogram_buckets
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
         non_finite = 0
@@ -349,6 +407,8 @@ class MetricMgr:
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
                 stats = cell.stats(percentiles, accuracy)
+                if buckets:
+                    buckets.add_to(stats, name, cell)
                 cell.release()
             elif kind == SET:
                 stats = {"count": float(len(cell))}
@@ -382,6 +442,13 @@ class MetricMgr:
         if not cumulative:
             traces.clear()
         self._carried = len(self._gauges) + len(self._traces)
+        for ((name, kind, tags), second), cell in table.stamped.items():
+            stats = _stamped_stats(kind, cell, seconds, percentiles, accuracy)
+            if _all_finite(stats):
+                out.append(SeriesStats(name, kind, tags, stats, second))
+            else:
+                non_finite += 1
+        table.stamped.clear()
         if non_finite:
             self._dropped_non_finite(non_finite)
         out.sort(key=_series_order)
@@ -457,6 +524,63 @@ class MetricMgr:
         return forgotten
 
 
+class HistogramBuckets:
+    """``histogram_buckets``: per name pattern, the ``le`` bounds whose cumulative counts a
+    timer's or histogram's statistics include (``le_0_5``, ..., ``le_inf``); the first entry
+    whose glob matches the name wins. Decided once per name."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        from pystatsd.mapping import glob_pattern
+
+        self._entries = [(glob_pattern(entry["match"]),
+                          sorted(float(b) for b in entry["buckets"])) for entry in entries]
+        self._by_name: dict[str, list[tuple[str, float]] | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def add_to(self, stats: dict[str, float], name: str, cell: Distribution) -> None:
+        bounds = self._by_name.get(name, _UNKNOWN)
+        if bounds is _UNKNOWN:
+            if len(self._by_name) >= 100_000:
+                self._by_name.clear()
+            bounds = self._by_name[name] = next(
+                ([(bucket_key(b), b) for b in found] for pattern, found in self._entries
+                 if pattern.fullmatch(name)), None)
+        if bounds:
+            for (key, _), count in zip(bounds, cell.buckets([b for _, b in bounds]),
+                                       strict=True):
+                stats[key] = count
+            stats["le_inf"] = stats["count"]
+
+
+_UNKNOWN: Any = object()
+
+
+def bucket_key(bound: float) -> str:
+    """The statistic of a bucket bound: ``le_0_005`` for 0.005, ``le_10`` for 10 (the dot
+    becomes an underscore, as in percentile keys), ``le_m1`` for -1."""
+    return "le_" + f"{bound:g}".replace(".", "_").replace("-", "m")
+
+
+def _stamped_stats(kind: str, cell: Any, seconds: float, percentiles: Percentiles,
+                   accuracy: float) -> dict[str, float]:
+    """The statistics of a passed-through cell: those of an interval's series, with no state
+    carried (a gauge of deltas alone starts from 0; a trace counts only its own events)."""
+    if kind == COUNTER:
+        return {"count": cell[0], "rate": cell[0] / seconds}
+    if kind == GAUGE:
+        base, delta = cell
+        return {"value": (0.0 if base is None else base) + delta}
+    if kind == TIMER or kind == HISTOGRAM:
+        stats: dict[str, float] = cell.stats(percentiles, accuracy)
+        cell.release()
+        return stats
+    if kind == SET:
+        return {"count": float(len(cell))}
+    return {"count": cell[0]}
+
+
 # -- the fast path ----------------------------------------------------------------------------
 CACHE_ENTRIES = 100_000
 CACHE_BYTES = 32 << 20
@@ -498,8 +622,11 @@ class LineCache:
     decoders, the tagger and :meth:`MetricMgr.add`. One instance per pipeline: its entries
     hold series keys with the pipeline's agent tags."""
 
-    def __init__(self, manager: MetricMgr) -> None:
+    def __init__(self, manager: MetricMgr, absolute_gauges: bool = False) -> None:
         self._manager = manager
+        self.absolute_gauges = absolute_gauges
+        """The lines it takes come from ``gauge_sign: absolute`` listeners: a signed gauge
+        value is the value, not a change (replayed by :meth:`MetricMgr.update`)."""
         self.hits = 0
         """Lines applied: each one sample decoded and aggregated. The pipeline reads and
         zeroes it when it publishes its counts."""
@@ -647,7 +774,9 @@ class LineCache:
         if kind == COUNTER:
             code = _COUNTER
         elif kind == GAUGE:
-            code = _GAUGE
+            # _GAUGE applies a signed value as a change; the general rule takes the decoder's
+            # ``delta`` (always False with absolute gauges).
+            code = _OTHER if self.absolute_gauges else _GAUGE
         elif kind == SET:
             code = _SET
         elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:

@@ -188,10 +188,11 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes, fmt: str = "statsd") -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd",
+                 absolute_gauges: bool = False) -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload, fmt)
+            self.pipeline.ingest(payload, fmt, absolute_gauges)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -283,7 +284,7 @@ class Daemon:
         series = self.manager.finish(table, end - start)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
-        snapshot = Snapshot(start, end - start, self.host, tuple(series))
+        snapshot = Snapshot(start, end - start, self.host, tuple(series), tuple(table.events))
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
                             "series": len(snapshot.series)}

@@ -32,13 +32,15 @@ from pystatsd.wire_formats import Framer, make_framer
 
 log = logging.getLogger("pystatsd.listeners")
 
-Deliver = Callable[[bytes], None]
 
 
-class FormatDeliver(Protocol):
-    """``deliver`` as the daemon gives it: a payload, and its listener's format."""
+class Deliver(Protocol):
+    """Where a listener hands each payload: the daemon's ingest, told the listener's
+    ``format`` and ``gauge_sign`` (each listener binds its own with a partial, so the receive
+    loops keep their one-argument call)."""
 
-    def __call__(self, payload: bytes, fmt: str = "statsd") -> None: ...
+    def __call__(self, payload: bytes, fmt: str = "statsd",
+                 absolute_gauges: bool = False) -> None: ...
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -119,12 +121,19 @@ def _bind(protocol: str, address: str, port: int) -> socket.socket:
 class _Listener:
     """What every listener has: its spec, a bound socket, where payloads go, what it counts."""
 
+    GAUGE_SIGN_DEFAULT = "delta"
+    """``gauge_sign`` when the spec does not say (schema.yaml documents it per kind)."""
+
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         self.spec = spec
-        self._deliver = deliver
+        self._deliver: Callable[[bytes], None] = deliver
+        if spec.get("gauge_sign", self.GAUGE_SIGN_DEFAULT) == "absolute":
+            # A partial keeps the receive loops' one-argument call, and costs nothing on the
+            # delta listeners.
+            self._deliver = functools.partial(deliver, absolute_gauges=True)
         self._stats = stats
-        self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
-        host, port = self._sock.getsockname()[:2]
+        self._sock = self._open_socket(spec)
+        host, port = self._bound_address()
         self.address: tuple[str, int] = (host, port)
         """Where it is bound (the real port when the spec asked for 0); kept after a close."""
         self.prefix = metric_prefix(spec["protocol"], host, port)
@@ -132,6 +141,14 @@ class _Listener:
         """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
         self.last_alive = time.monotonic()
         """When the receive thread last answered :meth:`probe` (the watchdog's question)."""
+
+    def _open_socket(self, spec: dict[str, Any]) -> socket.socket:
+        """The bound socket (a Unix socket listener opens its own: pystatsd/uds_listeners.py)."""
+        return _bind(spec["protocol"], spec["address"], spec["port"])
+
+    def _bound_address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
 
     @property
     def label(self) -> str:
@@ -737,11 +754,13 @@ def connection_caps(specs: list[dict[str, Any]]) -> list[int]:
     return caps
 
 
-def open_listeners(specs: list[dict[str, Any]], deliver: FormatDeliver,
-                   stats: SelfStats) -> list[UdpListener | TcpListener]:
+def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
+                   stats: SelfStats) -> list[Any]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
     none receives until ``start``."""
-    opened: list[UdpListener | TcpListener] = []
+    from pystatsd.uds_listeners import UNIX_LISTENERS  # it builds on this module's classes
+
+    opened: list[Any] = []
     caps = iter(connection_caps(specs))
     try:
         for spec in specs:
@@ -751,7 +770,9 @@ def open_listeners(specs: list[dict[str, Any]], deliver: FormatDeliver,
                                     "graphite_pickle is tcp only")
             # a non-statsd listener tells the daemon its format (pystatsd.wire_formats)
             spec_deliver = deliver if fmt == "statsd" else functools.partial(deliver, fmt=fmt)
-            if spec["protocol"] == "udp":
+            if spec["protocol"] in UNIX_LISTENERS:
+                opened.append(UNIX_LISTENERS[spec["protocol"]](spec, spec_deliver, stats))
+            elif spec["protocol"] == "udp":
                 opened.append(UdpListener(spec, spec_deliver, stats))
             else:
                 opened.append(TcpListener(spec, spec_deliver, stats, next(caps)))

@@ -38,8 +38,11 @@ def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[
     snapshots = []
     for payloads in intervals:
         for payload in payloads:
-            for sample in decode_payload(payload, stats):
+            events: list = []
+            for sample in decode_payload(payload, stats, events=events):
                 manager.add(sample._replace(tags=tagger.apply(sample.tags)))
+            for event in events:
+                manager.add_event(event)
         snapshots.append(manager.finish(manager.swap(), 10.0))
     return snapshots, rejects(stats)
 
