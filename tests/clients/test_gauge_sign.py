@@ -21,7 +21,7 @@ def gauges(pipeline_or_payloads: list[tuple[bytes, bool]], cached: bool) -> dict
     pipeline = Pipeline(config, manager, stats)
     for payload, absolute in pipeline_or_payloads:
         if cached:
-            pipeline.ingest(payload, absolute)
+            pipeline.ingest(payload, absolute_gauges=absolute)
         else:
             for sample in decode_payload(payload, stats, absolute):
                 manager.add(sample)
