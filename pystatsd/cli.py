@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--status", action="store_true",
                         help="ask the running daemon (found through the config's state_dir) "
                         "what it is doing; print JSON; exit 3 if none answers")
+    parser.add_argument("--routes-reset", action="store_true",
+                        help="drop the runtime route changes (route add/del/patt/mod): the "
+                        "running daemon goes back to the config file's routes, or, when none "
+                        "runs, the saved overlay in state_dir is removed")
     parser.add_argument("--print-default-config", action="store_true",
                         help="print the documented default config (YAML) and exit")
     parser.add_argument("--list-forwarders", action="store_true",
@@ -143,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.status:
         return _status(config)
+    if args.routes_reset:
+        from pystatsd.route_overlay import reset_command
+
+        return reset_command(config)
     from pystatsd.daemon import run_daemon
 
     return run_daemon(config, path)

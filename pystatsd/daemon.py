@@ -40,6 +40,7 @@ from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
+from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
@@ -100,6 +101,7 @@ class Daemon:
         self._last_flush: dict[str, float] = {}
         self.admin: AdminServer | None = None
         self.admin_runtime: AdminRuntime | None = None
+        self.route_overlay: RouteOverlay | None = None
         self.last_loop = time.monotonic()  # each pass of the main loop: the watchdog's question
         self.last_reload = 0.0
 
@@ -110,6 +112,7 @@ class Daemon:
         self.forwarders = build_forwarders(self.config, self.host)
         for forwarder in self.forwarders.values():
             forwarder.start()
+        self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
         interval = float(self.config["flush_interval"])
@@ -132,6 +135,11 @@ class Daemon:
         used = {section.get("type", name) for name, section in self.config["forwarders"].items()}
         for name in sorted(set(registry.clashes) - used):
             log.warning("%s", registry.clash_line(name))
+
+    def _load_route_overlay(self) -> None:
+        """The operator's runtime route changes, on top of the file (pystatsd.route_overlay)."""
+        self.route_overlay = RouteOverlay(self)
+        self.route_overlay.apply_to(self.forwarders.values(), self.config)
 
     def _start_admin(self) -> None:
         path = Path(self.config["state_dir"]) / SOCKET_NAME
@@ -183,6 +191,7 @@ class Daemon:
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
                            for name, f in self.forwarders.items()},
+            "route_overlay": self.route_overlay.describe() if self.route_overlay else None,
         }
 
     def _relays(self) -> list[RelayForwarder]:
@@ -344,6 +353,8 @@ class Daemon:
             replacing = self._changed_sections(new, context)
             built = {name: build_forwarder(name, new["forwarders"][name], context)
                      for name in replacing}
+            if self.route_overlay is not None:  # the overlay stays on top of the new file
+                self.route_overlay.apply_to(built.values(), new)
         except Exception as exc:  # ConfigError, or a forwarder refusing its section
             for line in getattr(exc, "errors", [str(exc)]):
                 log.error("reload refused, keeping the running config: %s: %s",
