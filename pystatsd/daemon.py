@@ -6,6 +6,8 @@ Signals only record (their handlers put the number on a queue); the main loop ac
                 a second TERM/INT during that stops at once
     HUP         reload the config file: build, validate, swap; an invalid file changes nothing
     USR1        reopen the log file (logrotate)
+    USR2        hot restart: start the code on disk, hand it the sockets and the interval in
+                flight, exit (pystatsd.hot_restart); a successor that fails changes nothing
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.admin_runtime import AdminRuntime
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import Config, listeners, load_config
+from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
@@ -49,7 +52,7 @@ from pystatsd.tagging import Tagger
 log = logging.getLogger("pystatsd.daemon")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+_HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _THREAD_DIED = -1
 """Queued like a signal number when a thread ends with an unexpected exception."""
 
@@ -109,9 +112,11 @@ class Daemon:
     def start(self) -> None:
         """Start forwarders, bind listeners and begin receiving; raise on any failure."""
         self._warn_about_clashes()
+        successor = Successor.from_environment()
         self.forwarders = build_forwarders(self.config, self.host)
         for forwarder in self.forwarders.values():
-            forwarder.start()
+            if successor is None or successor.starts_now(forwarder):
+                forwarder.start()
         self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
@@ -121,6 +126,8 @@ class Daemon:
             listener.start()
             host, port = listener.address
             log.info("listening on %s %s:%d", listener.spec["protocol"], host, port)
+        if successor is not None:
+            self._take_over(successor)
         self._start_admin()
         self._start_admin_interfaces()
         log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
@@ -135,6 +142,25 @@ class Daemon:
         used = {section.get("type", name) for name, section in self.config["forwarders"].items()}
         for name in sorted(set(registry.clashes) - used):
             log.warning("%s", registry.clash_line(name))
+
+    # -- hot restart (pystatsd.hot_restart) ---------------------------------------------
+    def hot_restart(self) -> bool:
+        """SIGUSR2: hand over to a successor; True when it took over and this one must exit."""
+        try:
+            return Predecessor(self).run()
+        except Exception:  # a bug here must not take the running daemon down
+            self.stats.incr("hot_restart.failed")
+            log.exception("hot restart failed; still serving here")
+            return False
+
+    def _take_over(self, successor: Successor) -> None:
+        """Started by a hot restart: take the predecessor's interval, wait until it has
+        exited, then start the aggregate forwarders it held (their spools may be locked)."""
+        successor.take_over(self, float(self.config["hot_restart_timeout"]))
+        for forwarder in self.forwarders.values():
+            if not successor.starts_now(forwarder):
+                forwarder.start()
+        systemd.notify(f"MAINPID={os.getpid()}")
 
     def _load_route_overlay(self) -> None:
         """The operator's runtime route changes, on top of the file (pystatsd.route_overlay)."""
@@ -247,6 +273,10 @@ class Daemon:
                     log.exception("reload of %s failed while being applied", self.config_path)
                 interval = float(self.config["flush_interval"])
                 deadline = self._next_deadline(self.clock(), interval)
+            elif signum == signal.SIGUSR2:
+                if self.hot_restart():
+                    return 0
+                deadline = min(deadline, self._next_deadline(self.clock(), interval))
             elif signum == signal.SIGUSR1:
                 if configure_logging(self.config["logging"]):
                     log.info("log reopened")
@@ -491,7 +521,7 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     pid_file = PidFile(config["pid_file"]) if config["pid_file"] else None
     try:
         if pid_file is not None:
-            pid_file.claim()
+            pid_file.claim(allow=predecessor_pid())  # a hot restart's predecessor may run
     except PidFileError as exc:
         log.error("cannot start: %s", exc.strerror)
         return 1
