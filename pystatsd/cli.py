@@ -20,6 +20,8 @@ signals:
              (a second TERM/INT stops at once, exit 1)
   HUP        reload the config file; an invalid file is refused and the old config keeps running
   USR1       reopen the log file (logrotate)
+  USR2       hot restart: start the code on disk, hand it the sockets and the interval in
+             flight, exit; a successor that fails is stopped and this daemon keeps serving
 
 exit status: 0 clean stop or valid config, 1 bad config or start-up failure, 2 bad usage,
              3 (--status) no daemon answers.
