@@ -141,3 +141,33 @@ def test_a_successor_that_exits_at_start_leaves_the_old_daemon_serving(
     time.sleep(0.3)
     assert daemon.stop() == 0
     assert [count for _, _, count in flushed(daemon)["hr.ones"]] == [17]
+
+
+def test_every_kind_of_series_state_crosses_the_hand_over(start_daemon: Any) -> None:
+    daemon = start_daemon({"flush_interval": 10, "self_metrics": {"enabled": False}})
+    daemon.send_udp(b"hr.carried:5|g")
+    assert wait_until(lambda: any(r["name"] == "hr.carried" for r in daemon.records()), 15)
+    # Just after a flush: the next one is 10 s away, time for the whole hand-over.
+    daemon.send_udp(b"hr.timer:10|ms\nhr.timer:20|ms\nhr.set:a|s\nhr.set:b|s\nhr.gauge:1|g\n"
+                    b"hr.gauge:+1|g\nhr.count:2|c")
+    time.sleep(0.2)
+    daemon.signal(signal.SIGUSR2)
+    pid = successor_pid(daemon)
+    logged(daemon, "took over from pid")
+    daemon.send_udp(b"hr.timer:30|ms\nhr.set:b|s\nhr.set:c|s\nhr.carried:+2|g\nhr.gauge:+3|g\n"
+                    b"hr.count:1|c")
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGTERM)
+    logged(daemon, "stopped; everything received was flushed and delivered")
+    assert wait_until(lambda: exited(pid), timeout=10)
+    daemon.kill()
+    last = {r["name"]: r for r in daemon.records() if r["name"].startswith("hr.")}
+    assert len({r["interval_start"] for r in last.values()}) == 1  # one interval, once
+    assert last["hr.carried"]["stats"]["value"] == 7  # the carried 5, moved by +2 after
+    assert last["hr.gauge"]["stats"]["value"] == 5  # set to 1, +1 before, +3 after
+    assert last["hr.count"]["stats"]["count"] == 3
+    assert last["hr.set"]["stats"]["count"] == 3  # a, b, c: b counted once
+    timer = last["hr.timer"]["stats"]
+    assert (timer["count"], timer["min"], timer["max"], timer["sum"]) == (3, 10, 30, 60)
+    carried_records = [r for r in daemon.records() if r["name"] == "hr.carried"]
+    assert [r["stats"]["value"] for r in carried_records] == [5, 7]
