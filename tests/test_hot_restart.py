@@ -37,17 +37,36 @@ if "PYSTATSD_HANDOVER_FD" in os.environ:
 
 
 class Load:
-    """A steady sender of known counter totals: each datagram adds 1 to ``hr.ones`` per line
-    for half its lines and 3 to ``hr.threes`` for the other half."""
+    """A steady sender of known counter totals: UDP datagrams (1 to ``hr.ones`` per line for
+    half their lines, 3 to ``hr.threes`` for the other half) and short TCP connections."""
 
     def __init__(self, port: int, seconds: float) -> None:
         self.port = port
         self.seconds = seconds
-        self.sent = {"hr.ones": 0, "hr.threes": 0}
+        self.sent = {"hr.ones": 0, "hr.threes": 0, "hr.tcp": 0}
         half = LINES_PER_DATAGRAM // 2
         self.payload = b"\n".join([b"hr.ones:1|c"] * half + [b"hr.threes:3|c"] * half)
         self.per_datagram = {"hr.ones": half, "hr.threes": 3 * half}
         self.thread = threading.Thread(target=self._run)
+        self.tcp_thread = threading.Thread(target=self._run_tcp)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.tcp_thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        self.tcp_thread.join()
+
+    def _run_tcp(self) -> None:
+        """Short TCP connections, 100 lines each, 20 a second: whichever process accepts one
+        reads it whole."""
+        start = time.monotonic()
+        while time.monotonic() - start < self.seconds:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"hr.tcp:1|c\n" * 100)
+            self.sent["hr.tcp"] += 100
+            time.sleep(0.05)
 
     def _run(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -98,13 +117,13 @@ def exited(pid: int) -> bool:
 def test_usr2_under_load_loses_nothing_and_counts_nothing_twice(start_daemon: Any) -> None:
     daemon = start_daemon({"flush_interval": 2, "self_metrics": {"enabled": False}})
     load = Load(daemon.port, seconds=10.0)
-    load.thread.start()
+    load.start()
     time.sleep(4.0)
     daemon.signal(signal.SIGUSR2)
     pid = successor_pid(daemon)
     logged(daemon, "took over from pid")
     assert daemon.proc.wait(30) == 0  # the old one exits once it has handed over
-    load.thread.join()
+    load.join()
     time.sleep(0.5)
     os.kill(pid, signal.SIGTERM)
     logged(daemon, "stopped; everything received was flushed and delivered")
