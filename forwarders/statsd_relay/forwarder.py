@@ -372,17 +372,20 @@ class StatsdRelayForwarder(RelayForwarder):
         self._update_dead(now)
 
     def _update_dead(self, now: float) -> None:
-        dead = frozenset(i for i, b in enumerate(self.backends) if not b.alive(now))
+        backends = self.backends
+        dead = frozenset(i for i, b in enumerate(backends) if not b.alive(now))
         if dead == self._dead:
             return
         for i in sorted(dead - self._dead):
             self.log.warning("relay %s: backend %s is dead (%s)", self.name,
-                             self.backends[i].address.key, self._policy_text(i))
+                             backends[i].address.key, self._policy_text(i))
         for i in sorted(self._dead - dead):
             self.log.warning("relay %s: backend %s is back", self.name,
-                             self.backends[i].address.key)
+                             backends[i].address.key)
         rerouting = any(g.reroute for g in self.groups)
         with self._lock:
+            if self.backends is not backends:  # routes changed meanwhile: next round decides
+                return
             self._dead = dead
             if rerouting:  # owners changed: forget every cached route
                 self._cache = {}
