@@ -104,9 +104,10 @@ def receiver(loop: str, flush_interval: float) -> None:
     def flusher() -> None:
         while not stopping.wait(flush_interval):
             with lock:
+                pipeline.publish_counts()  # as the daemon does, just before the swap
                 table = manager.swap()
             began = time.perf_counter()
-            manager.snapshot(table, time.time(), flush_interval, "bench")
+            manager.finish(table, flush_interval)
             snapshot_seconds.append(time.perf_counter() - began)
 
     flush_thread = threading.Thread(target=flusher, daemon=True)

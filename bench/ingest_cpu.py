@@ -3,9 +3,18 @@ shaped like bench/loadgen.c's (10,000 names; counters, gauges, timers, sets; hal
 plus the cost of one snapshot. For profiling: ``--profile`` prints the top cProfile entries.
 
     python bench/ingest_cpu.py [--lines 20] [--profile] [--slow]
+    python bench/ingest_cpu.py --instructions [--lines 20]
 
 ``--slow`` measures the reference path instead, without the line cache: decode_payload, the
 tagger and MetricMgr.add per sample (what every line cost before the fast path).
+
+``--instructions`` counts CPU instructions per line under ``valgrind --tool=callgrind``, which
+unlike the clock repeats on a shared machine: after a warm-up (every name seen, the line cache
+full, the cells bound) it ingests ``--window`` payloads through ``map()``, and callgrind counts
+only inside ``map``'s C ``next`` (``--toggle-collect=map_next``): ``Pipeline.ingest`` in its
+steady state within one interval (no swap, no snapshot), plus one ``map`` step per payload.
+Address randomisation is turned off (``setarch -R``) and the hash seed fixed, so that the
+allocator's and the dicts' work repeats too.
 """
 
 from __future__ import annotations
@@ -13,10 +22,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import platform
 import pstats
 import random
+import re
+import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,6 +64,35 @@ def make_payloads(count: int, lines: int, names: int, seed: int = 1) -> list[byt
     return [b"\n".join(make_line(rng, names) for _ in range(lines)) for _ in range(count)]
 
 
+def count_only(lines: int, names: int, window: int) -> None:
+    """The workload run under callgrind: warm up, then ingest ``window`` payloads through
+    ``map``. Uses only ``Pipeline.ingest``, so it runs on older trees too."""
+    config = build_config({"forwarders": {}})
+    pipeline = Pipeline(config, MetricMgr(config), SelfStats())
+    warm = max(names, 200_000 // lines)  # ~200k lines: every name is seen (coupon collector)
+    payloads = make_payloads(warm + window, lines, names)
+    ingest = pipeline.ingest
+    for payload in payloads[:warm]:
+        ingest(payload)
+    deque(map(ingest, payloads[warm:]), maxlen=0)  # the only map() after start-up
+
+
+def instructions_per_line(lines: int, names: int, window: int) -> float:
+    """Instructions callgrind counts per line inside ``count_only``'s ``map``."""
+    with tempfile.TemporaryDirectory() as workdir:
+        result = subprocess.run(
+            ["setarch", platform.machine(), "-R",
+             "valgrind", "--tool=callgrind", "--toggle-collect=map_next",
+             f"--callgrind-out-file={workdir}/out", sys.executable, __file__,
+             "--lines", str(lines), "--names", str(names), "--window", str(window),
+             "--count-only"],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
+    return int(found.group(1)) / (window * lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=20, help="lines per payload")
@@ -57,7 +100,22 @@ def main() -> None:
     parser.add_argument("--payloads", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--slow", action="store_true", help="the uncached reference path")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per line under callgrind (needs valgrind)")
+    parser.add_argument("--window", type=int,
+                        help="payloads measured by --instructions (default: 100,000 lines' "
+                        "worth)")
+    parser.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    window = args.window or max(1, 100_000 // args.lines)
+    if args.count_only:
+        count_only(args.lines, args.names, window)
+        return
+    if args.instructions:
+        per_line = instructions_per_line(args.lines, args.names, window)
+        print(f"{args.lines} lines/payload: {per_line:,.0f} instructions/line "
+              f"(callgrind, {window * args.lines:,} lines measured)")
+        return
 
     config = build_config({"forwarders": {}})
     manager = MetricMgr(config)
@@ -65,7 +123,7 @@ def main() -> None:
     payloads = make_payloads(args.payloads, args.lines, args.names)
     for payload in payloads[: args.names]:  # warm the line cache
         pipeline.ingest(payload)
-    manager.snapshot(manager.swap(), 0.0, 10.0, "bench")
+    manager.finish(manager.swap(), 10.0)
 
     ingest = pipeline.ingest
     if args.slow:
@@ -97,8 +155,8 @@ def main() -> None:
           f" (and {len(payloads) * len(payloads[0]) / 1e6:.0f} MB of test payloads)")
     table = manager.swap()
     began = time.perf_counter()
-    snapshot = manager.snapshot(table, 0.0, 10.0, "bench")
-    print(f"snapshot of {len(snapshot.series)} series ({3 * lines:,} samples): "
+    series = manager.finish(table, 10.0)
+    print(f"snapshot of {len(series)} series ({3 * lines:,} samples): "
           f"{(time.perf_counter() - began) * 1000:.0f} ms")
 
 

@@ -1,9 +1,9 @@
-"""CPU cost of one ``MetricMgr.snapshot`` of a realistic 10,000-series table.
+"""CPU cost of finishing (``MetricMgr.finish``) a realistic 10,000-series table: a snapshot.
 
 The table is filled through ``Pipeline.ingest`` (the daemon's receive path) with 20-line
 payloads: a quarter each counters, gauges, timers and sets, half of them with DogStatsD tags;
 each timer gets 100-1000 samples (``--min-samples``/``--max-samples``) with 3-decimal values,
-each set 10-1000 members, each counter and gauge a few lines. Then it times ``snapshot()``:
+each set 10-1000 members, each counter and gauge a few lines. Then it times ``finish()``:
 CPU time of the snapshotting thread (``time.thread_time``: the pauses don't count), wall time,
 and, with ``--probe``, the longest wait of a second thread that only wants the GIL back (what
 the receive thread sees; up to the 5 ms switch interval for Python code, longer for one long
@@ -37,7 +37,7 @@ from pystatsd.aggregation import IntervalTable, MetricMgr  # noqa: E402
 from pystatsd.config import build_config  # noqa: E402
 from pystatsd.ingest import Pipeline  # noqa: E402
 from pystatsd.selfstats import SelfStats  # noqa: E402
-from pystatsd.snapshot import Snapshot  # noqa: E402
+from pystatsd.snapshot import SeriesStats  # noqa: E402
 
 
 def make_payloads(names: int, min_samples: int, max_samples: int, lines: int,
@@ -169,10 +169,10 @@ def main() -> None:
     samples = sum(payload.count(b"\n") + 1 for payload in payloads)
     gc.freeze()  # the test payloads are no part of a daemon's heap (which freezes after start-up)
 
-    def timed_snapshot(table: IntervalTable) -> tuple[Snapshot, float, float]:
+    def timed_snapshot(table: IntervalTable) -> tuple[list[SeriesStats], float, float]:
         cpu, wall = time.thread_time(), time.perf_counter()
-        snapshot = manager.snapshot(table, 0.0, 10.0, "bench")
-        return snapshot, time.thread_time() - cpu, time.perf_counter() - wall
+        series = manager.finish(table, 10.0)
+        return series, time.thread_time() - cpu, time.perf_counter() - wall
 
     def snapshot_into(table: IntervalTable, finished: list[Any]) -> None:
         finished.append(timed_snapshot(table))
@@ -221,7 +221,7 @@ def main() -> None:
             wall_ms.append(wall * 1000)
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
-    print(f"{len(snapshot.series)} series, {samples:,} lines per interval; "
+    print(f"{len(snapshot)} series, {samples:,} lines per interval; "
           f"snapshot CPU ms: median {statistics.median(cpu_ms):.0f}, min {min(cpu_ms):.0f}; "
           f"wall ms: median {statistics.median(wall_ms):.0f}"
           + (f"; longest GIL wait of a probe thread: {max(gaps) * 1000:.1f} ms" if gaps else "")

@@ -1,252 +1,54 @@
-"""The metric manager: one interval's aggregates per series, swapped out at each flush.
+"""The metric manager: one interval's aggregates per series, swapped out at each flush, and the
+receive fast path that updates them.
 
 A series is ``(name, type, tags)``; tags are sorted, so their order never splits a series.
 Each series of the current interval has one mutable *cell* in the :class:`IntervalTable`:
 
   counter            ``[sum of value / rate]``
   gauge              ``[absolute value or None, sum of +/- deltas since it]``
-  timer, histogram   :class:`Distribution`
+  timer, histogram   :class:`~pystatsd.distribution.Distribution`
   set                ``dict`` of members -> None (a ``dict`` of str keys and None values is
                      not tracked by the cyclic GC, a ``set`` always is: a full collection
                      walked every member of every set, ~80 ns each, holding the GIL)
   trace              ``[events, each weighted 1 / rate]``
 
-The ingest fast path (:mod:`pystatsd.ingest`) updates these cells inline, so the update rules
-below (:meth:`MetricMgr.update`) and that code must stay equal; a test feeds the same input both
-ways. State carried across intervals (gauge values, cumulative trace counts, idle counts) lives
-in the manager, not the table, and only :meth:`MetricMgr.snapshot` touches it.
+The update rules are :meth:`MetricMgr.update`. :class:`LineCache`, the fast path the ingest
+pipeline hands its statsd lines to, applies the same rules inline (a call per line costs more
+than the update itself); both live here so that a change to one is made beside the other, and a
+test feeds the same values both ways and compares the cells. Nothing here calls back into
+ingest: the pipeline decodes and tags what the cache does not know and tells it with
+:meth:`LineCache.remember`.
+
+State carried across intervals (gauge values, cumulative trace counts, idle counts) lives in
+the manager, not the table, and only :meth:`MetricMgr.finish` touches it.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import time
-from array import array
-from collections.abc import Callable
-from itertools import repeat
+from collections.abc import Iterable
 from typing import Any
 
-from ddsketch import DDSketch
-
+from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import SeriesStats, Snapshot
+from pystatsd.snapshot import SeriesStats
 
 Config = dict[str, Any]
 SeriesKey = tuple[str, str, Tags]
 """(name, type, tags): what makes two samples the same series."""
-Percentiles = list[tuple[float, str]]
-"""The configured percentiles with their stats keys: [(99.9, "p99_9"), ...]."""
 
 SNAPSHOT_SLICE = 0.0005
 SNAPSHOT_PAUSE = 0.002
-"""A snapshot works at most ``SNAPSHOT_SLICE`` seconds at a time, then sleeps ``SNAPSHOT_PAUSE``.
-It runs on the flusher thread and needs the GIL; the receive thread gives the GIL up at every
-``recv``, so without pauses it would get the GIL back only once per switch interval (5 ms) and
-handle one datagram each time while a large snapshot runs: measured, it kept ~22% of its rate,
-and the socket buffer overflowed. With these pauses it keeps ~80% (the receive path needs
-70-85% of a core at the target rates), and a snapshot takes ~5 times its CPU time in wall
-time: about 1.6 s at 700k lines/s with the default 10 s interval."""
-
-_RANK_EPSILON = 1e-9
-"""Slack when comparing a cumulative weight with a rank, so that 7 * 100 / 100 landing a hair
-above 7 in floating point does not push nearest-rank one element up."""
-
-
-class Distribution:
-    """The samples of one timer or histogram series in one interval.
-
-    Samples sent at rate 1 go to ``values`` (the array the fast path appends to); samples with a
-    sample rate go to ``weighted`` as (value, 1 / rate). When either list passes
-    ``exact_limit`` samples both are folded into a DDSketch, and exact count, sum, min, max,
-    mean and variance are kept beside it, so only the median and percentiles become
-    approximate."""
-
-    __slots__ = ("values", "weighted", "sketch", "count", "total", "low", "high", "mean", "m2")
-
-    def __init__(self) -> None:
-        # An array of C doubles: 8 bytes a sample where a list of floats takes 32.
-        self.values: array[float] = array("d")
-        self.weighted: list[tuple[float, float]] = []
-        self.sketch: DDSketch | None = None
-        # Exact moments of what was folded into the sketch (Chan et al.'s parallel update).
-        self.count = 0.0
-        self.total = 0.0
-        self.low = math.inf
-        self.high = -math.inf
-        self.mean = 0.0
-        self.m2 = 0.0
-
-    def add(self, value: float, weight: float, exact_limit: int, accuracy: float) -> None:
-        # Each list is checked on its own, as the fast path checks ``values`` alone: so a series
-        # mixing rates stays exact up to twice the limit, and both paths fold at the same sample.
-        if weight == 1.0:
-            self.values.append(value)
-            if len(self.values) > exact_limit:
-                self.fold(accuracy)
-        else:
-            self.weighted.append((value, weight))
-            if len(self.weighted) > exact_limit:
-                self.fold(accuracy)
-
-    def fold(self, accuracy: float) -> None:
-        """Move the kept samples into the sketch and the exact moments; empty both lists."""
-        values, weighted = self.values, self.weighted
-        if not values and not weighted:
-            return
-        if self.sketch is None:
-            self.sketch = DDSketch(relative_accuracy=accuracy)
-        add = self.sketch.add
-        for value in values:
-            add(value)
-        for value, weight in weighted:
-            add(value, weight)
-        count = len(values) + math.fsum(w for _, w in weighted)
-        total = math.fsum(values) + math.fsum(v * w for v, w in weighted)
-        mean = total / count
-        deviations = list(map(operator.sub, values, repeat(mean)))
-        m2 = (math.fsum(map(operator.mul, deviations, deviations))
-              + math.fsum(w * (v - mean) ** 2 for v, w in weighted))
-        low = min(min(values, default=math.inf), min((v for v, _ in weighted), default=math.inf))
-        high = max(max(values, default=-math.inf),
-                   max((v for v, _ in weighted), default=-math.inf))
-        if self.count:
-            delta = mean - self.mean
-            merged = self.count + count
-            self.m2 += m2 + delta * delta * self.count * count / merged
-            self.mean += delta * count / merged
-            self.count = merged
-        else:
-            self.count, self.mean, self.m2 = count, mean, m2
-        self.total += total
-        self.low = min(self.low, low)
-        self.high = max(self.high, high)
-        del self.values[:]  # in place: the fast path holds this very array
-        self.weighted.clear()
-
-    def stats(self, percentiles: Percentiles, accuracy: float) -> dict[str, float]:
-        """The interval's count, sum, min, max, mean, median, stddev and percentiles."""
-        if self.sketch is not None:
-            self.fold(accuracy)
-            return self._sketch_stats(percentiles)
-        if not self.weighted:
-            ordered = self.values.tolist()
-            ordered.sort()
-            return _unit_stats(ordered, percentiles)
-        return _weighted_stats(_pairs(self.values, self.weighted), percentiles)
-
-    def _sketch_stats(self, percentiles: Percentiles) -> dict[str, float]:
-        assert self.sketch is not None
-
-        sketch = self.sketch
-
-        def quantile(q: float) -> float:
-            # The sketch's answer is within the relative accuracy; it may still stray past the
-            # exact extremes, which we know, so keep it inside them.
-            found = sketch.get_quantile_value(q)
-            return min(max(found if found is not None else self.mean, self.low), self.high)
-
-        stats = {
-            "count": self.count,
-            "sum": self.total,
-            "min": self.low,
-            "max": self.high,
-            "mean": self.mean,
-            "median": quantile(0.5),
-            "stddev": math.sqrt(max(self.m2, 0.0) / self.count),
-        }
-        for pct, key in percentiles:
-            stats[key] = quantile(pct / 100.0)
-        return stats
-
-    def release(self) -> None:
-        """Free the samples once reported (a stale fast-path cache entry may still hold them)."""
-        del self.values[:]
-        self.weighted.clear()
-        self.sketch = None
-
-
-def _pairs(values: array[float], weighted: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    pairs = [(value, 1.0) for value in values]
-    pairs.extend(weighted)
-    pairs.sort()
-    return pairs
-
-
-def _unit_stats(ordered: list[float], percentiles: Percentiles) -> dict[str, float]:
-    """Stats of samples all sent at rate 1 (the usual case): plain nearest-rank percentiles."""
-    count = len(ordered)
-    total = sum(ordered)
-    mean = total / count
-    middle = count // 2
-    median = ordered[middle] if count % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    stats = {
-        "count": float(count),
-        "sum": total,
-        "min": ordered[0],
-        "max": ordered[-1],
-        "mean": mean,
-        "median": median,
-        # sqrt(Σ (x - mean)²) in one C call (with compensated summation), where a list of
-        # deviations and one of their squares would make two float objects per sample.
-        "stddev": math.dist(ordered, (mean,) * count) / math.sqrt(count),
-    }
-    for pct, key in percentiles:
-        rank = max(1, math.ceil(pct * count / 100.0 - _RANK_EPSILON))
-        stats[key] = ordered[min(rank, count) - 1]
-    return stats
-
-
-def _weighted_stats(pairs: list[tuple[float, float]], percentiles: Percentiles) -> dict[str, float]:
-    """Stats of samples with sample rates: each counts 1 / rate times. With all weights 1 this
-    gives exactly :func:`_unit_stats`."""
-    count = math.fsum(w for _, w in pairs)
-    total = math.fsum(v * w for v, w in pairs)
-    mean = total / count
-    stats = {
-        "count": count,
-        "sum": total,
-        "min": pairs[0][0],
-        "max": pairs[-1][0],
-        "mean": mean,
-        "median": _weighted_median(pairs, count),
-        "stddev": math.sqrt(math.fsum(w * (v - mean) ** 2 for v, w in pairs) / count),
-    }
-    for pct, key in percentiles:
-        stats[key] = _weighted_rank(pairs, pct * count / 100.0)
-    return stats
-
-
-def _weighted_rank(pairs: list[tuple[float, float]], rank: float) -> float:
-    """The smallest value whose cumulative weight reaches ``rank`` (nearest-rank)."""
-    cumulative = 0.0
-    for value, weight in pairs:
-        cumulative += weight
-        if cumulative >= rank - _RANK_EPSILON:
-            return value
-    return pairs[-1][0]
-
-
-def _weighted_median(pairs: list[tuple[float, float]], count: float) -> float:
-    """The value at half the weight; the mean of two neighbours when the half falls between
-    them (the usual median for equal weights)."""
-    half = count / 2.0
-    cumulative = 0.0
-    for index, (value, weight) in enumerate(pairs):
-        cumulative += weight
-        if cumulative > half + _RANK_EPSILON:
-            return value
-        if cumulative >= half - _RANK_EPSILON and index + 1 < len(pairs):
-            return (value + pairs[index + 1][0]) / 2.0
-    return pairs[-1][0]
-
-
-def percentile_key(pct: float) -> str:
-    """The stats key of a percentile: 50 -> p50, 99.9 -> p99_9."""
-    if float(pct).is_integer():
-        return f"p{int(pct)}"
-    return "p" + repr(float(pct)).replace(".", "_")
+""":meth:`MetricMgr.finish` works at most ``SNAPSHOT_SLICE`` seconds at a time, then sleeps
+``SNAPSHOT_PAUSE``. It runs on the daemon's main thread and needs the GIL; the receive thread
+gives the GIL up at every ``recv``, so without pauses it would get the GIL back only once per
+switch interval (5 ms) and handle one datagram each time while a large table is finished:
+measured, it kept ~22% of its rate, and the socket buffer overflowed. With these pauses it
+keeps ~80% (the receive path needs 70-85% of a core at the target rates), and finishing takes
+~5 times its CPU time in wall time: about 1.6 s at 700k lines/s with the default 10 s
+interval."""
 
 
 def _series_order(series: SeriesStats) -> SeriesKey:
@@ -280,11 +82,11 @@ def new_cell(kind: str) -> Any:
 
 class MetricMgr:
     """Aggregates samples per series for the current interval and turns a finished interval
-    into a :class:`~pystatsd.snapshot.Snapshot`.
+    into its :class:`~pystatsd.snapshot.SeriesStats`.
 
-    Threading: the daemon serializes :meth:`add`, :meth:`cell` and :meth:`swap` (and the fast
-    path) under its ingest lock; :meth:`snapshot` runs on the flusher thread without it and is
-    the only reader and writer of the carried state."""
+    Threading: the daemon serializes :meth:`add`, :meth:`cell` and :meth:`swap` (and the
+    :class:`LineCache`) under its ingest lock; :meth:`finish` runs on the main thread without
+    it and is the only reader and writer of the carried state."""
 
     def __init__(self, config: Config, stats: SelfStats | None = None) -> None:
         self.stats = stats if stats is not None else SelfStats()
@@ -292,9 +94,8 @@ class MetricMgr:
         daemon's own."""
         self._table = IntervalTable()
         self.epoch = 0
-        """Incremented by each :meth:`swap`: a fast-path cache entry bound to a cell of an
+        """Incremented by each :meth:`swap`: a :class:`LineCache` entry bound to a cell of an
         older epoch must look the cell up again."""
-        self._publish_counts: Callable[[], None] | None = None
         self._gauges: dict[SeriesKey, list[float]] = {}  # key -> [value, idle flushes]
         self._traces: dict[SeriesKey, list[float]] = {}  # key -> [events so far, idle flushes]
         self.reconfigure(config)
@@ -340,7 +141,9 @@ class MetricMgr:
     def update(self, kind: str, cell: Any, value: float | str, weight: float,
                delta: bool) -> None:
         """Apply one value to a series' cell. ``weight`` is 1 / sample rate: counters, traces
-        and distributions count it; gauges and sets ignore sample rates (as Etsy statsd does)."""
+        and distributions count it; gauges and sets ignore sample rates (as Etsy statsd does).
+
+        :meth:`LineCache.apply` has these rules inlined: change both."""
         if kind == COUNTER:
             cell[0] += value * weight  # type: ignore[operator]
         elif kind == GAUGE:
@@ -358,24 +161,14 @@ class MetricMgr:
 
     def fold(self, key: SeriesKey) -> None:
         """Fold a distribution whose ``values`` grew past ``timer_exact_samples`` into its
-        sketch (the fast path calls this; :meth:`update` checks by itself)."""
+        sketch (the line cache calls this; :meth:`update` checks by itself)."""
         cell = self._table.series.get(key)
         if isinstance(cell, Distribution):
             cell.fold(self.accuracy)
 
-    def set_count_publisher(self, publish: Callable[[], None]) -> None:
-        """Have ``publish`` called at the start of each :meth:`swap` (under the ingest lock):
-        the pipeline keeps its counts in plain ints and publishes them there, so they land in
-        the interval they belong to. A pipeline built after a reload replaces the old one,
-        whose pending counts are published first."""
-        if self._publish_counts is not None:
-            self._publish_counts()
-        self._publish_counts = publish
-
     def swap(self) -> IntervalTable:
-        """Hand back the finished interval's table and start a fresh one (O(1))."""
-        if self._publish_counts is not None:
-            self._publish_counts()
+        """Hand back the finished interval's table and start a fresh one (O(1)). The daemon
+        has the pipeline publish its receive counts just before, under the same lock."""
         finished = self._table
         self._table = IntervalTable()
         self.epoch += 1
@@ -385,13 +178,13 @@ class MetricMgr:
         """Series in the current interval's table (what ``max_series`` limits)."""
         return len(self._table.series)
 
-    # -- flushing (flusher thread) ---------------------------------------------------------
-    def snapshot(self, table: IntervalTable, start: float, interval: float,
-                 host: str) -> Snapshot:
-        """Turn a finished table into its statistics, update the carried gauges and traces,
-        and free the table's samples. ``interval`` is the real elapsed time (counter rates)."""
+    # -- flushing (main thread, without the ingest lock) -----------------------------------
+    def finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
+        """The statistics of a finished table, sorted by series, with the carried gauges (and
+        cumulative traces) that had no sample in it. Updates the carried state and frees the
+        table's samples. ``seconds`` is the interval's real length (counter rates)."""
         out: list[SeriesStats] = []
-        seconds = interval if interval > 0 else 1.0
+        seconds = seconds if seconds > 0 else 1.0
         gauges = self._gauges
         traces = self._traces
         # Read once: a reload may change them (under the ingest lock) while this runs.
@@ -447,7 +240,7 @@ class MetricMgr:
         if not cumulative:
             traces.clear()
         out.sort(key=_series_order)
-        return Snapshot(start, interval, host, tuple(out))
+        return out
 
     # -- the admin console's view (under the ingest lock) -------------------------------
     def current(self, kind: str) -> dict[SeriesKey, Any]:
@@ -484,3 +277,181 @@ class MetricMgr:
             forgotten += known
         self.epoch += 1  # the fast path's entries may hold the cells just dropped
         return forgotten
+
+
+# -- the fast path ----------------------------------------------------------------------------
+CACHE_ENTRIES = 100_000
+CACHE_BYTES = 32 << 20
+"""Line shapes remembered by the :class:`LineCache`: at most this many, and about this much
+memory (counting each shape's bytes plus ~300 of overhead; DogStatsD tags can make a line
+long). When full the cache is emptied and refills from the traffic, which is cheap and needs no
+bookkeeping per hit."""
+COUNTER_LINES = 50_000
+COUNTER_LINE_BYTES = 256
+"""Whole counter lines remembered: at most this many, each at most this long."""
+_ENTRY_OVERHEAD = 300
+
+# Entry kinds.
+_COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER = range(5)
+
+_NUMBER_BYTES = b"0123456789.eE+-"
+"""A value made only of these bytes that ``float()`` accepts is exactly what the decoder's
+number grammar (``pystatsd.decoders.limits``) accepts (``float`` alone would also take
+``1_000``, `` 1``, ``nan``, ``inf``)."""
+
+_PLUS, _MINUS = ord("+"), ord("-")
+_NO_ENTRIES: dict[bytes, list[Any]] = {}
+
+
+class LineCache:
+    """Statsd lines whose *shape* (the line's bytes minus its value) was decoded before,
+    applied straight to their series' cells.
+
+    Most statsd traffic repeats the same few thousand ``name|type|rate|tags`` shapes with
+    different values. An entry, keyed by ``(tail, name)``, holds what the decoder and tagger
+    made of a line of that shape (series key, sample weight) and the series' cell, bound once
+    per interval (by :attr:`MetricMgr.epoch`), so a line costs no series-key hashing. Counter
+    lines with a short increment (``name:1|c``, the commonest line there is) are also
+    remembered whole, with their increment, and cost one dict lookup.
+
+    Only what the slow path decided for the same bytes is ever replayed: the cache refuses any
+    line it does not know or whose value is out of the ordinary (not a plain number, too
+    long, an empty or non-UTF-8 set member), and the pipeline takes that line through the
+    decoders, the tagger and :meth:`MetricMgr.add`. One instance per pipeline: its entries
+    hold series keys with the pipeline's agent tags."""
+
+    def __init__(self, manager: MetricMgr) -> None:
+        self._manager = manager
+        self.hits = 0
+        """Lines applied: each one sample decoded and aggregated. The pipeline reads and
+        zeroes it when it publishes its counts."""
+        self.unplaced = 0
+        """Lines decoded but dropped because their series would pass ``max_series`` (the
+        manager counts them as ``too_many_series``)."""
+        self._shapes: dict[bytes, dict[bytes, list[Any]]] = {}
+        self._size = 0
+        self.bytes = 0
+        """What the shapes are estimated to take (bounded by ``CACHE_BYTES``)."""
+        self._counter_lines: dict[bytes, tuple[list[Any], float]] = {}
+        """Whole counter lines with a short value -> (their shape's entry, the increment)."""
+
+    def __len__(self) -> int:
+        """Line shapes known now."""
+        return self._size
+
+    def clear(self) -> None:
+        self._shapes = {}
+        self._size = 0
+        self.bytes = 0
+        self._counter_lines = {}
+
+    def apply(self, lines: Iterable[bytes]) -> bytes | None:
+        """Apply ``lines`` in order until one this cache cannot take, and return that line for
+        the slow path (the caller then goes on with the lines after it); None if all were
+        taken. Until it returns, whether a line is taken depends on its bytes alone."""
+        manager = self._manager
+        epoch = manager.epoch
+        exact_limit = manager.exact_limit
+        shapes = self._shapes
+        counter_lines = self._counter_lines
+        hits = 0
+        for line in lines:
+            known = counter_lines.get(line)
+            if known is not None:  # a counter line seen before, bytes for bytes: add, done
+                shape = known[0]
+                if shape[1] == epoch:
+                    shape[2][0] += known[1]
+                    hits += 1
+                    continue
+            name, _, rest = line.partition(b":")
+            value, _, tail = rest.partition(b"|")
+            entry = shapes.get(tail, _NO_ENTRIES).get(name)
+            if entry is None:
+                break
+            kind, bound_epoch, cell, weight, key = entry
+            if kind == _SET:
+                if not value:
+                    break
+                try:
+                    member = value.decode()
+                except UnicodeDecodeError:
+                    break
+            else:
+                if value.isdigit():  # the usual integer: nothing more to check
+                    if len(value) > 300:  # float() would overflow to inf: let the decoder say so
+                        break
+                    number = float(value)
+                else:
+                    if value.translate(None, _NUMBER_BYTES):
+                        break
+                    try:
+                        number = float(value)
+                    except ValueError:
+                        break
+                    if number - number != 0.0:  # inf or nan, from an exponent
+                        break
+            if bound_epoch != epoch:
+                cell = manager.cell(key)
+                if cell is None:  # too many series: rejected and counted by the manager
+                    self.unplaced += 1
+                    continue
+                if kind == _DISTRIBUTION:
+                    cell = cell.values
+                entry[1] = epoch
+                entry[2] = cell
+            # MetricMgr.update, inlined (the same rules; a test compares the cells).
+            if kind == _COUNTER:
+                cell[0] += number * weight
+                if len(value) <= 3 and len(line) <= COUNTER_LINE_BYTES:
+                    # Small increments repeat (mostly :1): remember the whole line.
+                    if len(counter_lines) >= COUNTER_LINES:
+                        counter_lines.clear()
+                    counter_lines[line] = (entry, number * weight)
+            elif kind == _DISTRIBUTION:  # unit rate only: Distribution.add's first branch
+                cell.append(number)
+                if len(cell) > exact_limit:
+                    manager.fold(key)
+            elif kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+                if value[0] == _PLUS or value[0] == _MINUS:
+                    cell[1] += number
+                else:
+                    cell[0] = number
+                    cell[1] = 0.0
+            elif kind == _SET:
+                cell[member] = None
+            else:
+                manager.update(key[1], cell, number, weight, False)
+            hits += 1
+        else:
+            self.hits += hits
+            return None
+        self.hits += hits
+        return line  # the first line not taken
+
+    def remember(self, line: bytes, sample: Sample) -> None:
+        """Cache the shape of ``line`` with what the slow path made of it: ``sample``, the one
+        sample it decoded to, tagged, without a client timestamp. Sound because decoding and
+        tagging are pure functions of the line: another line with the same name and tail bytes
+        decodes the same but for the value, which :meth:`apply` parses and checks with the
+        decoder's own grammar."""
+        name, _, rest = line.partition(b":")
+        _, _, tail = rest.partition(b"|")
+        kind = sample.type
+        weight = 1.0 / sample.rate
+        if kind == COUNTER:
+            code = _COUNTER
+        elif kind == GAUGE:
+            code = _GAUGE
+        elif kind == SET:
+            code = _SET
+        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
+            code = _DISTRIBUTION
+        else:
+            code = _OTHER
+        if self._size >= CACHE_ENTRIES or self.bytes >= CACHE_BYTES:
+            self.clear()
+        by_name = self._shapes.setdefault(tail, {})
+        if name not in by_name:
+            self._size += 1
+            self.bytes += len(name) + len(tail) + _ENTRY_OVERHEAD
+        by_name[name] = [code, -1, None, weight, (sample.name, kind, sample.tags)]

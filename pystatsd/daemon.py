@@ -223,10 +223,10 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd") -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload)
+            self.pipeline.ingest(payload, fmt)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -319,8 +319,7 @@ class Daemon:
         if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
             end = max(now, start + 1e-9)
         self._interval_started = end
-        # TODO(merge partB): MetricMgr.finish(table, seconds) replaces snapshot()
-        series = list(self.manager.snapshot(table, start, end - start, self.host).series)
+        series = self.manager.finish(table, end - start)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
         snapshot = Snapshot(start, end - start, self.host, tuple(series))

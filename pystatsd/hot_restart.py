@@ -7,22 +7,23 @@ descriptor) and one end of a Unix stream socketpair (:data:`CHANNEL_ENV`). On th
 both sides write frames: one type byte and a 4-byte length, then the body.
 
 1. The successor binds nothing: :func:`inherited_socket` hands the listeners its descriptors.
-   It starts its relay forwarders and its receive threads (both processes now read the same
-   sockets), and sends ``R`` (ready). Its aggregate forwarders are not started yet: the old
-   ones may hold a file lock (the Kafka spool) and still have flushes to deliver.
+   It starts its relay forwarders that own no files and its receive threads (both processes
+   now read the same sockets), and sends ``R`` (ready). Its other forwarders (aggregate ones,
+   relays with a spool) are not started yet: the old ones may hold a file lock (a spool's
+   flock) and still have data to deliver.
 2. The predecessor, on ``R`` within ``hot_restart_timeout``, stops its admin interfaces and,
    under the ingest lock, swaps its current interval's table out and puts a :class:`Forward`
    in place of its pipeline: whatever its receive threads still take is sent over the channel
-   (``D``, one payload a frame) instead of being aggregated. It sends the table and the carried
-   gauges and traces (``S``, a pickle: between our own processes, never client bytes), stops
-   reading (see :func:`stop_shared_udp`), sends ``E``, waits for the successor's ``A``, tells
-   systemd ``MAINPID=`` the successor, closes its forwarders (delivering what they hold) and
-   exits.
+   (``D``, one payload a frame, after its input format) instead of being aggregated. It sends
+   the table and the carried gauges and traces (``S``, a pickle: between our own processes,
+   never client bytes), stops reading (see :func:`stop_shared_udp`), sends ``E``, waits for
+   the successor's ``A``, tells systemd ``MAINPID=`` the successor, closes its forwarders
+   (delivering what they hold) and exits.
 3. The successor merges ``S`` into its own current interval (counters add, the newer gauge
    wins, sets unite, timer samples join) and takes the predecessor's interval start, so the
    interval spanning the hand-over is reported once, whole, by the successor. ``D`` payloads are
    ingested as if received. After ``E`` it waits for the channel to close (the predecessor has
-   exited: its forwarders are closed), then starts its aggregate forwarders and admin
+   exited: its forwarders are closed), then starts its remaining forwarders and admin
    interfaces and tells systemd ``MAINPID=`` and ``READY=1``.
 
 A successor that exits, or sends nothing within the deadline, is stopped (TERM, then KILL) and
@@ -44,9 +45,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from forwarders import AggregateForwarder
+from forwarders import Forwarder, RelayForwarder
 from pystatsd import systemd
-from pystatsd.aggregation import Distribution, MetricMgr
+from pystatsd.aggregation import MetricMgr
+from pystatsd.distribution import Distribution
 from pystatsd.ingest import Pipeline
 from pystatsd.inherited_sockets import SOCKETS_ENV, socket_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
@@ -111,8 +113,8 @@ class Forward(Pipeline):
         self.channel = channel
         self.forwarded = 0
 
-    def ingest(self, payload: bytes) -> None:  # type: ignore[override]
-        self.channel.send(DATA, payload)
+    def ingest(self, payload: bytes, fmt: str = "statsd") -> None:
+        self.channel.send(DATA, fmt.encode() + b"\0" + payload)  # the input format, then it
         self.forwarded += 1
 
     def publish_counts(self) -> None:
@@ -326,9 +328,13 @@ class Successor:
         return cls(Channel(socket.socket(fileno=int(fd))), pid)
 
     @staticmethod
-    def starts_now(forwarder: object) -> bool:
-        """Aggregate forwarders start once the predecessor has closed its own."""
-        return not isinstance(forwarder, AggregateForwarder)
+    def starts_now(forwarder: Forwarder) -> bool:
+        """Relay forwarders that own no files start at once, so relayed lines flow through
+        the hand-over; the others (aggregate forwarders, and relays with a spool, which its
+        flock makes exclusive) start once the predecessor has closed its own. A relay waiting
+        to start buffers what it is given, up to its ``queue_size``."""
+        return isinstance(forwarder, RelayForwarder) and not forwarder.needed_paths(
+            forwarder.name, forwarder.config, forwarder.context)
 
     def take_over(self, daemon: Daemon, timeout: float) -> None:
         """Tell the predecessor we read; merge its interval; ingest what it still received;
@@ -346,7 +352,8 @@ class Successor:
                 break
             kind, body = frame
             if kind == DATA:
-                daemon._deliver(body)
+                fmt, _, payload = body.partition(b"\0")
+                daemon._deliver(payload, fmt.decode())
             elif kind == STATE:
                 state = pickle.loads(body)  # from our own predecessor, never client bytes
                 with daemon.lock:

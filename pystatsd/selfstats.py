@@ -7,6 +7,7 @@ interval and reports them as counters under the configured prefix."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,12 +39,18 @@ syntax such as a newline or `|` (statsd_syntax; it is still aggregated)."""
 class SelfStats:
     """Counters keyed by dotted names (``received.datagrams``, ``rejected.bad_json``...).
 
-    Not locked: each counter is written by the thread that owns its stage, and ``take`` runs
-    with the ingest lock held by the daemon."""
+    Written from several threads: the UDP receive thread (the pipeline and the aggregation,
+    under the daemon's ingest lock; the listener's own errors outside it), the TCP listener's
+    asyncio thread (connections, over-long lines, ingest errors) and the main thread (flush
+    counts). A ``Counter`` update is a read, an add and a store, which another thread can
+    interleave, so every write and ``take`` hold a lock of their own. None of this is per
+    line: the pipeline counts in plain ints and publishes them once per flush."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  log_interval: float = 10.0) -> None:
         self.counters: Counter[str] = Counter()
+        """Every counter since start. Read it with :meth:`totals` from another thread."""
+        self._lock = threading.Lock()
         self._taken: Counter[str] = Counter()
         self._clock = clock
         self._log_interval = log_interval
@@ -51,27 +58,35 @@ class SelfStats:
         self._suppressed: Counter[str] = Counter()
 
     def incr(self, name: str, amount: int = 1) -> None:
-        self.counters[name] += amount
+        with self._lock:
+            self.counters[name] += amount
 
     def reject(self, reason: str, detail: str, payload: bytes | str = b"") -> None:
         """Count one rejected input under ``rejected.<reason>`` and log it, at most once per
         ``log_interval`` per reason, saying how many like it were not logged."""
-        self.counters["rejected." + reason] += 1
         now = self._clock()
-        last = self._last_logged.get(reason)
-        if last is not None and now - last < self._log_interval:
-            self._suppressed[reason] += 1
-            return
-        self._last_logged[reason] = now
-        skipped = self._suppressed.pop(reason, 0)
+        with self._lock:
+            self.counters["rejected." + reason] += 1
+            last = self._last_logged.get(reason)
+            if last is not None and now - last < self._log_interval:
+                self._suppressed[reason] += 1
+                return
+            self._last_logged[reason] = now
+            skipped = self._suppressed.pop(reason, 0)
+        # Logged outside the lock: a slow log handler must not hold up the other writers.
         shown = payload[:200] if isinstance(payload, str) else payload[:200].decode("utf-8",
                                                                                    "replace")
         more = f" ({skipped} more {reason} not logged since the last)" if skipped else ""
         log.warning("rejected (%s): %s: %r%s", reason, detail, shown, more)
 
+    def totals(self) -> dict[str, int]:
+        """A copy of every counter since start."""
+        with self._lock:
+            return dict(self.counters)
+
     def take(self) -> dict[str, int]:
         """Return each counter's increase since the last ``take``."""
-        now = Counter(self.counters)
-        delta = {k: v - self._taken.get(k, 0) for k, v in now.items() if v != self._taken.get(k, 0)}
-        self._taken = now
-        return delta
+        with self._lock:
+            now = Counter(self.counters)
+            taken, self._taken = self._taken, now
+        return {k: v - taken.get(k, 0) for k, v in now.items() if v != taken.get(k, 0)}

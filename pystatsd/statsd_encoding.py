@@ -7,7 +7,12 @@ statsd and DogStatsD parsers split on (ours in :mod:`pystatsd.decoders.statsd_li
 Datadog's): a line ends at a newline; ``|`` separates fields; ``:`` ends the name; ``,``
 separates InfluxDB-style name tags and DogStatsD tags; a name starting ``_e{`` is an event;
 ASCII whitespace at either end of a line or tag is trimmed by some parsers. A tag value may
-hold ``:`` (the first one splits key from value).
+hold ``:`` (the first one splits key from value), a set member may not: Etsy's statsd splits a
+line at every ``:`` (packed values), so ``::1|s`` is a bad line there. Etsy also turns DogStatsD
+tags into Graphite tags, ``name;key=value``, replacing only the first ``;`` and ``:`` of each
+tag, so ``;`` anywhere and ``=`` in a tag key would forge or rename Graphite tags. The Unicode
+line breaks (U+0085, U+2028, U+2029) are refused too: a parser that splits text lines with
+Python's ``str.splitlines`` ends a line there.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ _TYPE_CODES = {COUNTER: "c", GAUGE: "g", TIMER: "ms", HISTOGRAM: "h", SET: "s", 
 
 # Every ASCII control character is refused: newline and CR end lines, the others are never
 # meant and some parsers trim or split on them.
-_CONTROL = "\x00-\x1f\x7f"
-_BAD_NAME = re.compile(f"[{_CONTROL}:|,]")
-_BAD_TAG_KEY = re.compile(f"[{_CONTROL}:|,]")
-_BAD_TAG_VALUE = re.compile(f"[{_CONTROL}|,]")
-_BAD_MEMBER = re.compile(f"[{_CONTROL}|]")
+# A lone surrogate is no character at all: it cannot be written as UTF-8.
+_CONTROL = "\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff"
+_BAD_NAME = re.compile(f"[{_CONTROL}:|,;]")
+_BAD_TAG_KEY = re.compile(f"[{_CONTROL}:|,;=]")
+_BAD_TAG_VALUE = re.compile(f"[{_CONTROL}|,;]")
+_BAD_MEMBER = re.compile(f"[{_CONTROL}|:]")
 
 
 class Unencodable(ValueError):

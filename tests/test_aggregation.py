@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import math
 import random
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pystatsd.aggregation import MetricMgr, percentile_key
+from pystatsd import aggregation as aggregation_module
+from pystatsd import distribution as distribution_module
+from pystatsd.aggregation import LineCache, MetricMgr
 from pystatsd.config import build_config
+from pystatsd.decoders import parse_statsd_line
+from pystatsd.distribution import Distribution, percentile_key
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
@@ -22,11 +30,8 @@ def manager(**overrides: Any) -> MetricMgr:
 
 
 def flush(mgr: MetricMgr, interval: float = 10.0) -> dict[tuple[str, str, tuple], dict]:
-    """Swap and snapshot; return {(name, type, tags): stats}."""
-    snapshot = mgr.snapshot(mgr.swap(), 1000.0, interval, "testhost")
-    assert snapshot.start == 1000.0 and snapshot.interval == interval
-    assert snapshot.host == "testhost"
-    return {(s.name, s.type, s.tags): s.stats for s in snapshot.series}
+    """Swap and finish; return {(name, type, tags): stats}."""
+    return {(s.name, s.type, s.tags): s.stats for s in mgr.finish(mgr.swap(), interval)}
 
 
 def only(result: dict, name: str, kind: str, tags: tuple = ()) -> dict:
@@ -50,7 +55,7 @@ def test_counter_reports_only_intervals_with_samples() -> None:
     assert flush(mgr) == {}
 
 
-def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
+def test_series_differ_by_type_and_tags_and_finish_sorts_them() -> None:
     mgr = manager()
     mgr.add(Sample("b", COUNTER, 1.0))
     mgr.add(Sample("a", TIMER, 1.0))
@@ -58,8 +63,8 @@ def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
     mgr.add(Sample("a", COUNTER, 1.0, tags=(("z", "1"),)))
     mgr.add(Sample("a", COUNTER, 1.0, tags=(("k", "1"),)))
     mgr.add(Sample("a", COUNTER, 1.0))
-    snapshot = mgr.snapshot(mgr.swap(), 0.0, 10.0, "h")
-    assert [(s.name, s.type, s.tags) for s in snapshot.series] == [
+    series = mgr.finish(mgr.swap(), 10.0)
+    assert [(s.name, s.type, s.tags) for s in series] == [
         ("a", COUNTER, ()),
         ("a", COUNTER, (("k", "1"),)),
         ("a", COUNTER, (("z", "1"),)),
@@ -67,7 +72,7 @@ def test_series_differ_by_type_and_tags_and_snapshot_is_sorted() -> None:
         ("a", TIMER, ()),
         ("b", COUNTER, ()),
     ]
-    assert snapshot.series[3].stats["max"] == 2.0 and snapshot.series[4].stats["max"] == 1.0
+    assert series[3].stats["max"] == 2.0 and series[4].stats["max"] == 1.0
 
 
 def test_gauge_keeps_last_value_and_applies_deltas_in_order() -> None:
@@ -245,7 +250,7 @@ def test_set_members_stay_out_of_the_cyclic_gc_on_both_paths() -> None:
     cells = [table.series[(name, SET, ())] for name in ("fast", "slow")]
     assert [len(cell) for cell in cells] == [50, 50]
     assert not any(gc.is_tracked(cell) for cell in cells)
-    result = {(s.name, s.type): s.stats for s in mgr.snapshot(table, 0.0, 10.0, "h").series}
+    result = {(s.name, s.type): s.stats for s in mgr.finish(table, 10.0)}
     assert result == {("fast", SET): {"count": 50.0}, ("slow", SET): {"count": 50.0}}
 
 
@@ -298,8 +303,7 @@ def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
     finished = mgr.swap()
     mgr.add(Sample("a", COUNTER, 5.0))  # lands in the new interval
     assert len(finished) == 1 and mgr.series_count() == 1
-    snapshot = mgr.snapshot(finished, 0.0, 10.0, "h")
-    assert snapshot.series[0].stats["count"] == 1.0
+    assert mgr.finish(finished, 10.0)[0].stats["count"] == 1.0
     assert only(flush(mgr), "a", COUNTER)["count"] == 5.0
 
 
@@ -341,3 +345,89 @@ def test_timer_stats_match_a_plain_reference_for_many_sizes_and_shapes(offset: f
         assert stats["stddev"] == pytest.approx(statistics.pstdev(ordered), rel=1e-9, abs=1e-9)
         for pct in percentiles:
             assert stats[percentile_key(pct)] == nearest_rank(ordered, pct), (name, pct)
+
+
+# -- LineCache: the fast path applies MetricMgr.update's rules, inlined ------------------------
+# A rule changed in MetricMgr.update but not in LineCache.apply (or the reverse) makes these
+# fail: both are fed the same lines and must leave the very same cells.
+
+def cell_state(cell: Any) -> Any:
+    """What a cell holds, comparable with ==."""
+    if isinstance(cell, Distribution):
+        return (cell.values.tolist(), cell.weighted, cell.count, cell.total, cell.low,
+                cell.high, cell.mean, cell.m2, cell.sketch is not None,
+                cell.sketch.count if cell.sketch is not None else 0.0)
+    if isinstance(cell, dict):
+        return ("set", list(cell.items()))  # members in the order they came
+    return list(cell)
+
+
+def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]:
+    """The cells after ``lines`` through the line cache (the first line of each shape is
+    decoded and remembered, the rest served by the cache) and through MetricMgr.add alone."""
+    built = build_config({"forwarders": {}, **config})
+    fast, slow = MetricMgr(built), MetricMgr(built)
+    cache = LineCache(fast)
+    served = 0
+    for line in lines:
+        missed = cache.apply([line])
+        if missed is None:
+            served += 1
+            continue
+        samples = parse_statsd_line(line)
+        for sample in samples:
+            fast.add(sample)
+        if len(samples) == 1 and samples[0].timestamp is None:
+            cache.remember(line, samples[0])
+    for line in lines:
+        for sample in parse_statsd_line(line):
+            slow.add(sample)
+    return ({key: cell_state(cell) for key, cell in fast.swap().series.items()},
+            {key: cell_state(cell) for key, cell in slow.swap().series.items()}, served)
+
+
+def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -> None:
+    lines = [
+        b"hits:1|c", b"hits:1|c", b"hits:2|c", b"hits:0.5|c|@0.5", b"hits:3|c|@0.5",
+        b"hits:-4|c", b"hits:1e2|c|#a:1",
+        b"load:10|g", b"load:+5|g", b"load:-2.5|g", b"load:3|g", b"load:+1|g", b"load:-0|g",
+        b"drift:+1|g", b"drift:-3|g", b"drift:+2|g",  # deltas only: the base stays unknown
+        b"db:12.5|ms", b"db:3|ms", b"db:7|ms", b"db:1|ms|@0.1", b"db:2|ms|@0.1", b"db:9|ms",
+        b"size:4|h", b"size:5|h", b"size:6|d", b"size:7|d",
+        b"users:alice|s", b"users:bob|s", b"users:alice|s", b"users:caf\xc3\xa9|s",
+        b"users:1|s", b"users:1.0|s",  # members are strings: 1 and 1.0 are two members
+    ]
+    fast, slow, served = cells_both_ways(lines * 3, timer_exact_samples=5)
+    assert served >= 2 * len(lines)  # all but the first of each shape came from the cache
+    assert fast == slow
+    assert {kind for _, kind, _ in fast} == {COUNTER, GAUGE, TIMER, HISTOGRAM, SET}
+    assert fast[("drift", GAUGE, ())] == [None, 0.0]  # +1 -3 +2, three times over
+    assert fast[("db", TIMER, ())][8]  # past timer_exact_samples: folded into a sketch
+
+
+SHAPES = st.sampled_from([b"n:%s|c", b"n:%s|c|@0.25", b"g:%s|g", b"t:%s|ms", b"t:%s|ms|@0.5",
+                          b"h:%s|h", b"s:%s|s", b"s:%s|s|#k:v"])
+NUMBERS = st.sampled_from([b"1", b"0", b"-1", b"+1", b"2.5", b"-0.5", b"+0.25", b"1e2", b"7",
+                           b"-3", b"+10", b"42"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(SHAPES, NUMBERS), min_size=1, max_size=60))
+def test_line_cache_and_metric_mgr_update_agree_on_any_sequence(lines: list) -> None:
+    payload = [shape % value for shape, value in lines]
+    fast, slow, _ = cells_both_ways(payload * 2, timer_exact_samples=7)
+    assert fast == slow
+
+
+def test_aggregation_does_not_depend_on_the_receive_side() -> None:
+    # The boundary is one-way: ingest uses aggregation, never the reverse (no import, so no
+    # callback into the pipeline either).
+    receive_side = ("pystatsd.ingest", "pystatsd.decoders", "pystatsd.tagging",
+                    "pystatsd.listeners", "pystatsd.daemon", "forwarders")
+    for module in (aggregation_module, distribution_module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert not {name for name in imported if name.startswith(receive_side)}, module

@@ -4,28 +4,32 @@ counts what it sees, hands raw lines to relays, and never loses good lines besid
 from __future__ import annotations
 
 import gc
+import signal
 import threading
+import time
 import weakref
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forwarders import ForwarderContext, RelayForwarder
-from pystatsd import ingest as ingest_module
+from pystatsd import aggregation as aggregation_module
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 from pystatsd.decoders import decode_payload
 from pystatsd.ingest import Pipeline
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import Snapshot
+from pystatsd.snapshot import SeriesStats
 from pystatsd.tagging import Tagger
 
 BASE = {"forwarders": {}, "agent": {"tags": {"host": "h1", "env": "prod"}},
         "timer_exact_samples": 4, "percentiles": [50, 90, 99.9]}
 
 
-def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snapshot], dict]:
+def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[SeriesStats]],
+                                                                     dict]:
     """The reference: decode_payload, the tagger, MetricMgr.add, nothing cached."""
     built = build_config(config)
     stats = SelfStats()
@@ -36,12 +40,12 @@ def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snaps
         for payload in payloads:
             for sample in decode_payload(payload, stats):
                 manager.add(sample._replace(tags=tagger.apply(sample.tags)))
-        snapshots.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+        snapshots.append(manager.finish(manager.swap(), 10.0))
     return snapshots, rejects(stats)
 
 
-def by_pipeline(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snapshot], dict,
-                                                                      Pipeline]:
+def by_pipeline(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[SeriesStats]],
+                                                                      dict, Pipeline]:
     built = build_config(config)
     stats = SelfStats()
     manager = MetricMgr(built)
@@ -50,7 +54,8 @@ def by_pipeline(config: dict, intervals: list[list[bytes]]) -> tuple[list[Snapsh
     for payloads in intervals:
         for payload in payloads:
             pipeline.ingest(payload)
-        snapshots.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+        pipeline.publish_counts()  # as the daemon does, just before the swap
+        snapshots.append(manager.finish(manager.swap(), 10.0))
     return snapshots, rejects(stats), pipeline
 
 
@@ -92,7 +97,7 @@ def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> No
     assert fast == slow
     assert fast_rejects == slow_rejects
     assert fast_rejects["rejected.bad_value"] >= 10  # the odd values were rejected, not summed
-    assert len(fast[3].series) > 0  # gauges carried into the empty interval
+    assert len(fast[3]) > 0  # gauges carried into the empty interval
 
 
 def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> None:
@@ -102,7 +107,7 @@ def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> Non
     fast, fast_rejects, _ = by_pipeline(config, intervals)
     slow, slow_rejects = by_slow_path(config, intervals)
     assert fast == slow and fast_rejects == slow_rejects
-    assert {s.tags for s in fast[0].series} == {
+    assert {s.tags for s in fast[0]} == {
         (("env", "prod"), ("host", f"c{i}")) for i in range(3)}
 
 
@@ -150,7 +155,8 @@ def test_counts_received_decoded_and_aggregated_at_swap() -> None:
     pipeline.ingest(b"a:1|c\nb:2|g\n")
     pipeline.ingest(b"a:1|c\nnonsense\n\nc:1|c")  # c is past max_series
     pipeline.ingest(b'{"metric_name":"a","metric_type":"counter","value":1}')
-    assert "received.datagrams" not in stats.counters  # kept locally until the swap
+    assert "received.datagrams" not in stats.counters  # kept locally until published
+    pipeline.publish_counts()
     manager.swap()
     assert stats.take() == {
         "received.datagrams": 3, "received.lines": 6, "decoded.samples": 5,
@@ -158,6 +164,7 @@ def test_counts_received_decoded_and_aggregated_at_swap() -> None:
     }
     pipeline.ingest(b"c:1|c\nd:5|c")  # the shapes are cached now; a and b have not come back
     pipeline.ingest(b"e:1|c\na:1|c")  # past max_series even through the cache
+    pipeline.publish_counts()
     manager.swap()
     assert stats.take() == {
         "received.datagrams": 2, "received.lines": 4, "decoded.samples": 4,
@@ -172,7 +179,7 @@ def test_bad_lines_cost_only_themselves() -> None:
     pipeline = Pipeline(config, manager, stats)
     for _ in range(2):
         pipeline.ingest(b"ok:1|c\nok:\xff|c\nok:2|c\n:3|c\nok:nan|c\nok:3|c|@7\nok:4|c")
-    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    series = manager.finish(manager.swap(), 10)
     assert [(s.name, s.stats["count"]) for s in series] == [("ok", 14.0)]
     assert sum(v for k, v in stats.counters.items() if k.startswith("rejected.")) == 8
 
@@ -185,7 +192,7 @@ def test_max_series_applies_to_cached_lines_in_a_new_interval() -> None:
     pipeline.ingest(b"a:1|c\nb:1|c")
     manager.swap()
     pipeline.ingest(b"b:1|c\na:1|c\na:1|c")  # both cached; b takes the only slot now
-    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    series = manager.finish(manager.swap(), 10)
     assert [(s.name, s.stats["count"]) for s in series] == [("b", 1.0)]
     assert stats.counters["rejected.too_many_series"] == 3
 
@@ -197,9 +204,26 @@ def test_cached_timer_lines_fold_into_a_sketch_past_the_limit() -> None:
     for start in range(0, 1000, 20):
         pipeline.ingest(b"\n".join(b"db:%d|ms" % v for v in range(start + 1, start + 21)))
     assert len(manager._table.series[("db", "timer", ())].values) <= 50
-    stats = manager.snapshot(manager.swap(), 0, 10, "h").series[0].stats
+    stats = manager.finish(manager.swap(), 10)[0].stats
     assert (stats["count"], stats["sum"], stats["min"], stats["max"]) == (1000, 500500, 1, 1000)
     assert abs(stats["p90"] - 900) <= 9
+
+
+def test_a_line_the_cache_refuses_keeps_its_place_among_the_lines_it_takes() -> None:
+    config = build_config({"forwarders": {}})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    pipeline.ingest(b"load:1|g|#a:1,b:2\nn:1|c")  # both shapes cached now
+    manager.swap()
+    # The first line is a new shape of the same series (decoded), the second a cached one: the
+    # delta must apply after the absolute value, as the lines came.
+    pipeline.ingest(b"load:5|g|#b:2,a:1\nload:+1|g|#a:1,b:2")
+    # The same refused line twice, between cached ones: each line counted once, in order.
+    pipeline.ingest(b"n:1|c\nbad\nn:1|c\nbad\nn:2|c\nn:nan|c\nn:4|c")
+    series = {s.name: s.stats for s in manager.finish(manager.swap(), 10)}
+    assert series == {"load": {"value": 6.0}, "n": {"count": 8.0, "rate": 0.8}}
+    assert rejects(stats) == {"rejected.bad_line": 2, "rejected.bad_value": 1}
 
 
 class RecordingRelay(RelayForwarder):
@@ -236,7 +260,7 @@ def run_relay(mode: str) -> tuple[list[list[bytes]], list]:
         pipeline.ingest(b'{"metric_name":"j","metric_type":"counter","value":1}')
     finally:
         assert relay.close(5.0) == 0
-    return relay.batches, manager.snapshot(manager.swap(), 0, 10, "h").series
+    return relay.batches, manager.finish(manager.swap(), 10)
 
 
 def test_aggregate_mode_relays_raw_lines_once_per_payload_and_aggregates() -> None:
@@ -259,11 +283,13 @@ def test_a_pipeline_rebuilt_on_reload_keeps_the_counts_and_frees_the_old_one() -
     old = Pipeline(config, manager, stats)
     old.ingest(b"a:1|c\na:2|c")
     old_ref = weakref.ref(old)
-    new = Pipeline(config, manager, stats)  # what the daemon does on SIGHUP
+    old.publish_counts()  # what the daemon does on SIGHUP, under the ingest lock
+    new = Pipeline(config, manager, stats)
     del old
     gc.collect()
     assert old_ref() is None  # its line cache does not pile up, reload after reload
     new.ingest(b"a:1|c")
+    new.publish_counts()
     manager.swap()
     assert stats.take() == {"received.datagrams": 2, "received.lines": 3,
                             "decoded.samples": 3, "aggregated.samples": 3}
@@ -275,14 +301,14 @@ def test_tag_order_and_tag_syntax_never_split_a_series() -> None:
     pipeline = Pipeline(config, manager, SelfStats())
     for _ in range(2):  # the second time from the cache
         pipeline.ingest(b"m:1|c|#b:2,a:1\nm:1|c|#a:1,b:2\nm,b=2,a=1:1|c\nm,a=1:1|c|#b:2")
-    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    series = manager.finish(manager.swap(), 10)
     assert [(s.name, s.tags, s.stats["count"]) for s in series] == [
         ("m", (("a", "1"), ("b", "2")), 8.0)]
 
 
 def test_line_cache_stays_bounded_and_results_stay_right(monkeypatch: Any) -> None:
-    monkeypatch.setattr(ingest_module, "CACHE_ENTRIES", 50)
-    monkeypatch.setattr(ingest_module, "CACHE_BYTES", 20_000)
+    monkeypatch.setattr(aggregation_module, "CACHE_ENTRIES", 50)
+    monkeypatch.setattr(aggregation_module, "CACHE_BYTES", 20_000)
     config = build_config({"forwarders": {}})
     manager = MetricMgr(config)
     pipeline = Pipeline(config, manager, SelfStats())
@@ -292,8 +318,26 @@ def test_line_cache_stays_bounded_and_results_stay_right(monkeypatch: Any) -> No
         for i in range(300):
             pipeline.ingest(b"n%d:1|c%s\nt%d:2|ms" % (i, long_tags if i % 3 == 0 else b"", i))
             most = max(most, pipeline.cached_shapes)
-            assert pipeline._cache_bytes < 20_000 + 2_000
+            assert pipeline._cache.bytes < 20_000 + 2_000
     assert 0 < most <= 50
-    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    series = manager.finish(manager.swap(), 10)
     assert len(series) == 600
     assert {s.stats["count"] for s in series} == {2.0}
+
+
+@pytest.mark.integration
+def test_the_daemon_counts_lines_received_before_a_reload_in_its_self_metrics(
+        start_daemon: Any) -> None:
+    # The daemon publishes the pipeline's counts before each swap and, on SIGHUP, those of the
+    # pipeline it replaces: nothing received before a reload goes uncounted.
+    daemon = start_daemon({"flush_interval": 3600})
+    daemon.send_udp(b"a:1|c\nb:2|g", b"c:3|ms")
+    time.sleep(0.3)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    daemon.send_udp(b"a:1|c")
+    time.sleep(0.3)
+    assert daemon.stop() == 0
+    counted = {r["name"]: r["stats"]["count"] for r in daemon.records()
+               if r["name"] in ("pystatsd.received.lines", "pystatsd.aggregated.samples")}
+    assert counted == {"pystatsd.received.lines": 4, "pystatsd.aggregated.samples": 4}

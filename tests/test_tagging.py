@@ -46,7 +46,7 @@ def series_tags(config: dict, payloads: list[bytes]) -> list[tuple]:
     pipeline = Pipeline(built, manager, SelfStats())
     for payload in payloads:
         pipeline.ingest(payload)
-    return [s.tags for s in manager.snapshot(manager.swap(), 0, 10, "h").series]
+    return [s.tags for s in manager.finish(manager.swap(), 10)]
 
 
 def test_pipeline_applies_agent_tags_to_every_format_with_precedence() -> None:
@@ -66,6 +66,6 @@ def test_reconfigure_applies_new_agent_tags_to_lines_already_cached() -> None:
     pipeline.ingest(b"a:1|c")  # now served from the line cache
     pipeline.reconfigure(build_config({"forwarders": {}, "agent": {"tags": {"env": "qa"}}}))
     pipeline.ingest(b"a:1|c")
-    series = manager.snapshot(manager.swap(), 0, 10, "h").series
+    series = manager.finish(manager.swap(), 10)
     assert [(s.tags, s.stats["count"]) for s in series] == [
         ((("env", "prod"),), 2.0), ((("env", "qa"),), 1.0)]

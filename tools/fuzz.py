@@ -63,7 +63,7 @@ def check(data: bytes) -> None:
         for payload in payloads:
             for sample in decode_payload(payload, slow_stats):
                 manager.add(sample._replace(tags=tagger.apply(sample.tags)))
-        slow.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+        slow.append(manager.finish(manager.swap(), 10.0))
     assert slow_stats.counters[INTERNAL_ERRORS] == 0, "decoder bug (decoder.internal_errors)"
 
     fast_stats = SelfStats(log_interval=1e9)
@@ -73,7 +73,7 @@ def check(data: bytes) -> None:
     for payloads in intervals:
         for payload in payloads:
             pipeline.ingest(payload)
-        fast.append(manager.snapshot(manager.swap(), 0.0, 10.0, "h"))
+        fast.append(manager.finish(manager.swap(), 10.0))
     # repr: NaN (from an inf - inf) is equal to itself there, as it must be for this purpose.
     assert repr(fast) == repr(slow), "fast path and slow path disagree"
     assert _rejects(fast_stats) == _rejects(slow_stats), "reject counts disagree"

@@ -5,6 +5,16 @@ when the series has nothing the format can carry (an InfluxDB line whose statist
 NaN). The message key is not chosen here: it is always the series identity
 (:attr:`SeriesStats.key`), whatever the format.
 
+Client bytes never become syntax. The JSON formats are written by orjson, which escapes every
+character JSON reads as structure (quotes, backslashes, control characters). InfluxDB line
+protocol escapes ``,`` and space in a measurement and ``,``, ``=`` and space in tag keys, tag
+values and field keys with a backslash (and a backslash as two); what it cannot escape is
+refused with :class:`Unencodable`, which the forwarder counts (``unencodable``): any ASCII
+control character (a newline would end the line and forge the next one), an empty
+measurement or tag key, and a measurement starting with ``#`` (a comment line there). In every
+format a lone surrogate (no character, so no UTF-8) is refused the same way; the decoders never
+produce one.
+
 JSON Schemas of the three formats, for consumers, live in ``docs/schemas/``.
 """
 
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +37,7 @@ __all__ = [
     "LEGACY_RESERVED",
     "LEGACY_VALUE_STAT",
     "Encoder",
+    "Unencodable",
     "legacy_timestamp",
     "make_encoder",
 ]
@@ -48,6 +60,10 @@ sent a trace's count and a gauge's value and nothing for counters; timers, histo
 did not exist. A type not listed sends its first statistic."""
 
 FORMATS = ("legacy", "json", "influx")
+
+
+class Unencodable(ValueError):
+    """The series cannot be written in this format without changing what it says."""
 
 
 @functools.lru_cache(maxsize=16)  # one value per flush, asked for once per series
@@ -91,35 +107,63 @@ def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
             # last); now it keeps its value under a prefixed name and the reserved field stays.
             # A real tag already called tag_<key> keeps that field.
             event.setdefault(field, value)
-        return orjson.dumps(event)
+        return _dumps(event)
 
     return encode
 
 
+def _dumps(document: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+        raise Unencodable(f"not valid Unicode: {exc}") from None
+
+
 def _json_encode(series: SeriesStats, snapshot: Snapshot) -> bytes:
-    return orjson.dumps(series_record(series, snapshot))
+    return _dumps(series_record(series, snapshot))
 
 
-_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\", "\n": "\\n"})
-_TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\=", "\\": "\\\\", "\n": "\\n"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\"})
+_TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\=", "\\": "\\\\"})
+# Line protocol has no escape for these: a newline ends the line, the others are never meant.
+# A lone surrogate cannot be written as UTF-8 at all.
+_INFLUX_UNWRITABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
-# Names, tag keys and values and statistic names repeat every flush: escape each once.
+def _influx_refuse(text: str, what: str) -> None:
+    found = _INFLUX_UNWRITABLE.search(text)
+    if found is not None:
+        raise Unencodable(f"{what} {text[:60]!r} holds {found.group()!r}, which InfluxDB line "
+                          "protocol cannot carry")
+
+
+# Names, tag keys and values and statistic names repeat every flush: check and escape each once
+# (an Unencodable is not cached: a refused name costs its check every flush, as it should).
 @functools.lru_cache(maxsize=1 << 16)
 def _escape_measurement(text: str) -> str:
+    if not text:
+        raise Unencodable("empty measurement")
+    if text.startswith("#"):
+        raise Unencodable(f"measurement {text[:60]!r} starts with '#', which makes a comment "
+                          "line in InfluxDB line protocol")
+    _influx_refuse(text, "measurement")
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _escape_tag(text: str) -> str:
+    _influx_refuse(text, "tag")
     return text.translate(_TAG_ESCAPES)
 
 
 def _influx_head(name: str, tags: tuple[tuple[str, str], ...]) -> str:
-    return _escape_measurement(name) + "".join(
-        f",{_escape_tag(key)}={_escape_tag(value)}" for key, value in tags
-        if value != ""  # line protocol has no empty tag values
-    )
+    parts = [_escape_measurement(name)]
+    for key, value in tags:
+        if not key:
+            raise Unencodable("empty tag key")
+        if value != "":  # line protocol has no empty tag values: the tag is left out
+            parts.append(f",{_escape_tag(key)}={_escape_tag(value)}")
+    return "".join(parts)
 
 
 def _influx_encode(series: SeriesStats, snapshot: Snapshot) -> bytes | None:

@@ -14,11 +14,16 @@ Delivery, in order of preference (docs/kafka.md has the whole story):
 4. At shutdown, what is still in the producer after the deadline is purged and written to the
    front of the spool; the next start sends it first.
 
-Only a full spool drops messages, and it counts them (``spool_dropped``).
+Only a full spool drops messages, and it counts them (``spool_dropped``); a spool the disk
+refuses loses what it cannot write, and counts that (``spool_io_errors``, ``spool_io_lost``).
+Nothing handed on from the spool is sent from it again (see :mod:`forwarders.spool`), and
+every message carries the header ``pystatsd-id`` (:func:`message_id`), the same on every
+delivery of it, so a consumer can drop a duplicate whatever caused it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -27,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from forwarders.aggregate import AggregateForwarder
@@ -36,11 +42,15 @@ from forwarders.kafka.embedded_broker import (
     EmbeddedBrokerUnavailable,
     broker_binary,
 )
-from forwarders.kafka.formats import FORMATS, make_encoder
-from forwarders.kafka.spool import Record, Spool, SpoolInUse
+from forwarders.kafka.formats import FORMATS, Unencodable, make_encoder
+from forwarders.kafka.outage import OutageWatch
+from forwarders.spool import Record, Spool, SpoolInUse
 from pystatsd.snapshot import SeriesStats, Snapshot
 
-__all__ = ["KafkaConfigError", "KafkaForwarder"]
+__all__ = ["ID_HEADER", "KafkaConfigError", "KafkaForwarder", "message_id"]
+
+ID_HEADER = "pystatsd-id"
+"""The header that carries each message's idempotence id."""
 
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 # Delivery errors that say nothing about the message itself: sending it again later can work.
@@ -62,6 +72,22 @@ _PRODUCER_STATE_LOST = frozenset({
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PROBLEM_LOG_INTERVAL = 60.0
+
+
+def message_id(series: SeriesStats, snapshot: Snapshot) -> bytes:
+    """The idempotence id of a series' message in a flush: 32 hex digits of the BLAKE2b-128
+    of host, type, name, tags, interval start and interval length. Length too, because a daemon
+    restarted within an interval flushes that interval's start twice: the stop's final flush
+    (cut short) and the next start's first one, with different data."""
+    identity = orjson.dumps((snapshot.host, series.type, series.name, series.tags,
+                             snapshot.start, snapshot.interval))
+    return hashlib.blake2b(identity, digest_size=16).hexdigest().encode()
+
+
+def _printable(text: str) -> str:
+    """``text`` as is when every character prints, else with Python's escapes: a tag value's
+    newline must not start a line of its own in the log."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class KafkaConfigError(ValueError):
@@ -210,19 +236,27 @@ class KafkaForwarder(AggregateForwarder):
     """Each flush to Kafka, one message per series, keyed by series; see the module docstring."""
 
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
-    TOTALS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.TOTALS, "delivered", "failed",
-                                         "retried", "spooled", "spool_sent", "spool_dropped",
-                                         "broker_errors")
-    LEVELS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.LEVELS, "producer_queue_depth",
-                                         "spool_bytes")
+    TOTALS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.TOTALS, "produced", "delivered",
+                                         "failed", "retried", "spooled", "spool_sent",
+                                         "spool_dropped", "spool_io_errors", "spool_io_lost",
+                                         "broker_errors", "unencodable", "pump_errors",
+                                         "outages")
+    """``sent`` (the base's) counts series made into messages and handed on, to the producer
+    or the spool: not delivered. ``produced``: messages handed to the producer (new or from
+    the spool); ``delivered``: acknowledged by the broker."""
+    LEVELS: ClassVar[tuple[str, ...]] = (*AggregateForwarder.LEVELS, "in_flight",
+                                         "spooled_now", "spool_bytes")
+    """``in_flight``: messages in the producer, not acknowledged yet; ``spooled_now``:
+    messages in the spool, waiting to be produced."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
         super().__init__(name, config, context)
         config = self.config  # with the schema's defaults
         where = f"forwarders.{name}"
         self.counters.update({
-            "delivered": 0, "failed": 0, "retried": 0, "spooled": 0, "spool_sent": 0,
-            "spool_dropped": 0, "broker_errors": 0,
+            "produced": 0, "delivered": 0, "failed": 0, "retried": 0, "spooled": 0,
+            "spool_sent": 0, "spool_dropped": 0, "broker_errors": 0, "unencodable": 0,
+            "pump_errors": 0,
         })
         self._encode = make_encoder(config["format"], config["kafka_apikey"],
                                     config["kafka_tenant_id"])
@@ -239,12 +273,17 @@ class KafkaForwarder(AggregateForwarder):
         self._producer_settings = self._settings(config)
         self._drain_window = max(1, min(10_000, int(config["memory_queue_messages"]) // 2))
         self._problems = _ProblemLog(self.log)
+        self._outage = OutageWatch(name, self.log)
         self._lock = threading.RLock()  # one producer of messages at a time keeps them in order
         self._stopping = threading.Event()
         self._producer: Producer | None = None
         self._spool: Spool | None = None
+        self._spool_io_errors = self._spool_io_lost = 0  # of spools already closed
         self._pump: threading.Thread | None = None
         self._requeue: list[Record] = []  # filled by delivery reports, moved to the spool front
+        # the id of each message in the producer, by value (each names its series and
+        # interval): see _produce
+        self._ids_in_flight: dict[bytes, bytes] = {}
         self._fatal = False
         self._bootstrap = ""
 
@@ -326,6 +365,8 @@ class KafkaForwarder(AggregateForwarder):
         if self._spool is not None:
             with self._lock:
                 self._spool.close()
+                self._spool_io_errors += self._spool.io_errors
+                self._spool_io_lost += self._spool.io_lost
             self._spool = None
         if self._embedded is not None:
             self._embedded.stop()
@@ -346,7 +387,7 @@ class KafkaForwarder(AggregateForwarder):
         self._stopping.set()
         if self._pump is not None:
             self._pump.join(min(1.0, timeout))
-        lost = 0
+        unreported = 0
         spooled_before = self.counters["spooled"]
         if self._producer is not None:
             reserve = min(1.0, timeout / 4)  # time kept to purge and spool what is left
@@ -357,16 +398,26 @@ class KafkaForwarder(AggregateForwarder):
                 until = time.monotonic() + max(0.2, reserve)
                 while len(self._producer) and time.monotonic() < until:
                     self._producer.poll(0.05)
-                lost += len(self._producer)  # no report even for the purge: cannot be spooled
+                # no report even for the purge: cannot be spooled
+                unreported = len(self._producer)
         with self._lock:
             if self._spool is not None:
-                lost += self._move_requeued_to_spool()
+                self._move_requeued_to_spool()
         spooled = self.counters["spooled"] - spooled_before
         if spooled:
             self.log.warning("forwarder %s: %d messages undelivered at shutdown were spooled to "
                              "%s; the next start sends them", self.name, spooled,
                              self._spool_dir)
         self._release()
+        # What this instance lost for want of storage, at shutdown or before, is undelivered:
+        # the daemon's last line must not say everything was delivered.
+        full, io_lost = self.counters["spool_dropped"], self.stats()["spool_io_lost"]
+        lost = unreported + full + int(io_lost)
+        if lost:
+            self.log.warning("forwarder %s: %d messages not delivered: %d did not fit in the "
+                             "spool, %d could not be written to it (see the spool errors "
+                             "above), %d were still in the producer", self.name, lost, full,
+                             io_lost, unreported)
         return lost
 
     def _drain_spool_while_delivering(self, until: float) -> None:
@@ -390,13 +441,19 @@ class KafkaForwarder(AggregateForwarder):
         for series in snapshot.series:
             try:
                 value = self._encode(series, snapshot)
+            except Unencodable as exc:  # client bytes that would be syntax in this format
+                self.counters["unencodable"] += 1
+                self._problems.report("unencodable", f"forwarder {self.name}: series not sent "
+                                      f"as {self.config['format']}: {exc}")
+                continue
             except Exception as exc:  # one odd series must not cost the rest of the flush
                 self.counters["failed"] += 1
                 self._problems.report("encode", f"forwarder {self.name}: cannot encode series "
                                       f"{series.key!r}: {exc}")
                 continue
             if value is not None:
-                records.append(Record(self._topic_for(series), series.key.encode(), value))
+                records.append(Record(self._topic_for(series), series.key.encode(), value,
+                                      message_id(series, snapshot)))
         return records
 
     def send(self, snapshot: Snapshot) -> None:
@@ -416,12 +473,21 @@ class KafkaForwarder(AggregateForwarder):
     def describe(self, snapshot: Snapshot) -> Iterator[str]:
         for record in self._records(snapshot):
             key = record.key.decode() if record.key is not None else ""
-            yield f"topic={record.topic} key={key} value={record.value.decode()}"
+            value = _printable(record.value.decode())
+            yield f"topic={record.topic} key={_printable(key)} value={value}"
 
     def stats(self) -> dict[str, float]:
         result = super().stats()
-        result["producer_queue_depth"] = len(self._producer) if self._producer else 0
-        result["spool_bytes"] = self._spool.bytes if self._spool is not None else 0
+        spool = self._spool
+        errors, lost, records, size = self._spool_io_errors, self._spool_io_lost, 0, 0
+        if spool is not None:  # not `if spool`: an empty spool is falsy
+            errors, lost = errors + spool.io_errors, lost + spool.io_lost
+            records, size = spool.records, spool.bytes
+        result.update({
+            "in_flight": len(self._producer) if self._producer is not None else 0,
+            "spooled_now": records, "spool_bytes": size, "spool_io_errors": errors,
+            "spool_io_lost": lost, "outages": self._outage.outages,
+        })
         return result
 
     # -- internals ------------------------------------------------------------------------
@@ -429,7 +495,8 @@ class KafkaForwarder(AggregateForwarder):
         """Hand one message to the producer; False when its queue is full (spill instead)."""
         assert self._producer is not None
         try:
-            self._producer.produce(record.topic, value=record.value, key=record.key)
+            self._producer.produce(record.topic, value=record.value, key=record.key,
+                                   headers=[(ID_HEADER, record.message_id)])
         except BufferError:
             return False
         except KafkaException as exc:  # a message the producer refuses outright, e.g. too large
@@ -437,19 +504,29 @@ class KafkaForwarder(AggregateForwarder):
             error = exc.args[0]
             self._problems.report(f"produce:{error.code()}", f"forwarder {self.name}: message "
                                   f"for topic {record.topic} refused ({error.str()}); dropped")
+            return True
+        self.counters["produced"] += 1
+        # A delivery report's message has no headers, and one that goes back to the spool must
+        # keep its id. (A per-message delivery callback would carry it, but doubled the
+        # flush-to-acknowledgement time of bench/kafka.py.)
+        self._ids_in_flight[record.value] = record.message_id
         return True
 
-    def _to_spool(self, records: list[Record]) -> None:
+    def _to_spool(self, records: list[Record]) -> int:
         assert self._spool is not None
+        lost_before = self._spool.io_lost
         dropped = self._spool.append(records)
         self.counters["spooled"] += len(records) - dropped
-        self._count_spool_drops(dropped)
+        return self._count_spool_drops(dropped, self._spool.io_lost - lost_before)
 
-    def _count_spool_drops(self, dropped: int) -> int:
-        if dropped:
-            self.counters["spool_dropped"] += dropped
+    def _count_spool_drops(self, dropped: int, io_lost: int) -> int:
+        """Count what the spool did not keep: ``io_lost`` of ``dropped`` the disk refused (the
+        spool logged those), the rest did not fit."""
+        full = dropped - io_lost
+        if full:
+            self.counters["spool_dropped"] += full
             self._problems.report("spool_full", f"forwarder {self.name}: spool {self._spool_dir} "
-                                  f"is full ({self._spool_max_bytes} bytes); dropped {dropped} "
+                                  f"is full ({self._spool_max_bytes} bytes); dropped {full} "
                                   "messages")
         return dropped
 
@@ -458,9 +535,10 @@ class KafkaForwarder(AggregateForwarder):
         if not self._requeue:
             return 0
         records, self._requeue = self._requeue, []
+        lost_before = self._spool.io_lost
         dropped = self._spool.push_front(records)
         self.counters["spooled"] += len(records) - dropped
-        return self._count_spool_drops(dropped)
+        return self._count_spool_drops(dropped, self._spool.io_lost - lost_before)
 
     def _drain_spool(self) -> None:
         assert self._spool is not None and self._producer is not None
@@ -468,10 +546,11 @@ class KafkaForwarder(AggregateForwarder):
         while budget > 0:
             record = self._spool.peek()
             if record is None or not self._produce(record):
-                return
+                break
             self._spool.pop()
             self.counters["spool_sent"] += 1
             budget -= 1
+        self._spool.commit()  # what was handed on is never sent from the spool again
 
     def _pump_loop(self) -> None:
         assert self._producer is not None
@@ -483,8 +562,17 @@ class KafkaForwarder(AggregateForwarder):
                         self._replace_producer()
                     self._move_requeued_to_spool()
                     self._drain_spool()
-            except Exception:  # the pump must outlive any surprise, or the spool never drains
-                self.log.exception("forwarder %s: delivery pump error", self.name)
+                    assert self._spool is not None
+                    self._outage.tick(time.monotonic(), len(self._producer),
+                                      self._spool.records, self.counters["delivered"])
+            except Exception as exc:  # the pump must outlive any surprise, or nothing drains
+                self.counters["pump_errors"] += 1
+                if self.counters["pump_errors"] == 1:
+                    self.log.exception("forwarder %s: delivery pump error; it goes on",
+                                       self.name)
+                else:
+                    self._problems.report("pump", f"forwarder {self.name}: delivery pump error "
+                                          f"({type(exc).__name__}: {exc}); it goes on")
                 time.sleep(0.5)
 
     def _replace_producer(self) -> None:
@@ -501,11 +589,13 @@ class KafkaForwarder(AggregateForwarder):
                               "queued its unacknowledged messages again")
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        key, value = message.key(), message.value() or b""
+        message_id = self._ids_in_flight.pop(value, b"")
         if error is None:
             self.counters["delivered"] += 1
             return
         code = error.code()
-        record = Record(message.topic() or "", message.key(), message.value() or b"")
+        record = Record(message.topic() or "", key, value, message_id)
         if code in _PRODUCER_STATE_LOST:
             self._fatal = True  # the pump replaces the producer
         if code in _PURGED or code in _TRANSIENT or code in _PRODUCER_STATE_LOST \

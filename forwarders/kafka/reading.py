@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -27,6 +27,11 @@ class TopicMessage(NamedTuple):
     partition: int
     offset: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        """The value of the header ``name``, or None."""
+        return next((value for key, value in self.headers if key == name), None)
 
 
 class BrokerUnreachable(ConnectionError):
@@ -117,8 +122,10 @@ def follow_topic(bootstrap: str, topic: str, from_beginning: bool = False,
                 if message.error():
                     raise KafkaException(message.error())
                 down_since = None
+                headers: Any = message.headers() or ()  # a list of (str, bytes | None)
                 yield TopicMessage(message.key(), message.partition() or 0,
-                                   message.offset() or 0, message.value() or b"")
+                                   message.offset() or 0, message.value() or b"",
+                                   tuple((key, bytes(value or b"")) for key, value in headers))
                 continue
             if down_since is not None and gone_after is not None:
                 if _broker_answers(consumer, topic, 0.2):

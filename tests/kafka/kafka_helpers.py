@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pystatsd.config import build_config
 from pystatsd.snapshot import SeriesStats, Snapshot
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def forwarder_config(section: dict[str, Any], name: str = "kafka") -> dict[str, Any]:
@@ -54,3 +62,23 @@ def java_partition(key: bytes, partitions: int) -> int:
     h = (h * m) & mask
     h ^= h >> 15
     return (h & 0x7FFFFFFF) % partitions
+
+
+def status(daemon: Any) -> dict[str, Any]:
+    """The Kafka forwarder's stats, as ``pystatsd --status`` prints them."""
+    result = subprocess.run([sys.executable, "-m", "pystatsd", "--status", "-c",
+                             str(daemon.config_path)], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    stats: dict[str, Any] = orjson.loads(result.stdout)["forwarders"]["kafka"]
+    return stats
+
+
+def wait_status(daemon: Any, condition: Any, timeout: float = 20.0) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while True:
+        stats = status(daemon)
+        if condition(stats) or time.monotonic() > end:
+            assert condition(stats), orjson.dumps(stats).decode()
+            return stats
+        time.sleep(0.2)

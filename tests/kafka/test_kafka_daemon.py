@@ -160,3 +160,25 @@ def test_an_unusable_spool_dir_stops_the_daemon_with_one_line_naming_the_key(sta
     assert daemon.proc.wait(20) == 1
     daemon.kill()  # joins the output readers
     assert "cannot start: forwarders.kafka.spool_dir: cannot use" in "".join(daemon.stderr)
+
+
+def test_client_text_that_would_be_influx_syntax_is_refused_counted_and_the_rest_delivered(
+        start_daemon, kafka_bootstrap, topic):
+    from kafka_helpers import wait_status
+
+    daemon = start_daemon(daemon_config({"kafka_broker": kafka_bootstrap, "kafka_topic": topic,
+                                         "format": "influx"}))
+    forged = [  # a newline in a tag value would be a second, forged line; '#' a comment
+        b'{"metric_name":"e2e.cpu","metric_type":"gauge","value":1,"host":"a\\nforged v=9"}',
+        b'{"metric_name":"#e2e.comment","metric_type":"gauge","value":2}',
+    ]
+    daemon.send_udp(*forged, b'{"metric_name":"e2e.ok","metric_type":"gauge","value":3,'
+                              b'"host":"a b,c=d"}')
+    wait_status(daemon, lambda s: s["unencodable"] >= 2)  # per flush: gauges are carried
+    assert daemon.stop() == 0
+    lines = [m.value.decode() for m in read_topic(kafka_bootstrap, topic)
+             if m.key and m.key.startswith((b"e2e.", b"#"))]
+    assert lines, "the good series was lost with the bad ones"
+    for line in lines:  # one per flush, each the one good series, escaped
+        assert line.startswith("e2e.ok,host=a\\ b\\,c\\=d value=3.0 ") and "\n" not in line
+    assert "not sent as influx" in "".join(daemon.stderr)

@@ -1,0 +1,220 @@
+"""The samples of one timer or histogram series in one interval, and their statistics.
+
+Exact while a series has at most ``timer_exact_samples`` samples of each kind (unit-rate and
+sample-rated); past that the samples fold into a DDSketch beside exact count, sum, min, max,
+mean and variance, so only the median and percentiles become approximate. The rule for adding
+one sample is :meth:`Distribution.add`; the ingest fast path appends to ``values`` itself and
+calls :meth:`MetricMgr.fold <pystatsd.aggregation.MetricMgr.fold>` past the limit (in
+:mod:`pystatsd.aggregation`, beside the other update rules).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from array import array
+from itertools import repeat
+
+from ddsketch import DDSketch
+
+Percentiles = list[tuple[float, str]]
+"""The configured percentiles with their stats keys: [(99.9, "p99_9"), ...]."""
+
+_RANK_EPSILON = 1e-9
+"""Slack when comparing a cumulative weight with a rank, so that 7 * 100 / 100 landing a hair
+above 7 in floating point does not push nearest-rank one element up."""
+
+
+class Distribution:
+    """The samples of one timer or histogram series in one interval.
+
+    Samples sent at rate 1 go to ``values`` (the array the fast path appends to); samples with a
+    sample rate go to ``weighted`` as (value, 1 / rate). When either list passes
+    ``exact_limit`` samples both are folded into a DDSketch, and exact count, sum, min, max,
+    mean and variance are kept beside it, so only the median and percentiles become
+    approximate."""
+
+    __slots__ = ("values", "weighted", "sketch", "count", "total", "low", "high", "mean", "m2")
+
+    def __init__(self) -> None:
+        # An array of C doubles: 8 bytes a sample where a list of floats takes 32.
+        self.values: array[float] = array("d")
+        self.weighted: list[tuple[float, float]] = []
+        self.sketch: DDSketch | None = None
+        # Exact moments of what was folded into the sketch (Chan et al.'s parallel update).
+        self.count = 0.0
+        self.total = 0.0
+        self.low = math.inf
+        self.high = -math.inf
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, value: float, weight: float, exact_limit: int, accuracy: float) -> None:
+        # Each list is checked on its own, as the fast path checks ``values`` alone: so a series
+        # mixing rates stays exact up to twice the limit, and both paths fold at the same sample.
+        if weight == 1.0:
+            self.values.append(value)
+            if len(self.values) > exact_limit:
+                self.fold(accuracy)
+        else:
+            self.weighted.append((value, weight))
+            if len(self.weighted) > exact_limit:
+                self.fold(accuracy)
+
+    def fold(self, accuracy: float) -> None:
+        """Move the kept samples into the sketch and the exact moments; empty both lists."""
+        values, weighted = self.values, self.weighted
+        if not values and not weighted:
+            return
+        if self.sketch is None:
+            self.sketch = DDSketch(relative_accuracy=accuracy)
+        add = self.sketch.add
+        for value in values:
+            add(value)
+        for value, weight in weighted:
+            add(value, weight)
+        count = len(values) + math.fsum(w for _, w in weighted)
+        total = math.fsum(values) + math.fsum(v * w for v, w in weighted)
+        mean = total / count
+        deviations = list(map(operator.sub, values, repeat(mean)))
+        m2 = (math.fsum(map(operator.mul, deviations, deviations))
+              + math.fsum(w * (v - mean) ** 2 for v, w in weighted))
+        low = min(min(values, default=math.inf), min((v for v, _ in weighted), default=math.inf))
+        high = max(max(values, default=-math.inf),
+                   max((v for v, _ in weighted), default=-math.inf))
+        if self.count:
+            delta = mean - self.mean
+            merged = self.count + count
+            self.m2 += m2 + delta * delta * self.count * count / merged
+            self.mean += delta * count / merged
+            self.count = merged
+        else:
+            self.count, self.mean, self.m2 = count, mean, m2
+        self.total += total
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
+        del self.values[:]  # in place: the fast path holds this very array
+        self.weighted.clear()
+
+    def stats(self, percentiles: Percentiles, accuracy: float) -> dict[str, float]:
+        """The interval's count, sum, min, max, mean, median, stddev and percentiles."""
+        if self.sketch is not None:
+            self.fold(accuracy)
+            return self._sketch_stats(percentiles)
+        if not self.weighted:
+            ordered = self.values.tolist()
+            ordered.sort()
+            return _unit_stats(ordered, percentiles)
+        return _weighted_stats(_pairs(self.values, self.weighted), percentiles)
+
+    def _sketch_stats(self, percentiles: Percentiles) -> dict[str, float]:
+        assert self.sketch is not None
+
+        sketch = self.sketch
+
+        def quantile(q: float) -> float:
+            # The sketch's answer is within the relative accuracy; it may still stray past the
+            # exact extremes, which we know, so keep it inside them.
+            found = sketch.get_quantile_value(q)
+            return min(max(found if found is not None else self.mean, self.low), self.high)
+
+        stats = {
+            "count": self.count,
+            "sum": self.total,
+            "min": self.low,
+            "max": self.high,
+            "mean": self.mean,
+            "median": quantile(0.5),
+            "stddev": math.sqrt(max(self.m2, 0.0) / self.count),
+        }
+        for pct, key in percentiles:
+            stats[key] = quantile(pct / 100.0)
+        return stats
+
+    def release(self) -> None:
+        """Free the samples once reported (a stale fast-path cache entry may still hold them)."""
+        del self.values[:]
+        self.weighted.clear()
+        self.sketch = None
+
+
+def _pairs(values: array[float], weighted: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    pairs = [(value, 1.0) for value in values]
+    pairs.extend(weighted)
+    pairs.sort()
+    return pairs
+
+
+def _unit_stats(ordered: list[float], percentiles: Percentiles) -> dict[str, float]:
+    """Stats of samples all sent at rate 1 (the usual case): plain nearest-rank percentiles."""
+    count = len(ordered)
+    total = sum(ordered)
+    mean = total / count
+    middle = count // 2
+    median = ordered[middle] if count % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    stats = {
+        "count": float(count),
+        "sum": total,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "mean": mean,
+        "median": median,
+        # sqrt(Σ (x - mean)²) in one C call (with compensated summation), where a list of
+        # deviations and one of their squares would make two float objects per sample.
+        "stddev": math.dist(ordered, (mean,) * count) / math.sqrt(count),
+    }
+    for pct, key in percentiles:
+        rank = max(1, math.ceil(pct * count / 100.0 - _RANK_EPSILON))
+        stats[key] = ordered[min(rank, count) - 1]
+    return stats
+
+
+def _weighted_stats(pairs: list[tuple[float, float]], percentiles: Percentiles) -> dict[str, float]:
+    """Stats of samples with sample rates: each counts 1 / rate times. With all weights 1 this
+    gives exactly :func:`_unit_stats`."""
+    count = math.fsum(w for _, w in pairs)
+    total = math.fsum(v * w for v, w in pairs)
+    mean = total / count
+    stats = {
+        "count": count,
+        "sum": total,
+        "min": pairs[0][0],
+        "max": pairs[-1][0],
+        "mean": mean,
+        "median": _weighted_median(pairs, count),
+        "stddev": math.sqrt(math.fsum(w * (v - mean) ** 2 for v, w in pairs) / count),
+    }
+    for pct, key in percentiles:
+        stats[key] = _weighted_rank(pairs, pct * count / 100.0)
+    return stats
+
+
+def _weighted_rank(pairs: list[tuple[float, float]], rank: float) -> float:
+    """The smallest value whose cumulative weight reaches ``rank`` (nearest-rank)."""
+    cumulative = 0.0
+    for value, weight in pairs:
+        cumulative += weight
+        if cumulative >= rank - _RANK_EPSILON:
+            return value
+    return pairs[-1][0]
+
+
+def _weighted_median(pairs: list[tuple[float, float]], count: float) -> float:
+    """The value at half the weight; the mean of two neighbours when the half falls between
+    them (the usual median for equal weights)."""
+    half = count / 2.0
+    cumulative = 0.0
+    for index, (value, weight) in enumerate(pairs):
+        cumulative += weight
+        if cumulative > half + _RANK_EPSILON:
+            return value
+        if cumulative >= half - _RANK_EPSILON and index + 1 < len(pairs):
+            return (value + pairs[index + 1][0]) / 2.0
+    return pairs[-1][0]
+
+
+def percentile_key(pct: float) -> str:
+    """The stats key of a percentile: 50 -> p50, 99.9 -> p99_9."""
+    if float(pct).is_integer():
+        return f"p{int(pct)}"
+    return "p" + repr(float(pct)).replace(".", "_")
