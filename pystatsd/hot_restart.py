@@ -14,7 +14,7 @@ both sides write frames: one type byte and a 4-byte length, then the body.
 2. The predecessor, on ``R`` within ``hot_restart_timeout``, stops its admin interfaces and,
    under the ingest lock, swaps its current interval's table out and puts a :class:`Forward`
    in place of its pipeline: whatever its receive threads still take is sent over the channel
-   (``D``, one payload a frame, after its input format) instead of being aggregated. It sends
+   (``D``, one payload a frame, with the listener's options) instead of being aggregated. It sends
    the table and the carried gauges and traces (``S``, a pickle: between our own processes,
    never client bytes), stops reading (see :func:`stop_shared_udp`), sends ``E``, waits for
    the successor's ``A``, tells systemd ``MAINPID=`` the successor, closes its forwarders
@@ -113,8 +113,9 @@ class Forward(Pipeline):
         self.channel = channel
         self.forwarded = 0
 
-    def ingest(self, payload: bytes, fmt: str = "statsd") -> None:
-        self.channel.send(DATA, fmt.encode() + b"\0" + payload)  # the input format, then it
+    def ingest(self, payload: bytes, *options: Any) -> None:
+        # The listener's options (input format, ...) travel with the payload, whatever they are
+        self.channel.send(DATA, pickle.dumps((payload, options), pickle.HIGHEST_PROTOCOL))
         self.forwarded += 1
 
     def publish_counts(self) -> None:
@@ -352,8 +353,8 @@ class Successor:
                 break
             kind, body = frame
             if kind == DATA:
-                fmt, _, payload = body.partition(b"\0")
-                daemon._deliver(payload, fmt.decode())
+                payload, options = pickle.loads(body)  # our predecessor's, as with S
+                daemon._deliver(payload, *options)
             elif kind == STATE:
                 state = pickle.loads(body)  # from our own predecessor, never client bytes
                 with daemon.lock:
