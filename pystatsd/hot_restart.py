@@ -224,6 +224,11 @@ class Predecessor:
     def run(self) -> bool:
         """True when the successor took over and this process should exit now."""
         daemon = self.daemon
+        unsupported = sorted({listener.spec["protocol"] for listener in daemon.listeners}
+                             - {"udp", "tcp"})
+        if unsupported:  # their socket files are not handed over (yet): a restart would race
+            return self._failed(None, "listeners of protocol " + ", ".join(unsupported)
+                                + " cannot be handed over; stop and start instead")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {socket_key(listener.spec["protocol"], listener.spec["address"],
                           listener.spec["port"]): listener._sock.fileno()
