@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pystatsd.inherited_sockets import inherited_socket
 from pystatsd.selfstats import SelfStats
 from pystatsd.wire_formats import Framer, make_framer
 
@@ -98,6 +99,9 @@ class _Throttle:
 
 
 def _bind(protocol: str, address: str, port: int) -> socket.socket:
+    handed_over = inherited_socket(protocol, address, port)
+    if handed_over is not None:  # a hot restart: the predecessor's bound socket
+        return handed_over
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     try:
         infos = socket.getaddrinfo(address or None, port, type=kind, flags=socket.AI_PASSIVE)
