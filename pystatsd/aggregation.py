@@ -51,6 +51,11 @@ keeps ~80% (the receive path needs 70-85% of a core at the target rates), and fi
 interval."""
 
 
+def _never_late() -> float:
+    """The clock of an unpaced :meth:`MetricMgr.finish`: no slice ever ends."""
+    return -math.inf
+
+
 def _series_order(series: SeriesStats) -> SeriesKey:
     return (series.name, series.type, series.tags)
 
@@ -179,10 +184,12 @@ class MetricMgr:
         return len(self._table.series)
 
     # -- flushing (main thread, without the ingest lock) -----------------------------------
-    def finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
+    def finish(self, table: IntervalTable, seconds: float,
+               pace: bool = True) -> list[SeriesStats]:
         """The statistics of a finished table, sorted by series, with the carried gauges (and
         cumulative traces) that had no sample in it. Updates the carried state and frees the
-        table's samples. ``seconds`` is the interval's real length (counter rates)."""
+        table's samples. ``seconds`` is the interval's real length (counter rates). ``pace``
+        False: never pause (a forked child, which shares no GIL with the receive thread)."""
         out: list[SeriesStats] = []
         seconds = seconds if seconds > 0 else 1.0
         gauges = self._gauges
@@ -190,7 +197,7 @@ class MetricMgr:
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
-        clock = time.perf_counter
+        clock = time.perf_counter if pace else _never_late
         slice_end = clock() + SNAPSHOT_SLICE
         for done, (key, cell) in enumerate(table.series.items()):
             if done & 7 == 0 and clock() > slice_end:
@@ -241,6 +248,25 @@ class MetricMgr:
             traces.clear()
         out.sort(key=_series_order)
         return out
+
+    def carried(self) -> tuple[dict[SeriesKey, list[float]], dict[SeriesKey, list[float]]]:
+        """The carried state :meth:`finish` reads and writes: gauges and cumulative traces,
+        key -> [value, idle flushes] (idle ``inf``: forgotten, deleted at the next finish)."""
+        return self._gauges, self._traces
+
+    def adopt_carried(self, gauges: dict[SeriesKey, list[float]],
+                      traces: dict[SeriesKey, list[float]],
+                      marked_at_fork: set[SeriesKey] | None) -> None:
+        """Take the carried state a :meth:`finish` run elsewhere (a forked child) made from this
+        manager's state at the fork. Under the ingest lock. ``marked_at_fork``: None if no
+        :meth:`forget` ran since the fork, else the gauges already forgotten at the fork (that
+        finish saw to them); gauges forgotten since stay forgotten."""
+        if marked_at_fork is not None:
+            for key, entry in self._gauges.items():
+                if entry[1] == math.inf and key in gauges and key not in marked_at_fork:
+                    gauges[key] = [0.0, math.inf]
+        self._gauges = gauges
+        self._traces = traces
 
     # -- the admin console's view (under the ingest lock) -------------------------------
     def current(self, kind: str) -> dict[SeriesKey, Any]:

@@ -31,10 +31,10 @@ from forwarders import (
     discover,
     load_forwarder_class,
 )
-from pystatsd import __version__, systemd
+from pystatsd import __version__, forked_snapshot, systemd
 from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.admin_runtime import AdminRuntime
-from pystatsd.aggregation import MetricMgr
+from pystatsd.aggregation import IntervalTable, MetricMgr
 from pystatsd.config import Config, listeners, load_config
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
@@ -96,6 +96,8 @@ class Daemon:
         self._interval_started = 0.0
         self._forwarder_totals: dict[str, float] = {}
         self._undeclared_stats: set[str] = set()
+        self._fork_failures = 0
+        """Forked snapshots that failed since start (their warnings are rate-limited)."""
         self._started_at = self.clock()
         self._last_flush: dict[str, float] = {}
         self.admin: AdminServer | None = None
@@ -280,7 +282,7 @@ class Daemon:
         if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
             end = max(now, start + 1e-9)
         self._interval_started = end
-        series = self.manager.finish(table, end - start)
+        series = self._finish(table, end - start)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
         snapshot = Snapshot(start, end - start, self.host, tuple(series))
@@ -290,7 +292,21 @@ class Daemon:
         for forwarder in self.forwarders.values():
             if isinstance(forwarder, AggregateForwarder):
                 forwarder.submit(snapshot)
+        forked_snapshot.release(table)
         return snapshot
+
+    def _finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
+        """The finished table's series: from a forked child, so that receiving keeps its
+        rate; in process (paced) where forking is unavailable or fails, counted."""
+        if forked_snapshot.AVAILABLE:
+            try:
+                return forked_snapshot.finish_forked(self.manager, table, seconds, self.lock)
+            except forked_snapshot.ForkedSnapshotError as exc:
+                self.stats.incr("flush.fork_failed")
+                if self._fork_failures % 100 == 0:  # at most one line in 100 failed flushes
+                    log.warning("forked snapshot failed (%s); finishing in process", exc)
+                self._fork_failures += 1
+        return self.manager.finish(table, seconds)
 
     def _self_metrics(self, counts: dict[str, int], elapsed: float,
                       flushed_series: int) -> list[SeriesStats]:
