@@ -18,6 +18,7 @@ window as long as the flush just before it (the machine's own noise). Lost = off
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from snapshot import make_payloads  # noqa: E402
+from snapshot import GcTimer, make_payloads  # noqa: E402
 
 from pystatsd import forked_snapshot  # noqa: E402
 from pystatsd.aggregation import MetricMgr  # noqa: E402
@@ -100,6 +101,8 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
     blast = subprocess.Popen([str(build_blast()), "127.0.0.1", str(port), str(args.rate),
                               str(args.seconds), "1", "1000"], stdout=subprocess.PIPE, text=True)
     time.sleep(args.lead)
+    collections = GcTimer()
+    collections.armed = True
     began = time.monotonic()
     with lock:
         table = manager.swap()
@@ -113,6 +116,8 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
     ended = time.monotonic()
     time.sleep(AFTER)  # the snapshot still alive, as while forwarders encode it
     del snapshot
+    collections.armed = False
+    gc.callbacks.remove(collections.callback)
     sent_text, _ = blast.communicate()
     time.sleep(0.3)
     receiver.stopping = True
@@ -123,13 +128,14 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
     window = ended - began
     during = longest_gap(receiver.times, began, ended)
     after = longest_gap(receiver.times, ended, ended + AFTER)
-    before = longest_gap(receiver.times, began - window, began)
+    before = longest_gap(receiver.times, began - min(window, args.lead - 0.2), began)
     rate = sum(began <= t <= ended for t in receiver.times) / window
     return (f"{mode:6} {series:,} series -> {flushed:,}: flush {window * 1000:,.0f} ms; "
             f"longest receive gap during it {during * 1000:.1f} ms, in the {AFTER:.0f} s after "
             f"it {after * 1000:.1f} ms (before it {before * 1000:.1f} ms); "
             f"received {rate:,.0f} datagrams/s during it; "
-            f"lost {sent - received:,} of {sent:,}")
+            f"lost {sent - received:,} of {sent:,}; longest garbage collection "
+            f"{collections.longest * 1000:.0f} ms (generation {collections.generation})")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ nothing changed and the daemon finishes in process, counted."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -19,6 +20,14 @@ from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 from pystatsd.daemon import Daemon
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Any:
+    """A forked snapshot freezes the heap (``gc.freeze``); give pytest's back after each test."""
+    yield
+    gc.unfreeze()
+
 
 NAMES = st.sampled_from(["a", "b.c", "ünï"])
 TAGS = st.sampled_from([(), (("env", "prod"),), (("env", "dev"), ("k", ""))])
