@@ -53,6 +53,34 @@ def build_blast() -> Path:
     return BLAST
 
 
+class DropWatch(threading.Thread):
+    """The kernel's drop count for one UDP port (``/proc/net/udp``), every 50 ms: which
+    window the losses fell in."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.wanted = f"0100007F:{port:04X}"
+        self.samples: list[tuple[float, int]] = []
+        self.stopping = False
+
+    def read(self) -> int:
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == self.wanted:
+                return int(fields[-1])
+        return 0
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.samples.append((time.monotonic(), self.read()))
+            time.sleep(0.05)
+
+    def between(self, start: float, end: float) -> int:
+        inside = [n for t, n in self.samples if start <= t <= end + 0.1]
+        before = [n for t, n in self.samples if t < start]
+        return (inside[-1] if inside else 0) - (before[-1] if before else 0)
+
+
 class Receiver(threading.Thread):
     def __init__(self, pipeline: Pipeline, lock: threading.Lock) -> None:
         super().__init__(daemon=True)
@@ -98,6 +126,8 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
     receiver = Receiver(pipeline, lock)
     receiver.start()
     port = receiver.sock.getsockname()[1]
+    watch = DropWatch(port)
+    watch.start()
     blast = subprocess.Popen([str(build_blast()), "127.0.0.1", str(port), str(args.rate),
                               str(args.seconds), "1", "1000"], stdout=subprocess.PIPE, text=True)
     time.sleep(args.lead)
@@ -120,8 +150,9 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
     gc.callbacks.remove(collections.callback)
     sent_text, _ = blast.communicate()
     time.sleep(0.3)
-    receiver.stopping = True
+    receiver.stopping = watch.stopping = True
     receiver.join()
+    watch.join()
     receiver.sock.close()
     sent = int(sent_text.split()[0])
     received = len(receiver.times)
@@ -134,7 +165,8 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
             f"longest receive gap during it {during * 1000:.1f} ms, in the {AFTER:.0f} s after "
             f"it {after * 1000:.1f} ms (before it {before * 1000:.1f} ms); "
             f"received {rate:,.0f} datagrams/s during it; "
-            f"lost {sent - received:,} of {sent:,}; longest garbage collection "
+            f"lost {sent - received:,} of {sent:,} ({watch.between(began, ended):,} "
+            f"dropped by the kernel during the flush); longest garbage collection "
             f"{collections.longest * 1000:.0f} ms (generation {collections.generation})")
 
 
