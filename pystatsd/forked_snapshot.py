@@ -22,6 +22,7 @@ import gc
 import marshal
 import math
 import os
+import signal
 import struct
 import threading
 import time
@@ -47,6 +48,10 @@ frame of 1,000 timer series loads in about a millisecond."""
 CHILD_NICENESS = 10
 """The child yields the CPU to the receive thread: on a busy machine, at the same priority, the
 scheduler left the receive thread waiting 15-60 ms at a time while the child ran."""
+
+CHILD_TIMEOUT = 300.0
+"""Seconds a child may take before it is killed and the interval is finished in process (a
+100,000-series table took 4-37 s here, at nice 10 on a busy machine)."""
 
 _HEADER = struct.Struct("<BI")  # frame kind, payload length
 _SERIES, _GAUGES, _TRACES, _MARKED, _END = range(5)
@@ -78,6 +83,10 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
         os.close(read_fd)
         _child(manager, table, seconds, write_fd)
     os.close(write_fd)
+    # A child that hangs is killed: the pipe then ends short, and the interval falls back.
+    watchdog = threading.Timer(CHILD_TIMEOUT, _kill, (pid,))
+    watchdog.daemon = True
+    watchdog.start()
     # The parent makes a few objects per series (``SeriesStats``, the carried entries). With
     # the collector on, that many new objects set off a full collection mid-snapshot, which
     # holds the GIL while it walks the whole heap (measured: 72 ms at 10,000 series); turned
@@ -95,12 +104,29 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     finally:
         if collecting:
             gc.enable()
-        _, status = os.waitpid(pid, 0)
+        status = _reap(pid)
+        watchdog.cancel()
     if status != 0:
         raise ForkedSnapshotError(f"snapshot child ended with status {status:#x}")
     with lock:
         manager.adopt_carried(gauges, traces, marked if manager.epoch != epoch else None)
     return series
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended just now
+        pass
+
+
+def _reap(pid: int) -> int:
+    """The child's exit status; 0 if something else already reaped it (the frames were checked
+    complete by then, and a child that died early shows as a short pipe)."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0
 
 
 def _child(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int) -> None:

@@ -124,7 +124,11 @@ def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 1000) + b"\x00" * 10)  # then exits 0
 
 
-@pytest.mark.parametrize("child", [dies, sends_half])
+def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("child", [dies, sends_half, hangs])
 def test_a_failed_child_changes_nothing(child: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     local, forked = twin_managers(trace_cumulative=True)
     for manager in (local, forked):
@@ -134,6 +138,7 @@ def test_a_failed_child_changes_nothing(child: Any, monkeypatch: pytest.MonkeyPa
         manager.add(Sample("g", GAUGE, 1.0, delta=True))
         manager.add(Sample("lat", TIMER, 3.0))
     monkeypatch.setattr(forked_snapshot, "_child_work", child)
+    monkeypatch.setattr(forked_snapshot, "CHILD_TIMEOUT", 1.0)
     table = forked.swap()
     with pytest.raises(forked_snapshot.ForkedSnapshotError):
         forked_snapshot.finish_forked(forked, table, 10.0, threading.Lock())
