@@ -101,6 +101,8 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
         with os.fdopen(read_fd, "rb", buffering=1 << 20) as pipe:
             series, gauges, traces, marked = _receive(pipe)
         gc.freeze()
+    except (ValueError, TypeError, EOFError) as exc:  # frames that do not decode
+        raise ForkedSnapshotError(f"snapshot child sent a bad frame: {exc}") from exc
     finally:
         if collecting:
             gc.enable()

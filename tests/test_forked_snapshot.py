@@ -124,11 +124,15 @@ def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 1000) + b"\x00" * 10)  # then exits 0
 
 
+def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    os.write(fd, forked_snapshot._HEADER.pack(0, 4) + b"\xff\xfe\xfd\xfc")
+
+
 def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
     time.sleep(3600)
 
 
-@pytest.mark.parametrize("child", [dies, sends_half, hangs])
+@pytest.mark.parametrize("child", [dies, sends_half, sends_garbage, hangs])
 def test_a_failed_child_changes_nothing(child: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     local, forked = twin_managers(trace_cumulative=True)
     for manager in (local, forked):
