@@ -18,6 +18,7 @@ process (counted).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import marshal
 import math
@@ -59,6 +60,13 @@ CHILD_TIMEOUT = 300.0
 """Seconds a child may take before it is killed and the interval is finished in process (a
 100,000-series table took 4-37 s here, at nice 10 on a busy machine)."""
 
+_PRCTL: Any
+try:  # looked up in the daemon, not in the child
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
 _HEADER = struct.Struct("<BI")  # frame kind, payload length
 _SERIES, _GAUGES, _TRACES, _MARKED, _END = range(5)
 _CHILD_FAILED = 70
@@ -75,6 +83,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     fork, so that no :meth:`MetricMgr.forget` is half done in the child's copy, and for the
     adoption). ``table`` is left as it was: the caller frees it (see :func:`release`)."""
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     try:
         with lock:
             epoch = manager.epoch
@@ -87,7 +96,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
         raise ForkedSnapshotError(f"fork failed: {exc}") from exc
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(manager, table, seconds, write_fd)
+        _child(manager, table, seconds, write_fd, parent)
     os.close(write_fd)
     # A child that hangs is killed: the pipe then ends short, and the interval falls back.
     watchdog = threading.Timer(CHILD_TIMEOUT, _kill, (pid,))
@@ -137,11 +146,16 @@ def _reap(pid: int) -> int:
         return 0
 
 
-def _child(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int) -> None:
+def _child(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int,
+           parent: int) -> None:
     code = _CHILD_FAILED
     try:
         gc.disable()  # short-lived; a collection would only copy pages
         os.nice(CHILD_NICENESS)
+        if _PRCTL is not None:  # a child outliving a killed daemon would hold its ports
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            if os.getppid() != parent:  # the daemon died before the line above
+                return
         _child_work(manager, table, seconds, fd)
         code = 0
     finally:

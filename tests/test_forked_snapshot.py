@@ -7,8 +7,11 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ def unfrozen_heap() -> Any:
     gc.unfreeze()
 
 
+REPO = Path(__file__).resolve().parent.parent
 NAMES = st.sampled_from(["a", "b.c", "ünï"])
 TAGS = st.sampled_from([(), (("env", "prod"),), (("env", "dev"), ("k", ""))])
 RATES = st.sampled_from([1.0, 0.5, 0.1])
@@ -189,3 +193,42 @@ def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: 
     names = {r["name"] for r in daemon.records()}
     assert "pystatsd.flush.count" in names
     assert "pystatsd.flush.fork_failed" not in names  # every flush above was forked
+
+
+CHILD_OUTLIVES = """
+import os, sys, threading, time
+from pystatsd import forked_snapshot
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+
+def hang(manager, table, seconds, fd):
+    print(os.getpid(), flush=True)
+    time.sleep(3600)
+
+forked_snapshot._child_work = hang
+manager = MetricMgr(build_config({"forwarders": {}}))
+forked_snapshot.finish_forked(manager, manager.swap(), 10.0, threading.Lock())
+"""
+
+
+def test_a_snapshot_child_dies_with_a_killed_daemon() -> None:
+    # Else it would keep the daemon's sockets (inherited) bound after the daemon is gone.
+    daemon = subprocess.Popen([sys.executable, "-c", CHILD_OUTLIVES], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert daemon.stdout is not None
+        child = int(daemon.stdout.readline())
+        daemon.kill()
+        daemon.wait(10)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and Path(f"/proc/{child}").exists():
+            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # dead, waiting for init to reap it
+            time.sleep(0.05)
+        else:
+            assert not Path(f"/proc/{child}").exists(), "snapshot child outlived its daemon"
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+        assert daemon.stdout is not None
+        daemon.stdout.close()
