@@ -6,14 +6,15 @@ keeps ~80% of its rate for the whole snapshot; a 100,000-series table takes seco
 the way Redis saves, the child sees the finished table and the carried state as they were at
 the fork (copy-on-write), runs the same ``finish`` unpaced on the other core, and sends back
 the series and its new carried state as ``marshal`` frames over a pipe. The parent meanwhile
-waits on the pipe (without the GIL), turns each frame into objects in short slices and adopts
+waits on the pipe (without the GIL), turns each frame into objects, pausing after each, adopts
 the carried state under the ingest lock, so the result is exactly the in-process one.
 
 Forwarders stay in the parent (librdkafka's threads do not survive a fork); the child runs no
-thread, takes no lock, logs nothing and leaves by ``os._exit``. When ``fork`` is unavailable or
-fails, or the child dies or sends less than it announced, :func:`finish_forked` raises
-:class:`ForkedSnapshotError` having changed nothing, and the daemon finishes the same table in
-process (counted).
+thread, takes no lock, logs nothing, dies with the daemon (``PR_SET_PDEATHSIG``) and leaves by
+``os._exit``. When ``fork`` is unavailable or fails, or the child dies, hangs past
+:data:`CHILD_TIMEOUT`, or sends frames that do not decode or fewer than it announced,
+:func:`finish_forked` raises :class:`ForkedSnapshotError` having changed nothing, and the daemon
+finishes the same table in process (counted).
 """
 
 from __future__ import annotations
