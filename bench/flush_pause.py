@@ -119,7 +119,7 @@ def one_run(mode: str, args: argparse.Namespace, payloads: list[bytes]) -> str:
         for payload in payloads:
             pipeline.ingest(payload)
         table = manager.swap()
-        manager.finish(table, 10.0, pace=False)
+        manager.finish_table(table, 10.0, pace=False)
     for payload in payloads:
         pipeline.ingest(payload)
     series = manager.series_count()

@@ -45,7 +45,7 @@ def measure(kind: str, series: int) -> tuple[float, float]:
         warm = [(b"warm." + p) for p in payloads[:100]]
     for payload in warm:  # interned strings, grown dicts of the pipeline itself
         pipeline.ingest(payload)
-    manager.finish(manager.swap(), 10.0, pace=False)
+    manager.finish(manager.swap(), 10.0)
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -53,7 +53,7 @@ def measure(kind: str, series: int) -> tuple[float, float]:
         pipeline.ingest(payload)
     gc.collect()
     active = tracemalloc.get_traced_memory()[0] - base
-    snapshot = manager.finish(manager.swap(), 10.0, pace=False)
+    snapshot = manager.finish(manager.swap(), 10.0)
     del snapshot
     gc.collect()
     idle = tracemalloc.get_traced_memory()[0] - base

@@ -190,10 +190,10 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd") -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload)
+            self.pipeline.ingest(payload, fmt)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -316,6 +316,7 @@ class Daemon:
                               {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
+        gauges.update(self.manager.series_levels())  # held, carried, limit: max_series' view
         for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"

@@ -83,6 +83,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     manager's carried state is then the child's. ``lock`` is the ingest lock (held for the
     fork, so that no :meth:`MetricMgr.forget` is half done in the child's copy, and for the
     adoption). ``table`` is left as it was: the caller frees it (see :func:`release`)."""
+    manager.start_finish(len(table.series))
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     try:
@@ -115,7 +116,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     gc.disable()
     try:
         with os.fdopen(read_fd, "rb", buffering=1 << 20) as pipe:
-            series, gauges, traces, marked = _receive(pipe)
+            series, gauges, traces, marked, non_finite, shrunk = _receive(pipe)
         gc.freeze()
     except (ValueError, TypeError, EOFError) as exc:  # frames that do not decode
         raise ForkedSnapshotError(f"snapshot child sent a bad frame: {exc}") from exc
@@ -127,7 +128,9 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     if status != 0:
         raise ForkedSnapshotError(f"snapshot child ended with status {status:#x}")
     with lock:
-        manager.adopt_carried(gauges, traces, marked if manager.epoch != epoch else None)
+        manager.adopt_carried(gauges, traces, marked if manager.epoch != epoch else None,
+                              shrunk)
+    manager.report_non_finite(non_finite)
     return series
 
 
@@ -167,14 +170,16 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
     """Finish the table and send every frame (the tests replace this to kill the child)."""
     gauges, traces = manager.carried()
     marked = [key for key, entry in gauges.items() if entry[1] == math.inf]
-    series = manager.finish(table, seconds, pace=False)
+    generation = manager.memory_generation
+    series, non_finite = manager.finish_table(table, seconds, pace=False)
+    shrunk = manager.memory_generation != generation
     gauges, traces = manager.carried()
     with os.fdopen(fd, "wb", buffering=1 << 20) as pipe:
         _send(pipe, _MARKED, marked)
         _send_chunks(pipe, _SERIES, [(s.name, s.type, s.tags, s.stats) for s in series])
         _send_chunks(pipe, _GAUGES, [(key, entry[0], entry[1]) for key, entry in gauges.items()])
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
-        _send(pipe, _END, (len(series), len(gauges), len(traces)))
+        _send(pipe, _END, (len(series), len(gauges), len(traces), non_finite, shrunk))
 
 
 def _send_chunks(pipe: BinaryIO, kind: int, items: list[Any]) -> None:
@@ -189,7 +194,7 @@ def _send(pipe: BinaryIO, kind: int, payload: Any) -> None:
 
 
 def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[float]],
-                                      dict[SeriesKey, list[float]], set[SeriesKey]]:
+                                      dict[SeriesKey, list[float]], set[SeriesKey], int, bool]:
     series: list[SeriesStats] = []
     carried: tuple[dict[SeriesKey, list[float]], dict[SeriesKey, list[float]]] = ({}, {})
     marked: set[SeriesKey] = set()
@@ -217,10 +222,10 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
         elif kind == _MARKED:
             marked.update(items)
         else:
-            if tuple(items) != (len(series), len(carried[0]), len(carried[1])):
-                raise ForkedSnapshotError(f"snapshot child announced {items}, sent "
-                                          f"{(len(series), len(carried[0]), len(carried[1]))}")
-            return series, carried[0], carried[1], marked
+            sent = (len(series), len(carried[0]), len(carried[1]))
+            if tuple(items[:3]) != sent:
+                raise ForkedSnapshotError(f"snapshot child announced {items[:3]}, sent {sent}")
+            return series, carried[0], carried[1], marked, int(items[3]), bool(items[4])
         worked = clock() - began
 
 

@@ -22,6 +22,7 @@ from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
 from pystatsd.tagging import Tagger
+from pystatsd.wire_formats import decode, relay_accepts, relay_items
 
 _SLOW_START = b"{[ \t\r\n\x0b\x0c"
 """A payload starting with one of these goes whole to ``decode_payload``: JSON (which it
@@ -38,7 +39,8 @@ class Pipeline:
         self._manager = manager
         self._stats = stats
         manager.stats = stats
-        self._relays = tuple(relays)
+        self._relays = tuple(r for r in relays if relay_accepts(r, "statsd"))
+        self._all_relays = tuple(relays)
         # Counted in plain ints (a Counter update per payload would cost more than a line)
         # and published into ``stats`` by publish_counts, which the daemon calls before each
         # swap.
@@ -80,8 +82,12 @@ class Pipeline:
         self._datagrams = self._lines = self._decoded = self._aggregated = 0
         cache.hits = cache.unplaced = 0
 
-    def ingest(self, payload: bytes) -> None:
-        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``."""
+    def ingest(self, payload: bytes, fmt: str = "statsd") -> None:
+        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``; a
+        listener of another ``format`` hands whole units of it (pystatsd.wire_formats)."""
+        if fmt != "statsd":
+            self._ingest_format(payload, fmt)
+            return
         self._datagrams += 1
         if self._relaying and self._relay(payload):
             return
@@ -112,6 +118,22 @@ class Pipeline:
         if self._relay_only:
             self._lines += len(lines)
         return self._relay_only
+
+    def _ingest_format(self, payload: bytes, fmt: str) -> None:
+        """A payload of graphite or statsite: to the relays that take that input, and (unless
+        relay mode) decoded and aggregated."""
+        self._datagrams += 1
+        relays = [relay for relay in self._all_relays if relay_accepts(relay, fmt)]
+        if relays:
+            items = relay_items(fmt, payload)
+            if items:
+                for relay in relays:
+                    relay.submit_lines(items)
+        if self._relay_only:
+            return
+        samples = decode(fmt, payload, self._stats)
+        self._lines += len(samples)
+        self._aggregate(samples)
 
     # -- the slow path: the decoders' rules, then the tagger and MetricMgr.add ----------------
     def _ingest_from(self, lines: list[bytes], missed: bytes) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import resource
@@ -24,13 +25,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pystatsd.selfstats import SelfStats
+from pystatsd.wire_formats import Framer, make_framer
 
 log = logging.getLogger("pystatsd.listeners")
 
 Deliver = Callable[[bytes], None]
+
+
+class FormatDeliver(Protocol):
+    """``deliver`` as the daemon gives it: a payload, and its listener's format."""
+
+    def __call__(self, payload: bytes, fmt: str = "statsd") -> None: ...
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -553,6 +561,10 @@ class _Connection(asyncio.Protocol):
         self._skipping = False  # inside a line that already exceeded the limit
         self._read = 0
         self.last_active = time.monotonic()
+        fmt = listener.spec.get("format", "statsd")
+        self._framer: Framer | None = (None if fmt == "statsd" else
+                                       make_framer(fmt, self._limit, listener._stats))
+        """Another format's cutter (pystatsd.wire_formats); None: newline-delimited statsd."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -568,6 +580,10 @@ class _Connection(asyncio.Protocol):
         self._feed(data)
 
     def eof_received(self) -> bool:
+        if self._framer is not None:
+            for payload in self._framer.finish():
+                self._listener.deliver_lines(payload)
+            return False
         # The client closed its side: a last line without a newline is complete.
         if self._pending and not self._skipping:
             self._deliver(self._pending)
@@ -585,6 +601,9 @@ class _Connection(asyncio.Protocol):
     def _feed(self, chunk: bytes) -> None:
         self._read += len(chunk)
         self._listener.bytes_received += len(chunk)
+        if self._framer is not None:
+            self._feed_framed(chunk)
+            return
         limit = self._limit
         data = self._pending + chunk
         cut = data.rfind(b"\n")
@@ -601,6 +620,16 @@ class _Connection(asyncio.Protocol):
             if not self._skipping:
                 self._listener.reject_too_long(self._pending)
             self._skipping, self._pending = True, b""
+
+    def _feed_framed(self, chunk: bytes) -> None:
+        framer = self._framer
+        assert framer is not None
+        if framer.closed:
+            return
+        for payload in framer.feed(chunk):
+            self._listener.deliver_lines(payload)
+        if framer.closed and self._transport is not None:
+            self._transport.close()  # the stream cannot be trusted past what it refused
 
     def _deliver(self, complete: bytes) -> None:
         if not complete:
@@ -708,7 +737,7 @@ def connection_caps(specs: list[dict[str, Any]]) -> list[int]:
     return caps
 
 
-def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
+def open_listeners(specs: list[dict[str, Any]], deliver: FormatDeliver,
                    stats: SelfStats) -> list[UdpListener | TcpListener]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
     none receives until ``start``."""
@@ -716,10 +745,16 @@ def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
     caps = iter(connection_caps(specs))
     try:
         for spec in specs:
+            fmt = spec.get("format", "statsd")
+            if fmt == "graphite_pickle" and spec["protocol"] == "udp":
+                raise ListenerError(f"udp {spec['address']}:{spec['port']}: format "
+                                    "graphite_pickle is tcp only")
+            # a non-statsd listener tells the daemon its format (pystatsd.wire_formats)
+            spec_deliver = deliver if fmt == "statsd" else functools.partial(deliver, fmt=fmt)
             if spec["protocol"] == "udp":
-                opened.append(UdpListener(spec, deliver, stats))
+                opened.append(UdpListener(spec, spec_deliver, stats))
             else:
-                opened.append(TcpListener(spec, deliver, stats, next(caps)))
+                opened.append(TcpListener(spec, spec_deliver, stats, next(caps)))
     except Exception:
         for listener in opened:
             listener.close_socket()

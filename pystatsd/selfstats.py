@@ -25,6 +25,7 @@ REJECT_REASONS = (
     "too_many_series",
     "not_metric",
     "statsd_syntax",
+    "overflow",
 )
 """Why an input is dropped: JSON that does not parse (bad_json), an object or line without a
 name, type or value (missing_field), a value that is not a number or a sample rate out of (0, 1]
@@ -33,7 +34,10 @@ name, type or value (missing_field), a value that is not a number or a sample ra
 `name:value|type` shape (bad_line), a new series past `max_series` (too_many_series), a
 DogStatsD event or service check, well-formed but not a metric (not_metric), a JSON sample
 that cannot be relayed as a statsd line because its name, a tag or a set member holds statsd
-syntax such as a newline or `|` (statsd_syntax; it is still aggregated)."""
+syntax such as a newline or `|` (statsd_syntax; it is still aggregated), a finite sample that
+would make its series' aggregate non-finite: a counter or trace sum past ±1.8e308, a sample rate
+so small that 1 / rate is infinite, gauge deltas past ±1.8e308, a timer or histogram value or
+1 / rate beyond 1e100 (overflow; the series' other samples still count)."""
 
 
 class SelfStats:

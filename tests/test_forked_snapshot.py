@@ -37,7 +37,8 @@ NAMES = st.sampled_from(["a", "b.c", "ünï"])
 TAGS = st.sampled_from([(), (("env", "prod"),), (("env", "dev"), ("k", ""))])
 RATES = st.sampled_from([1.0, 0.5, 0.1])
 NUMBERS = st.one_of(st.integers(-1000, 1000).map(float),
-                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+                    st.sampled_from([1e308, -1e308, 1e200]))  # overflow and non-finite results
 
 
 @st.composite
@@ -85,6 +86,7 @@ def test_forked_finish_equals_in_process_finish_interval_after_interval(
         got = forked_snapshot.finish_forked(forked, table, 7.5, lock)
         assert comparable(got) == comparable(expected)
         assert carried(forked) == carried(local)
+        assert forked.stats.totals() == local.stats.totals()  # flush.non_finite among them
 
 
 def test_carried_gauges_and_traces_survive_forked_flushes() -> None:
@@ -115,7 +117,7 @@ def test_a_gauge_forgotten_after_the_fork_stays_forgotten() -> None:
     gauges, traces = manager.carried()
     child_gauges = {key: list(entry) for key, entry in gauges.items()}  # as a child makes them
     manager.forget([("g", GAUGE, ())])  # after the fork, in the parent
-    manager.adopt_carried(child_gauges, dict(traces), marked_at_fork=set())
+    manager.adopt_carried(child_gauges, dict(traces), marked_at_fork=set(), shrunk=False)
     assert manager.current(GAUGE) == {("h", GAUGE, ()): 6.0}
     assert {s.name for s in manager.finish(manager.swap(), 10.0)} == {"h"}
 

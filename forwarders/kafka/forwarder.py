@@ -16,7 +16,7 @@ Delivery, in order of preference (docs/kafka.md has the whole story):
 
 Only a full spool drops messages, and it counts them (``spool_dropped``); a spool the disk
 refuses loses what it cannot write, and counts that (``spool_io_errors``, ``spool_io_lost``).
-Nothing handed on from the spool is sent from it again (see :mod:`forwarders.kafka.spool`), and
+Nothing handed on from the spool is sent from it again (see :mod:`forwarders.spool`), and
 every message carries the header ``pystatsd-id`` (:func:`message_id`), the same on every
 delivery of it, so a consumer can drop a duplicate whatever caused it.
 """
@@ -44,7 +44,7 @@ from forwarders.kafka.embedded_broker import (
 )
 from forwarders.kafka.formats import FORMATS, Unencodable, make_encoder
 from forwarders.kafka.outage import OutageWatch
-from forwarders.kafka.spool import Record, Spool, SpoolInUse
+from forwarders.spool import Record, Spool, SpoolInUse
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = ["ID_HEADER", "KafkaConfigError", "KafkaForwarder", "message_id"]

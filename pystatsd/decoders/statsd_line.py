@@ -1,6 +1,6 @@
 """One statsd / DogStatsD line -> samples.
 
-``name[,k=v...]:value[:value...]|type[|@rate][|#k:v,flag][|c:container][|Ttimestamp]``
+``name[,k=v...][;k=v...]:value[:value...]|type[|@rate][|#k:v,flag][|c:container][|Ttimestamp]``
 The full grammar, and why each choice, is in docs/input-formats.md."""
 
 from __future__ import annotations
@@ -83,12 +83,16 @@ def parse_statsd_line(line: bytes) -> list[Sample]:
 
 
 def _split_name(name_part: str) -> tuple[str, Tags]:
-    """Given ``name`` or InfluxDB-style ``name,k=v,k2=v2``, return the name and its tags."""
-    if "," not in name_part:
+    """Given ``name``, InfluxDB-style ``name,k=v,k2=v2`` or graphite-style ``name;k=v;k2=v2``
+    (as the Go cactus client writes tags), return the name and its tags."""
+    graphite_pairs: list[str] = []
+    if ";" in name_part:
+        name_part, *graphite_pairs = name_part.split(";")
+    if "," not in name_part and not graphite_pairs:
         return check_name(name_part), ()
     name, *pairs = name_part.split(",")
     tags: dict[str, str] = {}
-    for pair in pairs:
+    for pair in pairs + graphite_pairs:
         key, _, value = pair.partition("=")
         if key:
             tags[key] = value
