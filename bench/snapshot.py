@@ -41,7 +41,7 @@ from pystatsd.snapshot import SeriesStats  # noqa: E402
 
 
 def make_payloads(names: int, min_samples: int, max_samples: int, lines: int,
-                  seed: int = 1) -> list[bytes]:
+                  seed: int = 1, max_members: int = 1000) -> list[bytes]:
     rng = random.Random(seed)
     out: list[str] = []
     for i in range(names):
@@ -58,7 +58,7 @@ def make_payloads(names: int, min_samples: int, max_samples: int, lines: int,
                        f"{rng.randrange(1000):03d}|ms{tags}"
                        for _ in range(rng.randint(min_samples, max_samples)))
         else:
-            members = rng.randint(10, 1000)
+            members = rng.randint(10, max_members)
             out.extend(f"bench.svc{i % 100}.users{i}:u{m}|s{tags}" for m in range(members))
     rng.shuffle(out)
     return ["\n".join(out[at:at + lines]).encode() for at in range(0, len(out), lines)]

@@ -82,6 +82,9 @@ keeps ~80% (the receive path needs 70-85% of a core at the target rates), and fi
 interval."""
 
 
+def _never_late() -> float:
+    """The clock of an unpaced :meth:`MetricMgr.finish`: no slice ever ends."""
+    return -math.inf
 DISTRIBUTION_LIMIT = 1e100
 """A timer or histogram sample whose value or weight (1 / sample rate) is larger than this in
 magnitude is rejected as ``overflow``: the squares of deviations in the stddev, times a
@@ -370,17 +373,39 @@ class MetricMgr:
     def finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
         """The statistics of a finished table, sorted by series, with the carried gauges (and
         cumulative traces) that had no sample in it. Updates the carried state and frees the
-        table's samples. ``seconds`` is the interval's real length (counter rates)."""
+        table's samples. ``seconds`` is the interval's real length (counter rates).
+
+        In three parts, so that ``pystatsd.forked_snapshot`` can run the middle one in a
+        forked child and the two with effects outside the manager in the daemon."""
+        self.start_finish(len(table.series))
+        out, non_finite = self.finish_table(table, seconds)
+        self.report_non_finite(non_finite)
+        return out
+
+    def start_finish(self, table_size: int) -> None:
+        """What a flush does before finishing a table of ``table_size`` series (memory)."""
+        self._after_burst(table_size)
+
+    def report_non_finite(self, count: int) -> None:
+        """Count and log the series :meth:`finish_table` left out as non-finite."""
+        if count:
+            self._dropped_non_finite(count)
+
+    def finish_table(self, table: IntervalTable, seconds: float,
+                     pace: bool = True) -> tuple[list[SeriesStats], int]:
+        """:meth:`finish` but for its first and last steps: the series, and how many were left
+        out as non-finite. Touches nothing but the table and the carried state (and
+        :attr:`memory_generation` when it shrinks that). ``pace`` False: never pause (a forked
+        child, which shares no GIL with the receive thread)."""
         out: list[SeriesStats] = []
         seconds = seconds if seconds > 0 else 1.0
-        self._after_burst(len(table.series))
         gauges = self._gauges
         traces = self._traces
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         buckets = self.histogram_buckets
-        clock = time.perf_counter
+        clock = time.perf_counter if pace else _never_late
         slice_end = clock() + SNAPSHOT_SLICE
         non_finite = 0
         for done, (key, cell) in enumerate(table.series.items()):
@@ -449,10 +474,31 @@ class MetricMgr:
             else:
                 non_finite += 1
         table.stamped.clear()
-        if non_finite:
-            self._dropped_non_finite(non_finite)
         out.sort(key=_series_order)
-        return out
+        return out, non_finite
+
+    def carried(self) -> tuple[dict[SeriesKey, list[float]], dict[SeriesKey, list[float]]]:
+        """The carried state :meth:`finish` reads and writes: gauges and cumulative traces,
+        key -> [value, idle flushes] (idle ``inf``: forgotten, deleted at the next finish)."""
+        return self._gauges, self._traces
+
+    def adopt_carried(self, gauges: dict[SeriesKey, list[float]],
+                      traces: dict[SeriesKey, list[float]],
+                      marked_at_fork: set[SeriesKey] | None, shrunk: bool) -> None:
+        """Take the carried state a :meth:`finish_table` run elsewhere (a forked child) made
+        from this manager's state at the fork. Under the ingest lock. ``marked_at_fork``: None
+        if no :meth:`forget` ran since the fork, else the gauges already forgotten at the fork
+        (that finish saw to them); gauges forgotten since stay forgotten. ``shrunk``: that run
+        shrank a carried table (the burst's memory is then released as after one here)."""
+        if marked_at_fork is not None:
+            for key, entry in self._gauges.items():
+                if entry[1] == math.inf and key in gauges and key not in marked_at_fork:
+                    gauges[key] = [0.0, math.inf]
+        self._gauges = gauges
+        self._traces = traces
+        self._carried = len(gauges) + len(traces)
+        if shrunk:
+            self._burst_gone()
 
     def _after_burst(self, table_size: int) -> None:
         """At the start of a flush: release what the end of the last burst freed, and see

@@ -1,0 +1,272 @@
+"""The forked snapshot: a child process finishes the interval, and what comes back is exactly
+what finishing in process gives, carried gauges and traces included; when the child fails,
+nothing changed and the daemon finishes in process, counted."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pystatsd import forked_snapshot
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+from pystatsd.daemon import Daemon
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Any:
+    """A forked snapshot freezes the heap (``gc.freeze``); give pytest's back after each test."""
+    yield
+    gc.unfreeze()
+
+
+REPO = Path(__file__).resolve().parent.parent
+NAMES = st.sampled_from(["a", "b.c", "ünï"])
+TAGS = st.sampled_from([(), (("env", "prod"),), (("env", "dev"), ("k", ""))])
+RATES = st.sampled_from([1.0, 0.5, 0.1])
+NUMBERS = st.one_of(st.integers(-1000, 1000).map(float),
+                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+                    st.sampled_from([1e308, -1e308, 1e200]))  # overflow and non-finite results
+
+
+@st.composite
+def samples(draw: Any) -> Sample:
+    kind = draw(st.sampled_from(METRIC_TYPES))
+    value: float | str
+    if kind == SET:
+        value = draw(st.sampled_from(["u1", "u2", "u3", "x"]))
+    elif kind == TRACE:
+        value = 1.0
+    else:
+        value = draw(NUMBERS)
+    rate = draw(RATES) if kind in (COUNTER, TIMER, HISTOGRAM, TRACE) else 1.0
+    delta = kind == GAUGE and draw(st.booleans())
+    return Sample(draw(NAMES), kind, value, rate, draw(TAGS), delta)
+
+
+def twin_managers(**overrides: Any) -> tuple[MetricMgr, MetricMgr]:
+    config = build_config({"forwarders": {}, **overrides})
+    return MetricMgr(config), MetricMgr(config)
+
+
+def comparable(series: list[Any]) -> list[tuple[Any, ...]]:
+    # repr: equal floats print equal, and a NaN statistic would compare unequal to itself.
+    return [(s.name, s.type, s.tags, repr(sorted(s.stats.items()))) for s in series]
+
+
+def carried(manager: MetricMgr) -> tuple[dict[Any, list[float]], ...]:
+    return manager.carried()
+
+
+@settings(max_examples=40, deadline=None)
+@given(intervals=st.lists(st.lists(samples(), max_size=40), min_size=1, max_size=4),
+       cumulative=st.booleans(), exact=st.sampled_from([3, 1000]))
+def test_forked_finish_equals_in_process_finish_interval_after_interval(
+        intervals: list[list[Sample]], cumulative: bool, exact: int) -> None:
+    local, forked = twin_managers(trace_cumulative=cumulative, idle_expiry_intervals=2,
+                                  timer_exact_samples=exact)
+    lock = threading.Lock()
+    for interval in intervals:
+        for sample in interval:
+            assert local.add(sample) == forked.add(sample)
+        expected = local.finish(local.swap(), 7.5)
+        table = forked.swap()
+        got = forked_snapshot.finish_forked(forked, table, 7.5, lock)
+        assert comparable(got) == comparable(expected)
+        assert carried(forked) == carried(local)
+        assert forked.stats.totals() == local.stats.totals()  # flush.non_finite among them
+
+
+def test_carried_gauges_and_traces_survive_forked_flushes() -> None:
+    _, manager = twin_managers(trace_cumulative=True, idle_expiry_intervals=3)
+    lock = threading.Lock()
+    manager.add(Sample("g", GAUGE, 5.0))
+    manager.add(Sample("t", TRACE, 1.0, 0.5))
+
+    def flush() -> dict[str, dict[str, float]]:
+        got = forked_snapshot.finish_forked(manager, manager.swap(), 10.0, lock)
+        return {s.name: s.stats for s in got}
+
+    assert flush() == {"g": {"value": 5.0}, "t": {"count": 2.0}}
+    assert flush() == {"g": {"value": 5.0}, "t": {"count": 2.0}}  # no sample: carried
+    manager.add(Sample("g", GAUGE, 2.0, delta=True))
+    manager.add(Sample("t", TRACE, 1.0))
+    assert flush() == {"g": {"value": 7.0}, "t": {"count": 3.0}}  # the delta moves it
+    assert flush() == {"g": {"value": 7.0}, "t": {"count": 3.0}}
+    assert flush() == {"g": {"value": 7.0}, "t": {"count": 3.0}}
+    assert flush() == {}  # idle for idle_expiry_intervals flushes: expired
+
+
+def test_a_gauge_forgotten_after_the_fork_stays_forgotten() -> None:
+    manager, _ = twin_managers()
+    manager.add(Sample("g", GAUGE, 5.0))
+    manager.add(Sample("h", GAUGE, 6.0))
+    manager.finish(manager.swap(), 10.0)
+    gauges, traces = manager.carried()
+    child_gauges = {key: list(entry) for key, entry in gauges.items()}  # as a child makes them
+    manager.forget([("g", GAUGE, ())])  # after the fork, in the parent
+    manager.adopt_carried(child_gauges, dict(traces), marked_at_fork=set(), shrunk=False)
+    assert manager.current(GAUGE) == {("h", GAUGE, ()): 6.0}
+    assert {s.name for s in manager.finish(manager.swap(), 10.0)} == {"h"}
+
+
+def dies(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    os.write(fd, forked_snapshot._HEADER.pack(0, 1000) + b"\x00" * 10)  # then exits 0
+
+
+def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    os.write(fd, forked_snapshot._HEADER.pack(0, 4) + b"\xff\xfe\xfd\xfc")
+
+
+def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("child", [dies, sends_half, sends_garbage, hangs])
+def test_a_failed_child_changes_nothing(child: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    local, forked = twin_managers(trace_cumulative=True)
+    for manager in (local, forked):
+        manager.add(Sample("g", GAUGE, 5.0))
+        manager.add(Sample("t", TRACE, 1.0))
+        manager.finish(manager.swap(), 10.0)
+        manager.add(Sample("g", GAUGE, 1.0, delta=True))
+        manager.add(Sample("lat", TIMER, 3.0))
+    monkeypatch.setattr(forked_snapshot, "_child_work", child)
+    monkeypatch.setattr(forked_snapshot, "CHILD_TIMEOUT", 1.0)
+    table = forked.swap()
+    with pytest.raises(forked_snapshot.ForkedSnapshotError):
+        forked_snapshot.finish_forked(forked, table, 10.0, threading.Lock())
+    # The same table finished in process afterwards gives what it always would have.
+    assert comparable(forked.finish(table, 10.0)) == comparable(local.finish(local.swap(), 10.0))
+    assert carried(forked) == carried(local)
+
+
+def test_the_daemon_counts_a_failed_fork_and_finishes_that_interval_in_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon = Daemon(build_config({"forwarders": {}}))
+    daemon.manager.add(Sample("hits", COUNTER, 4.0))
+    monkeypatch.setattr(forked_snapshot, "_child_work", dies)
+    series = daemon._finish(daemon.manager.swap(), 2.0)
+    assert [(s.name, s.stats) for s in series] == [("hits", {"count": 4.0, "rate": 2.0})]
+    assert daemon.stats.take()["flush.fork_failed"] == 1
+
+
+def test_release_frees_every_cell() -> None:
+    manager, _ = twin_managers()
+    for i in range(5000):
+        manager.add(Sample(f"s{i}", SET, "m"))
+    table = manager.swap()
+    forked_snapshot.release(table)
+    assert len(table) == 0
+
+
+@pytest.mark.integration
+def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: Any) -> None:
+    daemon = start_daemon({"flush_interval": 1})
+    daemon.send_udp(b"level:5|g\nhits:1|c")
+    values: list[float] = []
+    end = time.monotonic() + 20
+    while time.monotonic() < end and len(values) < 3:
+        values = [r["stats"]["value"] for r in daemon.records() if r["name"] == "level"]
+        time.sleep(0.05)
+    assert values[:3] == [5, 5, 5]
+    daemon.send_udp(b"level:+2|g")
+    while time.monotonic() < end and values[-1] != 7:
+        values = [r["stats"]["value"] for r in daemon.records() if r["name"] == "level"]
+        time.sleep(0.05)
+    assert values[-1] == 7
+    assert daemon.stop() == 0
+    names = {r["name"] for r in daemon.records()}
+    assert "pystatsd.flush.count" in names
+    assert "pystatsd.flush.fork_failed" not in names  # every flush above was forked
+
+
+CHILD_OUTLIVES = """
+import os, sys, threading, time
+from pystatsd import forked_snapshot
+from pystatsd.aggregation import MetricMgr
+from pystatsd.config import build_config
+
+def hang(manager, table, seconds, fd):
+    print(os.getpid(), flush=True)
+    time.sleep(3600)
+
+forked_snapshot._child_work = hang
+manager = MetricMgr(build_config({"forwarders": {}}))
+forked_snapshot.finish_forked(manager, manager.swap(), 10.0, threading.Lock())
+"""
+
+
+def test_a_snapshot_child_dies_with_a_killed_daemon() -> None:
+    # Else it would keep the daemon's sockets (inherited) bound after the daemon is gone.
+    daemon = subprocess.Popen([sys.executable, "-c", CHILD_OUTLIVES], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert daemon.stdout is not None
+        child = int(daemon.stdout.readline())
+        daemon.kill()
+        daemon.wait(10)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and Path(f"/proc/{child}").exists():
+            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # dead, waiting for init to reap it
+            time.sleep(0.05)
+        else:
+            assert not Path(f"/proc/{child}").exists(), "snapshot child outlived its daemon"
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+        assert daemon.stdout is not None
+        daemon.stdout.close()
+
+
+def test_a_cycle_frozen_by_a_forked_flush_is_collected_at_the_next_full_collection(
+        tmp_path) -> None:
+    """The forked snapshot freezes the heap after each flush; a reference cycle alive then and
+    dead later must still be freed, by the daemon's periodic full collection."""
+    import gc
+    import weakref
+
+    from pystatsd import daemon as daemon_module
+    from pystatsd.config import build_config
+    from pystatsd.daemon import Daemon
+
+    config = build_config({"state_dir": str(tmp_path), "flush_interval": 3600,
+                           "self_metrics": {"enabled": False},
+                           "listeners": [{"protocol": "udp", "port": 0}]})
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        class Node:
+            pass
+
+        node = Node()
+        node.me = node  # a cycle: only the collector can free it
+        alive = weakref.ref(node)
+        daemon._deliver(b"cycle.test:1|c")
+        daemon.flush()  # forked: freezes the heap, the cycle with it
+        del node
+        gc.collect()
+        assert alive() is not None, "frozen: an ordinary collection does not see it"
+        for _ in range(daemon_module.FROZEN_COLLECTION_FLUSHES):
+            daemon.flush()
+        assert alive() is None
+        assert daemon.stats.counters["gc.full_collections"] == 1
+    finally:
+        daemon.stop()
