@@ -28,3 +28,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
     say "ready in $((SECONDS - started)) s"
 fi
+# statsd-telegraf installs a package named statsd, like jsocol's statsd in the test extra: it
+# goes to a directory of its own, which tests/clients puts on that client's path alone.
+if [ ! -d .venv/clients/statsd-telegraf/statsd ]; then
+    say "installing the statsd-telegraf client (tests/clients) into .venv/clients"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        --target .venv/clients/statsd-telegraf 'statsd-telegraf>=3.2'
+fi

@@ -223,3 +223,48 @@ s.set 'users', 'bob'
     assert distribution(series[("rb.query", "timer", ())]) == {
         "count": 2, "sum": 32, "min": 12, "max": 20}
     assert series[("rb.users", "set", ())]["count"] == 2
+
+
+TELEGRAF_CLIENT = """
+import sys
+import statsd
+
+client = statsd.StatsClient("127.0.0.1", int(sys.argv[1]), prefix="tg")
+client.incr("hits", 4, tags={"env": "stage"})
+client.decr("hits", tags={"env": "stage"})
+client.gauge("temp", 3, tags={"env": "stage"})
+client.gauge("temp", -5, tags={"env": "stage"})  # 0|g then -5|g, as Etsy wants it
+client.gauge("level", 10)
+client.gauge("level", 4, delta=True)
+client.timing("query", 12, tags={"db": "main"})
+client.timing("query", 20, tags={"db": "main"})
+client.set("users", "alice")
+client.set("users", "bob")
+print(statsd.__file__)
+"""
+
+
+def test_statsd_telegraf_client(start_daemon: Any) -> None:
+    """statsd-telegraf writes InfluxDB-style tags into the name (``tg.hits,env=stage:4|c``).
+    Its package is named ``statsd`` like jsocol's, so it lives in a directory of its own
+    (tools/setup_venv.sh) and runs in a child interpreter with only that on its path."""
+    import sys
+
+    from tests.conftest import REPO
+
+    site = REPO / ".venv" / "clients" / "statsd-telegraf"
+    if not (site / "statsd").is_dir():
+        pytest.skip("statsd-telegraf is not installed (tools/setup_venv.sh installs it)")
+    daemon, port, _ = start(start_daemon)
+    ran = subprocess.run([sys.executable, "-c", TELEGRAF_CLIENT, str(port)], capture_output=True,
+                         text=True, timeout=60, env={"PYTHONPATH": str(site)})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().startswith(str(site))  # telegraf's statsd, not jsocol's
+    series = flushed(daemon)
+
+    assert series[("tg.hits", "counter", (("env", "stage"),))]["count"] == 3
+    assert series[("tg.temp", "gauge", (("env", "stage"),))]["value"] == -5
+    assert series[("tg.level", "gauge", ())]["value"] == 14
+    assert distribution(series[("tg.query", "timer", (("db", "main"),))]) == {
+        "count": 2, "sum": 32, "min": 12, "max": 20}
+    assert series[("tg.users", "set", ())]["count"] == 2
