@@ -10,6 +10,7 @@ import asyncio
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -268,3 +269,64 @@ def test_statsd_telegraf_client(start_daemon: Any) -> None:
     assert distribution(series[("tg.query", "timer", (("db", "main"),))]) == {
         "count": 2, "sum": 32, "min": 12, "max": 20}
     assert series[("tg.users", "set", ())]["count"] == 2
+
+
+GO_CLIENT = """
+package main
+
+import (
+	"os"
+
+	"github.com/cactus/go-statsd-client/statsd"
+)
+
+func main() {
+	formats := map[string]statsd.TagFormat{
+		"dd": statsd.SuffixOctothorpe, "graphite": statsd.InfixSemicolon,
+		"influx": statsd.InfixComma}
+	for prefix, format := range formats {
+		client, err := statsd.NewClientWithConfig(&statsd.ClientConfig{
+			Address: "127.0.0.1:" + os.Args[1], Prefix: "go." + prefix, TagFormat: format})
+		if err != nil {
+			panic(err)
+		}
+		env := statsd.Tag{"env", "stage"}
+		client.Inc("hits", 4, 1.0, env)
+		client.Dec("hits", 1, 1.0, env)
+		client.Gauge("level", 10, 1.0)
+		client.GaugeDelta("level", 4, 1.0)
+		client.GaugeDelta("level", -1, 1.0)
+		client.Timing("query", 12, 1.0, env)
+		client.Timing("query", 20, 1.0, env)
+		client.Set("users", "alice", 1.0)
+		client.Set("users", "bob", 1.0)
+		client.Close()
+	}
+}
+"""
+GO_SOURCE = Path("/usr/share/gocode/src/github.com/cactus/go-statsd-client/statsd")
+
+
+def test_cactus_go_statsd_client(start_daemon: Any, tmp_path: Path) -> None:
+    """The Go client from Debian's golang-github-cactus-go-statsd-client-dev, built offline in
+    GOPATH mode, in all three of its tag formats: DogStatsD `|#`, graphite `;k=v` and
+    InfluxDB `,k=v` in the name; each must give the same series."""
+    go = shutil.which("go")
+    if go is None or not GO_SOURCE.is_dir():
+        pytest.skip("needs Debian's golang-go and golang-github-cactus-go-statsd-client-dev")
+    program = tmp_path / "client.go"
+    program.write_text(GO_CLIENT)
+    daemon, port, _ = start(start_daemon)
+    ran = subprocess.run(
+        [go, "run", str(program), str(port)], capture_output=True, text=True, timeout=240,
+        env={"PATH": "/usr/bin:/bin", "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+             "GOCACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "GOFLAGS": "-mod=mod"})
+    assert ran.returncode == 0, ran.stderr
+    series = flushed(daemon)
+    for prefix in ("dd", "graphite", "influx"):
+        name = f"go.{prefix}"
+        assert series[(f"{name}.hits", "counter", (("env", "stage"),))]["count"] == 3, prefix
+        assert series[(f"{name}.level", "gauge", ())]["value"] == 13, prefix
+        assert distribution(series[(f"{name}.query", "timer", (("env", "stage"),))]) == {
+            "count": 2, "sum": 32, "min": 12, "max": 20}, prefix
+        assert series[(f"{name}.users", "set", ())]["count"] == 2, prefix
