@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
+from pystatsd.global_tier.partial_state import cell_partial
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats
@@ -109,6 +110,10 @@ class MetricMgr:
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
         self.max_series: int = config["max_series"]
+        # Mergeable state only costs when a forwarder sends it (the Kafka `partials` format).
+        self.keep_partials: bool = any(
+            isinstance(section, dict) and section.get("format") == "partials"
+            for section in config.get("forwarders", {}).values())
 
     # -- receiving (under the ingest lock) -------------------------------------------------
     def add(self, sample: Sample) -> bool:
@@ -190,6 +195,8 @@ class MetricMgr:
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
+        keep_partials = self.keep_partials
+        partial = None
         clock = time.perf_counter
         slice_end = clock() + SNAPSHOT_SLICE
         for done, (key, cell) in enumerate(table.series.items()):
@@ -213,9 +220,13 @@ class MetricMgr:
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
                 stats = cell.stats(percentiles, accuracy)
+                if keep_partials:  # read before the samples are freed
+                    partial = cell_partial(kind, cell, 0.0)
                 cell.release()
             elif kind == SET:
                 stats = {"count": float(len(cell))}
+                if keep_partials:
+                    partial = cell_partial(kind, cell, 0.0)
                 cell.clear()
             else:  # trace
                 count = cell[0]
@@ -224,7 +235,9 @@ class MetricMgr:
                     count += carried[0] if carried is not None else 0.0
                     traces[key] = [count, 0]
                 stats = {"count": count}
-            out.append(SeriesStats(name, kind, tags, stats))
+            if keep_partials and kind != TIMER and kind != HISTOGRAM and kind != SET:
+                partial = cell_partial(kind, cell, stats.get("value", 0.0))
+            out.append(SeriesStats(name, kind, tags, stats, partial))
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
             for done, (key, entry) in enumerate(list(carried_state.items())):
                 if done & 63 == 0 and clock() > slice_end:
@@ -236,7 +249,10 @@ class MetricMgr:
                 if entry[1] >= idle_expiry:
                     del carried_state[key]
                 else:
-                    out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
+                    carried_partial = ({"value": entry[0], "carried": True}
+                                       if keep_partials and key[1] == GAUGE else None)
+                    out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]},
+                                           carried_partial))
         if not cumulative:
             traces.clear()
         out.sort(key=_series_order)

@@ -5,7 +5,9 @@ interval included) and every forwarder sees the same one, so none may change it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pystatsd.sample import Tags
 
@@ -27,6 +29,11 @@ class SeriesStats:
     type: str
     tags: Tags
     stats: dict[str, float]
+    partial: Mapping[str, Any] | None = None
+    """The interval's mergeable state, filled only when a forwarder sends the ``partials``
+    format (see :mod:`pystatsd.global_tier.partial_state` for its keys by type); None
+    otherwise, and always for self-metrics. Plain numbers, strings, lists and ``bytes`` (the
+    DDSketch protobuf), so a forwarder reads it without daemon types."""
 
     @property
     def key(self) -> str:

@@ -1,0 +1,61 @@
+"""Partials of three hosts, through the `partials` encoding, merged: the same statistics as one
+daemon that received every host's samples."""
+
+from __future__ import annotations
+
+import pytest
+from global_helpers import ACCURACY, assert_matches, corpus, host_snapshot, truth, union_values
+
+from forwarders.kafka.formats import make_encoder
+from forwarders.kafka.partials import decode_partial
+from pystatsd.distribution import percentile_key
+from pystatsd.global_tier.partial_state import SeriesMerge
+from pystatsd.sample import GAUGE
+
+PERCENTILES = [(float(p), percentile_key(p)) for p in (50, 90, 95, 99)]
+
+
+@pytest.mark.parametrize("exact_samples", [100_000, 50], ids=["exact", "sketched"])
+def test_three_hosts_merge_to_the_union(exact_samples: int) -> None:
+    encode = make_encoder("partials")
+    corpora = [corpus(host, seed=7) for host in range(3)]
+    merges: dict[tuple[str, str, tuple[tuple[str, str], ...]], SeriesMerge] = {}
+    for host, samples in enumerate(corpora):
+        snapshot = host_snapshot(host, 1000.0, samples, exact_samples)
+        for series in snapshot.series:
+            value = encode(series, snapshot)
+            assert value is not None
+            message = decode_partial(value)
+            key = (message["name"], message["type"], message["tags"])
+            merge = merges.setdefault(key, SeriesMerge(message["type"]))
+            merge.add(message["partial"], message["interval_start"] + message["interval"],
+                      message["host"], exact_samples, ACCURACY)
+    union = [s for samples in corpora for s in samples]
+    expected = truth(union, 1_000_000)
+    assert merges.keys() == expected.keys()
+    for key, merge in merges.items():
+        stats = merge.stats(10.0, PERCENTILES, ACCURACY)
+        assert stats is not None
+        if key[1] == GAUGE:  # three hosts set it; one value wins, the same every time
+            assert stats == {"value": 200.0 + int(key[2][0][1][1:])}
+            continue
+        sketched = exact_samples < 1000 and key[1] in ("timer", "histogram")
+        assert_matches(stats, expected[key], union_values(union, *key) if sketched else None)
+
+
+def test_a_series_without_partial_is_not_sent() -> None:
+    encode = make_encoder("partials")
+    snapshot = host_snapshot(0, 1000.0, corpus(0, seed=1), 1000)
+    bare = snapshot.series[0].__class__("self.metric", "counter", (), {"count": 1.0})
+    assert encode(bare, snapshot) is None
+
+
+def test_a_sketched_partial_carries_the_library_protobuf() -> None:
+    from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
+
+    snapshot = host_snapshot(0, 1000.0, corpus(0, seed=3), 50)
+    timer = next(s for s in snapshot.series if s.type == "timer")
+    assert timer.partial is not None
+    message = DDSketchMessage()
+    message.ParseFromString(timer.partial["sketch"])
+    assert message.mapping.gamma == pytest.approx((1 + ACCURACY) / (1 - ACCURACY))
