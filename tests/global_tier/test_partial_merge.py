@@ -59,3 +59,26 @@ def test_a_sketched_partial_carries_the_library_protobuf() -> None:
     message = DDSketchMessage()
     message.ParseFromString(timer.partial["sketch"])
     assert message.mapping.gamma == pytest.approx((1 + ACCURACY) / (1 - ACCURACY))
+
+
+def test_global_mode_without_a_broker_stops_with_one_line_naming_the_key(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "global.yaml"
+    config.write_text(f"mode: global\nstate_dir: {tmp_path}\n")
+    result = subprocess.run([sys.executable, "-m", "pystatsd", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "global.kafka_broker" in lines[0], result.stderr
+
+
+def test_a_partial_of_the_wrong_shape_is_refused_not_merged() -> None:
+    merge = SeriesMerge("counter")
+    with pytest.raises(KeyError):
+        merge.add({"members": ["a"]}, 0.0, "h", 10, ACCURACY)
+    with pytest.raises(ValueError):
+        decode_partial(b'{"format": "something else"}')
+    merge.add({"sum": 2.0}, 0.0, "h", 10, ACCURACY)
+    assert merge.stats(2.0, PERCENTILES, ACCURACY) == {"count": 2.0, "rate": 1.0}
