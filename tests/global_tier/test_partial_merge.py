@@ -82,3 +82,26 @@ def test_a_partial_of_the_wrong_shape_is_refused_not_merged() -> None:
         decode_partial(b'{"format": "something else"}')
     merge.add({"sum": 2.0}, 0.0, "h", 10, ACCURACY)
     assert merge.stats(2.0, PERCENTILES, ACCURACY) == {"count": 2.0, "rate": 1.0}
+
+
+def test_the_fast_sketch_reader_reads_what_the_library_reads() -> None:
+    import random
+
+    from ddsketch import DDSketch
+    from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
+    from ddsketch.pb.proto import DDSketchProto
+
+    from pystatsd.global_tier.partial_state import sketch_from_bytes
+
+    rng = random.Random(5)
+    sketch = DDSketch(relative_accuracy=ACCURACY)
+    for _ in range(5000):
+        sketch.add(rng.choice([-1, 1]) * rng.lognormvariate(2, 2))
+    sketch.add(0.0, 3.0)
+    data = DDSketchProto.to_proto(sketch).SerializeToString()
+    message = DDSketchMessage()
+    message.ParseFromString(data)
+    library, ours = DDSketchProto.from_proto(message), sketch_from_bytes(data)
+    assert ours.count == library.count == sketch.count
+    for q in [i / 200 for i in range(201)]:
+        assert ours.get_quantile_value(q) == library.get_quantile_value(q)
