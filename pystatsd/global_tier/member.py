@@ -20,6 +20,9 @@ What makes that exactly once for a ``read_committed`` reader:
   interval behind a newer one) instead of emitting them twice. Kafka's offset-commit metadata
   could carry this, but the embedded Tansu broker does not keep it, so it has a topic.
 
+A partial delivered twice (a host's send retried after a lost acknowledgement) has the same
+``pystatsd-id`` header and is merged once (``duplicates``).
+
 A partial of an interval this member already closed (a host that was cut off and replays its
 spool) is dropped and counted as ``late_dropped``, with a rate-limited log line: the global
 record of that interval is out already, and a correction would need its consumers to merge.
@@ -98,11 +101,13 @@ class GlobalMember:
         self.encode = make_encoder(section["output_format"])
         self.clock = clock
         self.counts = {"partials": 0, "late_dropped": 0, "undecodable": 0,
-                       "intervals_closed": 0, "records_produced": 0, "transactions": 0}
+                       "intervals_closed": 0, "records_produced": 0, "transactions": 0,
+                       "duplicates": 0}
         # Per input partition: open intervals (start -> series -> merge), the first offset
         # that fed each, the next offset to read, the last interval emitted.
         self._open: dict[int, dict[float, dict[SeriesId, SeriesMerge]]] = {}
         self._first_offset: dict[int, dict[float, int]] = {}
+        self._ids: dict[int, dict[float, set[bytes]]] = {}  # pystatsd-id of each partial merged
         self._position: dict[int, int] = {}
         self._closed_through: dict[int, float] = {}
         self._catching_up: dict[int, int] = {}  # partition -> its end when it was assigned
@@ -138,7 +143,9 @@ class GlobalMember:
         known = admin.list_topics(timeout=_TIMEOUT).topics
         if self.progress_topic in known:
             return
-        futures = admin.create_topics([NewTopic(self.progress_topic, 1, 1)])
+        # Compacted: a new owner needs only the latest record of each partition (the key).
+        futures = admin.create_topics([NewTopic(self.progress_topic, 1, 1,
+                                                config={"cleanup.policy": "compact"})])
         for future in futures.values():
             try:
                 future.result(_TIMEOUT)
@@ -181,6 +188,7 @@ class GlobalMember:
             number = part.partition
             self._open[number] = {}
             self._first_offset[number] = {}
+            self._ids[number] = {}
             self._closed_through[number] = progress.get(number, -math.inf)
             low, high = consumer.get_watermark_offsets(TopicPartition(self.input_topic, number),
                                                        timeout=_TIMEOUT)
@@ -196,6 +204,7 @@ class GlobalMember:
         for part in partitions:
             self._open.pop(part.partition, None)
             self._first_offset.pop(part.partition, None)
+            self._ids.pop(part.partition, None)
             self._position.pop(part.partition, None)
             self._closed_through.pop(part.partition, None)
             self._catching_up.pop(part.partition, None)
@@ -272,6 +281,14 @@ class GlobalMember:
         if table is None:
             table = intervals[bucket] = {}
             self._first_offset[number][bucket] = offset
+            self._ids[number][bucket] = set()
+        identity = _message_id(message)
+        ids = self._ids[number][bucket]
+        if identity is not None:
+            if identity in ids:  # a host's partial delivered twice (a retried send)
+                self.counts["duplicates"] += 1
+                return
+            ids.add(identity)
         merge = table.get(series)
         if merge is None:
             merge = table[series] = SeriesMerge(series[1])
@@ -297,6 +314,7 @@ class GlobalMember:
             for bucket in [b for b in intervals if b <= horizon]:
                 table = intervals.pop(bucket)
                 self._first_offset[number].pop(bucket)
+                self._ids[number].pop(bucket)
                 into = closing.setdefault(bucket, {})
                 for series, merge in table.items():  # one series lives in one partition
                     into[series] = merge
@@ -357,6 +375,13 @@ class GlobalMember:
         if now - self._last_log.get(kind, -math.inf) >= _LOG_EVERY:
             self._last_log[kind] = now
             log.warning("global member %s: %s (%s)", self.transactional_id, text, self.counts)
+
+
+def _message_id(message: Message) -> bytes | None:
+    for header in message.headers() or ():
+        if header[0] == ID_HEADER and isinstance(header[1], bytes):
+            return header[1]
+    return None
 
 
 def run_global_member(config: Config) -> int:

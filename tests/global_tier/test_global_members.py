@@ -21,6 +21,8 @@ from global_helpers import assert_matches, corpus, host_snapshot, truth, union_v
 
 from forwarders.base import ForwarderContext
 from forwarders.kafka import KafkaForwarder
+from forwarders.kafka.formats import make_encoder
+from forwarders.kafka.forwarder import ID_HEADER, message_id
 from pystatsd.config import build_config
 from pystatsd.sample import GAUGE, HISTOGRAM, TIMER, Sample
 
@@ -52,13 +54,24 @@ def forwarders(bootstrap: str, topic: str, tmp_path: Path) -> list[KafkaForwarde
     return out
 
 
-def send_interval(senders: list[KafkaForwarder], start: float, seed: int) -> list[Sample]:
-    """Each host's snapshot of interval ``start``; returns the union of their samples."""
+def send_interval(senders: list[KafkaForwarder], start: float, seed: int,
+                  again: Producer | None = None) -> list[Sample]:
+    """Each host's snapshot of interval ``start``; returns the union of their samples. With
+    ``again``, host 0's partials are also sent a second time, as a retried send delivers them:
+    the same key, value and ``pystatsd-id``."""
     union: list[Sample] = []
     for host, forwarder in enumerate(senders):
         samples = corpus(host, seed, series=3, samples=120)
         union.extend(samples)
-        assert forwarder.submit(host_snapshot(host, start, samples, EXACT, INTERVAL))
+        snapshot = host_snapshot(host, start, samples, EXACT, INTERVAL)
+        assert forwarder.submit(snapshot)
+        if again is not None and host == 0:
+            encode = make_encoder("partials")
+            for series in snapshot.series:
+                again.produce(senders[0].config["kafka_topic"], encode(series, snapshot),
+                              series.key.encode(),
+                              headers=[(ID_HEADER, message_id(series, snapshot))])
+            assert again.flush(10) == 0
     return union
 
 
@@ -126,10 +139,11 @@ def check_output(records: list[dict[str, Any]], sent: dict[float, list[Sample]])
 
 def run_intervals(senders: list[KafkaForwarder], count: int, seed: int,
                   sent: dict[float, list[Sample]],
-                  during: Callable[[int], None] | None = None) -> None:
+                  during: Callable[[int], None] | None = None,
+                  again: Producer | None = None) -> None:
     for index in range(count):
         start = next_interval_start(max(sent, default=-math.inf))
-        sent[start] = send_interval(senders, start, seed + index)
+        sent[start] = send_interval(senders, start, seed + index, again if index == 1 else None)
         wait_delivered(senders, sum(len(truth(u, 1_000_000)) for u in sent.values()))
         if during is not None:
             during(index)
@@ -152,18 +166,24 @@ def test_two_members_merge_three_hosts_exactly(
                             timer_exact_samples=EXACT) for i in range(2)]
     for member in members:
         assert member.wait_log("assigned partitions", FIRST_REBALANCE), member.log()
-    junk = Producer({"bootstrap.servers": global_bootstrap})
+    # The forwarder's partitioner, so a second copy lands where the first did.
+    junk = Producer({"bootstrap.servers": global_bootstrap, "partitioner": "murmur2_random"})
     for partition in range(PARTITIONS):  # not partials: counted and skipped, nothing else lost
         junk.produce(global_topics["input_topic"], b"not json", partition=partition)
     assert junk.flush(10) == 0
     sent: dict[float, list[Sample]] = {}
-    run_intervals(senders, 3, seed=10, sent=sent)
+    run_intervals(senders, 3, seed=10, sent=sent, again=junk)
     expected = sum(len(truth(u, 1_000_000)) for u in sent.values())
     records = read_output(global_bootstrap, global_topics["output_topic"], expected,
                           INTERVAL + LATENESS + 20)
-    check_output(records, sent)
+    check_output(records, sent)  # host 0's second copy of interval 2 was not merged
     logs = "".join(m.log() for m in members)
     assert "not a partial" in logs and "late_dropped': 0" in logs
+    for member in members:
+        member.stop()
+    duplicates = [int(line.split("'duplicates': ")[1].split("}")[0])
+                  for m in members for line in m.log().splitlines() if "stopped:" in line]
+    assert sum(duplicates) == 18  # host 0's partials of one interval: 6 types x 3 series
 
 
 def test_a_member_killed_mid_interval_loses_and_doubles_nothing(
