@@ -64,10 +64,11 @@ def make_payloads(count: int, lines: int, names: int, seed: int = 1) -> list[byt
     return [b"\n".join(make_line(rng, names) for _ in range(lines)) for _ in range(count)]
 
 
-def count_only(lines: int, names: int, window: int) -> None:
+def count_only(lines: int, names: int, window: int, mapping: str | None = None) -> None:
     """The workload run under callgrind: warm up, then ingest ``window`` payloads through
-    ``map``. Uses only ``Pipeline.ingest``, so it runs on older trees too."""
-    config = build_config({"forwarders": {}})
+    ``map``. Uses only ``Pipeline.ingest``, so it runs on older trees too (without
+    ``mapping``, a ``mapping_file``)."""
+    config = build_config({"forwarders": {}, **({"mapping_file": mapping} if mapping else {})})
     pipeline = Pipeline(config, MetricMgr(config), SelfStats())
     warm = max(names, 200_000 // lines)  # ~200k lines: every name is seen (coupon collector)
     payloads = make_payloads(warm + window, lines, names)
@@ -77,7 +78,8 @@ def count_only(lines: int, names: int, window: int) -> None:
     deque(map(ingest, payloads[warm:]), maxlen=0)  # the only map() after start-up
 
 
-def instructions_per_line(lines: int, names: int, window: int) -> float:
+def instructions_per_line(lines: int, names: int, window: int,
+                          mapping: str | None = None) -> float:
     """Instructions callgrind counts per line inside ``count_only``'s ``map``."""
     with tempfile.TemporaryDirectory() as workdir:
         result = subprocess.run(
@@ -85,7 +87,7 @@ def instructions_per_line(lines: int, names: int, window: int) -> float:
              "valgrind", "--tool=callgrind", "--toggle-collect=map_next",
              f"--callgrind-out-file={workdir}/out", sys.executable, __file__,
              "--lines", str(lines), "--names", str(names), "--window", str(window),
-             "--count-only"],
+             "--count-only", *(["--mapping", mapping] if mapping else [])],
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None:
@@ -106,13 +108,15 @@ def main() -> None:
                         help="payloads measured by --instructions (default: 100,000 lines' "
                         "worth)")
     parser.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mapping", help="a mapping_file to apply (bench/mapping-50.yml: "
+                        "50 rules)")
     args = parser.parse_args()
     window = args.window or max(1, 100_000 // args.lines)
     if args.count_only:
-        count_only(args.lines, args.names, window)
+        count_only(args.lines, args.names, window, args.mapping)
         return
     if args.instructions:
-        per_line = instructions_per_line(args.lines, args.names, window)
+        per_line = instructions_per_line(args.lines, args.names, window, args.mapping)
         print(f"{args.lines} lines/payload: {per_line:,.0f} instructions/line "
               f"(callgrind, {window * args.lines:,} lines measured)")
         return

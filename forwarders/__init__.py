@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from forwarders.aggregate import AggregateForwarder
 from forwarders.base import Forwarder, ForwarderContext, NeededPath, StatKind
-from forwarders.records import series_record, snapshot_records
+from forwarders.records import event_record, series_record, snapshot_records
 from forwarders.registry import (
     BUILTIN_FORWARDERS,
     ENTRY_POINT_GROUP,
@@ -27,7 +27,7 @@ from forwarders.registry import (
 from forwarders.relay import RelayForwarder
 from forwarders.schema import COMMON_SCHEMA_PROPERTIES, fill_defaults, section_schema
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Tags
-from pystatsd.snapshot import SeriesStats, Snapshot
+from pystatsd.snapshot import EVENT, SERVICE_CHECK, Event, SeriesStats, Snapshot
 
 __all__ = [
     "BUILTIN_FORWARDERS",
@@ -59,5 +59,9 @@ __all__ = [
     "load_forwarder_class",
     "section_schema",
     "series_record",
+    "event_record",
+    "Event",
+    "EVENT",
+    "SERVICE_CHECK",
     "snapshot_records",
 ]

@@ -31,10 +31,14 @@ __all__ = [
 ENTRY_POINT_GROUP = "pystatsd.forwarders"
 
 BUILTIN_FORWARDERS: dict[str, str] = {
+    "carbon_routes": "forwarders.carbon_routes:CarbonRoutesForwarder",
     "console": "forwarders.console:ConsoleForwarder",
     "file": "forwarders.file:FileForwarder",
+    "graphite": "forwarders.graphite:GraphiteForwarder",
     "kafka": "forwarders.kafka:KafkaForwarder",
     "statsd_relay": "forwarders.statsd_relay:StatsdRelayForwarder",
+    "statsite_proxy": "forwarders.statsite_proxy:StatsiteProxyForwarder",
+    "prometheus": "forwarders.prometheus:PrometheusForwarder",
 }
 
 

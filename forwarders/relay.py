@@ -15,6 +15,15 @@ Lines that the receive path made from JSON input (the relay wire is statsd) are 
 Bounding: :meth:`RelayForwarder.admit` counts the datagrams waiting between the two threads and
 refuses (and counts, ``dropped_queue_full``) past ``queue_size``; subclasses bound their own
 per-destination buffers and count what those drop.
+
+Runtime routes (optional): a relay whose destinations can change while it runs returns them
+from :meth:`RelayForwarder.routes` (a list of JSON-able objects, each with a unique ``name``;
+the default returns None: not supported) and takes a whole new list in
+:meth:`RelayForwarder.apply_routes`, which validates it against the relay's own schema and
+raises ``ValueError`` (changing nothing) when it is wrong. It may be called before
+:meth:`~forwarders.base.Forwarder.start` and from any thread; from the next datagram on, lines go
+the new way. The daemon keeps the operator's changes (the route overlay) and calls the hook at
+start-up, after a reload and on each admin command; a relay never needs the daemon's internals.
 """
 
 from __future__ import annotations
@@ -76,6 +85,16 @@ class RelayForwarder(Forwarder):
 
     def stats(self) -> dict[str, float]:
         return {**self.counters, "queued": self._submitted_datagrams - self._taken_datagrams}
+
+    def routes(self) -> list[dict[str, Any]] | None:
+        """The current destinations, one object each with a ``name``; None when this relay
+        cannot change them at runtime (the default)."""
+        return None
+
+    def apply_routes(self, routes: list[dict[str, Any]]) -> None:
+        """Replace the destinations by ``routes`` (validated here: ``ValueError`` names what is
+        wrong and nothing changes); lines submitted after the return go the new way."""
+        raise NotImplementedError(f"forwarder {self.name} has no runtime routes")
 
     # -- helpers for subclasses -----------------------------------------------------------
     def admit(self, lines: int) -> bool:

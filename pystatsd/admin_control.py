@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from forwarders.statsd_relay import StatsdRelayForwarder
 from pystatsd import logsetup
+from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Tags
 
 if TYPE_CHECKING:
@@ -76,6 +77,12 @@ class AdminControl:
     def bytes_received(self, protocol: str) -> int:
         return sum(listener.bytes_received for listener in self.daemon.listeners
                    if listener.spec["protocol"] == protocol)
+
+    @property
+    def route_overlay(self) -> RouteOverlay:
+        overlay = self.daemon.route_overlay
+        assert overlay is not None, "the admin interfaces start after the overlay is loaded"
+        return overlay
 
     def relays(self) -> list[StatsdRelayForwarder]:
         return [f for f in self.daemon.forwarders.values() if isinstance(f, StatsdRelayForwarder)]

@@ -20,6 +20,8 @@ signals:
              (a second TERM/INT stops at once, exit 1)
   HUP        reload the config file; an invalid file is refused and the old config keeps running
   USR1       reopen the log file (logrotate)
+  USR2       hot restart: start the code on disk, hand it the sockets and the interval in
+             flight, exit; a successor that fails is stopped and this daemon keeps serving
 
 exit status: 0 clean stop or valid config, 1 bad config or start-up failure, 2 bad usage,
              3 (--status) no daemon answers.
@@ -47,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--status", action="store_true",
                         help="ask the running daemon (found through the config's state_dir) "
                         "what it is doing; print JSON; exit 3 if none answers")
+    parser.add_argument("--routes-reset", action="store_true",
+                        help="drop the runtime route changes (route add/del/patt/mod): the "
+                        "running daemon goes back to the config file's routes, or, when none "
+                        "runs, the saved overlay in state_dir is removed")
     parser.add_argument("--print-default-config", action="store_true",
                         help="print the documented default config (YAML) and exit")
     parser.add_argument("--list-forwarders", action="store_true",
@@ -143,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.status:
         return _status(config)
+    if args.routes_reset:
+        from pystatsd.route_overlay import reset_command
+
+        return reset_command(config)
     from pystatsd.daemon import run_daemon
 
     return run_daemon(config, path)

@@ -155,9 +155,23 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
         for name, section in forwarders.items():
             if isinstance(section, dict):
                 errors += _forwarder_errors(name, section)
+    if not errors:
+        errors += _mapping_errors(config)
     if errors:
         raise ConfigError(source, errors)
     return config
+
+
+def _mapping_errors(config: Config) -> list[str]:
+    """``mapping_file`` and ``graphite_templates`` compiled once here, so a bad rule stops the
+    start (or the reload) with its key named instead of failing in the receive path."""
+    from pystatsd.mapping import MappingError, load_mapper
+
+    try:
+        load_mapper(config)
+    except MappingError as exc:
+        return [str(exc)]
+    return []
 
 
 def listeners(config: Config) -> list[dict[str, Any]]:

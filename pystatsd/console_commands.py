@@ -4,7 +4,8 @@
 lines, a block per destination group, a block per relay backend, then pystatsd's own lines in
 the same ``scope name type value`` shape, ended by an empty line). ``help``, ``stats``,
 ``counters``, ``gauges``, ``timers``, ``del*``, ``health`` and ``quit`` are Etsy statsd's
-(``stats.js``, ``lib/mgmt_console.js``); ``sets``/``delsets``, ``loglevel`` and ``auth`` are
+(``stats.js``, ``lib/mgmt_console.js``); ``route ...`` is carbon-relay-ng's (see
+:mod:`pystatsd.route_commands`); ``sets``/``delsets``, ``loglevel`` and ``auth`` are
 pystatsd's additions in the same style.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pystatsd import route_commands
 from pystatsd.admin_auth import TokenGuard
 from pystatsd.admin_control import KINDS, AdminControl
 from pystatsd.node_inspect import inspect, js_number
 
 HELP = ("Commands: status, stats, counters, timers, gauges, sets, delcounters, deltimers, "
         "delgauges, delsets, health, loglevel, auth, quit\n\n")
+"""Etsy's list as its scripts expect it; ``route help`` lists the route commands."""
 
 _DELETE = {"delcounters": "counters", "delgauges": "gauges", "deltimers": "timers",
            "delsets": "sets"}
@@ -53,7 +56,9 @@ class ConsoleSession:
             return self.auth(parameters), False
         changes = bool(command in _DELETE or (command == "health" and parameters
                                               and parameters[0].lower() in ("up", "down"))
-                       or (command == "loglevel" and parameters))
+                       or (command == "loglevel" and parameters)
+                       or (command == "route" and parameters
+                           and parameters[0] in route_commands.CHANGING))
         if changes:
             refused = self.guard.refusal(self.trusted, self.authorized)
             if refused:
@@ -65,6 +70,8 @@ class ConsoleSession:
             if changes:
                 self.control.set_health(parameters[0].lower())
             return f"health: {self.control.health}\n", False
+        if command == "route":
+            return route_commands.route_command(self.control.route_overlay, parameters), False
         if command == "loglevel":
             if parameters:
                 try:

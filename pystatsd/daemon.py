@@ -6,6 +6,8 @@ Signals only record (their handlers put the number on a queue); the main loop ac
                 a second TERM/INT during that stops at once
     HUP         reload the config file: build, validate, swap; an invalid file changes nothing
     USR1        reopen the log file (logrotate)
+    USR2        hot restart: start the code on disk, hand it the sockets and the interval in
+                flight, exit (pystatsd.hot_restart); a successor that fails changes nothing
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.admin_runtime import AdminRuntime
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import Config, listeners, load_config
+from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
+from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
@@ -48,7 +52,7 @@ from pystatsd.tagging import Tagger
 log = logging.getLogger("pystatsd.daemon")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+_HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _THREAD_DIED = -1
 """Queued like a signal number when a thread ends with an unexpected exception."""
 
@@ -100,6 +104,7 @@ class Daemon:
         self._last_flush: dict[str, float] = {}
         self.admin: AdminServer | None = None
         self.admin_runtime: AdminRuntime | None = None
+        self.route_overlay: RouteOverlay | None = None
         self.last_loop = time.monotonic()  # each pass of the main loop: the watchdog's question
         self.last_reload = 0.0
 
@@ -107,9 +112,12 @@ class Daemon:
     def start(self) -> None:
         """Start forwarders, bind listeners and begin receiving; raise on any failure."""
         self._warn_about_clashes()
+        successor = Successor.from_environment()
         self.forwarders = build_forwarders(self.config, self.host)
         for forwarder in self.forwarders.values():
-            forwarder.start()
+            if successor is None or successor.starts_now(forwarder):
+                forwarder.start()
+        self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
         interval = float(self.config["flush_interval"])
@@ -118,6 +126,8 @@ class Daemon:
             listener.start()
             host, port = listener.address
             log.info("listening on %s %s:%d", listener.spec["protocol"], host, port)
+        if successor is not None:
+            self._take_over(successor)
         self._start_admin()
         self._start_admin_interfaces()
         log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
@@ -132,6 +142,30 @@ class Daemon:
         used = {section.get("type", name) for name, section in self.config["forwarders"].items()}
         for name in sorted(set(registry.clashes) - used):
             log.warning("%s", registry.clash_line(name))
+
+    # -- hot restart (pystatsd.hot_restart) ---------------------------------------------
+    def hot_restart(self) -> bool:
+        """SIGUSR2: hand over to a successor; True when it took over and this one must exit."""
+        try:
+            return Predecessor(self).run()
+        except Exception:  # a bug here must not take the running daemon down
+            self.stats.incr("hot_restart.failed")
+            log.exception("hot restart failed; still serving here")
+            return False
+
+    def _take_over(self, successor: Successor) -> None:
+        """Started by a hot restart: take the predecessor's interval, wait until it has
+        exited, then start the aggregate forwarders it held (their spools may be locked)."""
+        successor.take_over(self, float(self.config["hot_restart_timeout"]))
+        for forwarder in self.forwarders.values():
+            if not successor.starts_now(forwarder):
+                forwarder.start()
+        systemd.notify(f"MAINPID={os.getpid()}")
+
+    def _load_route_overlay(self) -> None:
+        """The operator's runtime route changes, on top of the file (pystatsd.route_overlay)."""
+        self.route_overlay = RouteOverlay(self)
+        self.route_overlay.apply_to(self.forwarders.values(), self.config)
 
     def _start_admin(self) -> None:
         path = Path(self.config["state_dir"]) / SOCKET_NAME
@@ -183,15 +217,17 @@ class Daemon:
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
                            for name, f in self.forwarders.items()},
+            "route_overlay": self.route_overlay.describe() if self.route_overlay else None,
         }
 
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd",
+                 absolute_gauges: bool = False) -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload)
+            self.pipeline.ingest(payload, fmt, absolute_gauges)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -238,6 +274,10 @@ class Daemon:
                     log.exception("reload of %s failed while being applied", self.config_path)
                 interval = float(self.config["flush_interval"])
                 deadline = self._next_deadline(self.clock(), interval)
+            elif signum == signal.SIGUSR2:
+                if self.hot_restart():
+                    return 0
+                deadline = min(deadline, self._next_deadline(self.clock(), interval))
             elif signum == signal.SIGUSR1:
                 if configure_logging(self.config["logging"]):
                     log.info("log reopened")
@@ -283,7 +323,7 @@ class Daemon:
         series = self.manager.finish(table, end - start)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
-        snapshot = Snapshot(start, end - start, self.host, tuple(series))
+        snapshot = Snapshot(start, end - start, self.host, tuple(series), tuple(table.events))
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
                             "series": len(snapshot.series)}
@@ -300,6 +340,7 @@ class Daemon:
                               {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
+        gauges.update(self.manager.series_levels())  # held, carried, limit: max_series' view
         for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
                 name = f"forwarder.{forwarder.name}.{key}"
@@ -343,6 +384,8 @@ class Daemon:
             replacing = self._changed_sections(new, context)
             built = {name: build_forwarder(name, new["forwarders"][name], context)
                      for name in replacing}
+            if self.route_overlay is not None:  # the overlay stays on top of the new file
+                self.route_overlay.apply_to(built.values(), new)
         except Exception as exc:  # ConfigError, or a forwarder refusing its section
             for line in getattr(exc, "errors", [str(exc)]):
                 log.error("reload refused, keeping the running config: %s: %s",
@@ -479,7 +522,7 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     pid_file = PidFile(config["pid_file"]) if config["pid_file"] else None
     try:
         if pid_file is not None:
-            pid_file.claim()
+            pid_file.claim(allow=predecessor_pid())  # a hot restart's predecessor may run
     except PidFileError as exc:
         log.error("cannot start: %s", exc.strerror)
         return 1

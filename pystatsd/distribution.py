@@ -10,6 +10,7 @@ calls :meth:`MetricMgr.fold <pystatsd.aggregation.MetricMgr.fold>` past the limi
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from array import array
@@ -130,6 +131,37 @@ class Distribution:
         for pct, key in percentiles:
             stats[key] = quantile(pct / 100.0)
         return stats
+
+    def buckets(self, bounds: list[float]) -> list[float]:
+        """Cumulative counts of the samples (weighted by 1 / rate) at most each of ``bounds``
+        (sorted). Exact while the samples are kept; from the sketch's quantiles once folded
+        (then each count is the rank of the bound, within the sketch's accuracy)."""
+        if self.sketch is not None:
+            return [self._sketch_rank(bound) for bound in bounds]
+        ordered = sorted(self.values)
+        weighted = sorted(self.weighted)
+        counts = []
+        for bound in bounds:
+            count = float(bisect.bisect_right(ordered, bound))
+            count += math.fsum(w for v, w in weighted if v <= bound)
+            counts.append(count)
+        return counts
+
+    def _sketch_rank(self, bound: float) -> float:
+        if bound >= self.high:
+            return self.count
+        if bound < self.low:
+            return 0.0
+        assert self.sketch is not None
+        low, high = 0.0, 1.0
+        for _ in range(40):  # the largest q whose quantile is <= bound
+            middle = (low + high) / 2
+            found = self.sketch.get_quantile_value(middle)
+            if found is not None and found <= bound:
+                low = middle
+            else:
+                high = middle
+        return round(low * self.count, 6)
 
     def release(self) -> None:
         """Free the samples once reported (a stale fast-path cache entry may still hold them)."""

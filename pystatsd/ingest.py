@@ -13,15 +13,20 @@ the same statistics and the same cells.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
+from pystatsd.decoders.events import is_event_line, parse_event_line
+from pystatsd.mapping import load_mapper
 from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import Event
 from pystatsd.tagging import Tagger
+from pystatsd.wire_formats import decode, relay_accepts, relay_items
 
 _SLOW_START = b"{[ \t\r\n\x0b\x0c"
 """A payload starting with one of these goes whole to ``decode_payload``: JSON (which it
@@ -38,7 +43,8 @@ class Pipeline:
         self._manager = manager
         self._stats = stats
         manager.stats = stats
-        self._relays = tuple(relays)
+        self._relays = tuple(r for r in relays if relay_accepts(r, "statsd"))
+        self._all_relays = tuple(relays)
         # Counted in plain ints (a Counter update per payload would cost more than a line)
         # and published into ``stats`` by publish_counts, which the daemon calls before each
         # swap.
@@ -47,29 +53,35 @@ class Pipeline:
         self._decoded = 0
         self._aggregated = 0
         self._cache = LineCache(manager)
+        self._absolute_cache = LineCache(manager, absolute_gauges=True)
+        """For the lines of ``gauge_sign: absolute`` listeners: the same shape means another
+        gauge rule there, so each meaning has its own cache."""
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config: agent tags, precedence, limits. Empties the line cache,
         whose entries hold series keys with the old agent tags."""
         self._tagger = Tagger(config["agent"].get("tags", {}), config["tag_precedence"])
+        self._container_tag: str = config["container_id_tag"]
+        self._mapper = load_mapper(config)  # validated with the config: raises only on a race
         self._relay_only = config["mode"] == "relay"
         self._relaying = self._relay_only or bool(self._relays)
         self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
         self._manager.reconfigure(config)
         self._cache.clear()
+        self._absolute_cache.clear()
 
     @property
     def cached_shapes(self) -> int:
         """Line shapes the fast path knows now."""
-        return len(self._cache)
+        return len(self._cache) + len(self._absolute_cache)
 
     def publish_counts(self) -> None:
         """Add the counts kept since the last call to ``stats``. The daemon calls it under the
         ingest lock just before ``MetricMgr.swap`` (so the counts land in the interval they
         belong to), and on the old pipeline before a reload replaces it."""
-        cache = self._cache
-        hits, unplaced = cache.hits, cache.unplaced
+        hits = self._cache.hits + self._absolute_cache.hits
+        unplaced = self._cache.unplaced + self._absolute_cache.unplaced
         stats = self._stats
         for name, amount in (("received.datagrams", self._datagrams),
                              ("received.lines", self._lines),
@@ -78,23 +90,30 @@ class Pipeline:
             if amount:
                 stats.incr(name, amount)
         self._datagrams = self._lines = self._decoded = self._aggregated = 0
-        cache.hits = cache.unplaced = 0
+        for cache in (self._cache, self._absolute_cache):
+            cache.hits = cache.unplaced = 0
 
-    def ingest(self, payload: bytes) -> None:
-        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``."""
+    def ingest(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False) -> None:
+        """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``; a
+        listener of another ``format`` hands whole units of it (pystatsd.wire_formats).
+        ``absolute_gauges`` is the listener's ``gauge_sign: absolute``."""
+        if fmt != "statsd":
+            self._ingest_format(payload, fmt)
+            return
         self._datagrams += 1
         if self._relaying and self._relay(payload):
             return
         if payload[:1] in _SLOW_START:
-            self._ingest_decoded(payload)
+            self._ingest_decoded(payload, absolute_gauges)
             return
         lines = payload.split(b"\n")
         if not lines[-1]:
             lines.pop()
         self._lines += len(lines)
-        missed = self._cache.apply(lines)
+        cache = self._absolute_cache if absolute_gauges else self._cache
+        missed = cache.apply(lines)
         if missed is not None:
-            self._ingest_from(lines, missed)
+            self._ingest_from(lines, missed, cache)
 
     def _relay(self, payload: bytes) -> bool:
         """Hand the payload's lines to every relay forwarder, split once; True in relay mode,
@@ -113,8 +132,24 @@ class Pipeline:
             self._lines += len(lines)
         return self._relay_only
 
+    def _ingest_format(self, payload: bytes, fmt: str) -> None:
+        """A payload of graphite or statsite: to the relays that take that input, and (unless
+        relay mode) decoded and aggregated."""
+        self._datagrams += 1
+        relays = [relay for relay in self._all_relays if relay_accepts(relay, fmt)]
+        if relays:
+            items = relay_items(fmt, payload)
+            if items:
+                for relay in relays:
+                    relay.submit_lines(items)
+        if self._relay_only:
+            return
+        samples = decode(fmt, payload, self._stats)
+        self._lines += len(samples)
+        self._aggregate(samples)
+
     # -- the slow path: the decoders' rules, then the tagger and MetricMgr.add ----------------
-    def _ingest_from(self, lines: list[bytes], missed: bytes) -> None:
+    def _ingest_from(self, lines: list[bytes], missed: bytes, cache: LineCache) -> None:
         """Take ``missed``, the first of ``lines`` the cache did not take, through the slow
         path, then the lines after it, in order. The first line equal to ``missed`` is the one
         it stopped at: during one ``apply`` whether the cache takes a line depends on the
@@ -122,44 +157,68 @@ class Pipeline:
         rest = iter(lines[lines.index(missed) + 1:])
         line: bytes | None = missed
         while line is not None:
-            self._ingest_line(line)
-            line = self._cache.apply(rest)
+            self._ingest_line(line, cache)
+            line = cache.apply(rest)
 
-    def _ingest_decoded(self, payload: bytes) -> None:
+    def _ingest_decoded(self, payload: bytes, absolute_gauges: bool) -> None:
         """A whole payload through ``decode_payload`` (JSON, or anything starting oddly)."""
         self._lines += sum(1 for line in payload.split(b"\n") if line.strip())
-        self._aggregate(decode_payload(payload, self._stats))
+        events: list[Event] = []
+        self._aggregate(decode_payload(payload, self._stats, absolute_gauges,
+                                       self._container_tag, events))
+        self._keep_events(events)
 
-    def _ingest_line(self, line: bytes) -> None:
+    def _ingest_line(self, line: bytes, cache: LineCache) -> None:
         """One line the line cache did not take: decode it as ``decode_payload`` would, and
         have the cache remember its shape when the next line like it can take the fast path."""
         stripped = line.strip()
         if not stripped:
             self._lines -= 1
             return
+        absolute, container_tag = cache.absolute_gauges, self._container_tag
+        if is_event_line(stripped):
+            try:
+                event = parse_event_line(stripped)
+            except DecodeError as exc:
+                self._stats.reject(exc.reason, exc.detail, stripped)
+                return
+            self._keep_events([event])
+            return
         if stripped[0] in _JSON_START:
-            self._aggregate(decode_payload(stripped, self._stats))
+            self._aggregate(decode_payload(stripped, self._stats, absolute, container_tag))
             return
         try:
-            samples = parse_statsd_line(stripped)
+            samples = parse_statsd_line(stripped, absolute, container_tag)
         except DecodeError as exc:
             self._stats.reject(exc.reason, exc.detail, stripped)
             return
         except Exception:  # a decoder bug: let decode_payload count and log it the usual way
-            self._aggregate(decode_payload(stripped, self._stats))
+            self._aggregate(decode_payload(stripped, self._stats, absolute, container_tag))
             return
         tagged = self._aggregate(samples)
         if len(tagged) == 1 and tagged[0].timestamp is None:
-            self._cache.remember(line, tagged[0])
+            cache.remember(line, tagged[0])
+
+    def _keep_events(self, events: list[Event]) -> None:
+        apply = self._tagger.apply
+        for event in events:
+            self._manager.add_event(dataclasses.replace(event, tags=apply(event.tags)))
+        self._decoded += len(events)
 
     def _aggregate(self, samples: list[Sample]) -> list[Sample]:
         apply = self._tagger.apply
         add = self._manager.add
+        decoded = len(samples)
+        if self._mapper:
+            mapped = [self._mapper.apply(sample) for sample in samples]
+            samples = [sample for sample in mapped if sample is not None]
+            if len(samples) < decoded:
+                self._stats.incr("mapping.dropped", decoded - len(samples))
         tagged = [sample._replace(tags=apply(sample.tags)) for sample in samples]
         aggregated = 0
         for sample in tagged:
             if add(sample):
                 aggregated += 1
-        self._decoded += len(samples)
+        self._decoded += decoded
         self._aggregated += aggregated
         return tagged

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import resource
@@ -24,13 +25,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from pystatsd.inherited_sockets import inherited_socket
 from pystatsd.selfstats import SelfStats
+from pystatsd.wire_formats import Framer, make_framer
 
 log = logging.getLogger("pystatsd.listeners")
 
-Deliver = Callable[[bytes], None]
+
+
+class Deliver(Protocol):
+    """Where a listener hands each payload: the daemon's ingest, told the listener's
+    ``format`` and ``gauge_sign`` (each listener binds its own with a partial, so the receive
+    loops keep their one-argument call)."""
+
+    def __call__(self, payload: bytes, fmt: str = "statsd",
+                 absolute_gauges: bool = False) -> None: ...
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -88,6 +99,9 @@ class _Throttle:
 
 
 def _bind(protocol: str, address: str, port: int) -> socket.socket:
+    handed_over = inherited_socket(protocol, address, port)
+    if handed_over is not None:  # a hot restart: the predecessor's bound socket
+        return handed_over
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     try:
         infos = socket.getaddrinfo(address or None, port, type=kind, flags=socket.AI_PASSIVE)
@@ -111,12 +125,19 @@ def _bind(protocol: str, address: str, port: int) -> socket.socket:
 class _Listener:
     """What every listener has: its spec, a bound socket, where payloads go, what it counts."""
 
+    GAUGE_SIGN_DEFAULT = "delta"
+    """``gauge_sign`` when the spec does not say (schema.yaml documents it per kind)."""
+
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
         self.spec = spec
-        self._deliver = deliver
+        self._deliver: Callable[[bytes], None] = deliver
+        if spec.get("gauge_sign", self.GAUGE_SIGN_DEFAULT) == "absolute":
+            # A partial keeps the receive loops' one-argument call, and costs nothing on the
+            # delta listeners.
+            self._deliver = functools.partial(deliver, absolute_gauges=True)
         self._stats = stats
-        self._sock = _bind(spec["protocol"], spec["address"], spec["port"])
-        host, port = self._sock.getsockname()[:2]
+        self._sock = self._open_socket(spec)
+        host, port = self._bound_address()
         self.address: tuple[str, int] = (host, port)
         """Where it is bound (the real port when the spec asked for 0); kept after a close."""
         self.prefix = metric_prefix(spec["protocol"], host, port)
@@ -124,6 +145,14 @@ class _Listener:
         """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
         self.last_alive = time.monotonic()
         """When the receive thread last answered :meth:`probe` (the watchdog's question)."""
+
+    def _open_socket(self, spec: dict[str, Any]) -> socket.socket:
+        """The bound socket (a Unix socket listener opens its own: pystatsd/uds_listeners.py)."""
+        return _bind(spec["protocol"], spec["address"], spec["port"])
+
+    def _bound_address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
 
     @property
     def label(self) -> str:
@@ -553,6 +582,10 @@ class _Connection(asyncio.Protocol):
         self._skipping = False  # inside a line that already exceeded the limit
         self._read = 0
         self.last_active = time.monotonic()
+        fmt = listener.spec.get("format", "statsd")
+        self._framer: Framer | None = (None if fmt == "statsd" else
+                                       make_framer(fmt, self._limit, listener._stats))
+        """Another format's cutter (pystatsd.wire_formats); None: newline-delimited statsd."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -568,6 +601,10 @@ class _Connection(asyncio.Protocol):
         self._feed(data)
 
     def eof_received(self) -> bool:
+        if self._framer is not None:
+            for payload in self._framer.finish():
+                self._listener.deliver_lines(payload)
+            return False
         # The client closed its side: a last line without a newline is complete.
         if self._pending and not self._skipping:
             self._deliver(self._pending)
@@ -585,6 +622,9 @@ class _Connection(asyncio.Protocol):
     def _feed(self, chunk: bytes) -> None:
         self._read += len(chunk)
         self._listener.bytes_received += len(chunk)
+        if self._framer is not None:
+            self._feed_framed(chunk)
+            return
         limit = self._limit
         data = self._pending + chunk
         cut = data.rfind(b"\n")
@@ -601,6 +641,16 @@ class _Connection(asyncio.Protocol):
             if not self._skipping:
                 self._listener.reject_too_long(self._pending)
             self._skipping, self._pending = True, b""
+
+    def _feed_framed(self, chunk: bytes) -> None:
+        framer = self._framer
+        assert framer is not None
+        if framer.closed:
+            return
+        for payload in framer.feed(chunk):
+            self._listener.deliver_lines(payload)
+        if framer.closed and self._transport is not None:
+            self._transport.close()  # the stream cannot be trusted past what it refused
 
     def _deliver(self, complete: bytes) -> None:
         if not complete:
@@ -709,17 +759,27 @@ def connection_caps(specs: list[dict[str, Any]]) -> list[int]:
 
 
 def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
-                   stats: SelfStats) -> list[UdpListener | TcpListener]:
+                   stats: SelfStats) -> list[Any]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
     none receives until ``start``."""
-    opened: list[UdpListener | TcpListener] = []
+    from pystatsd.uds_listeners import UNIX_LISTENERS  # it builds on this module's classes
+
+    opened: list[Any] = []
     caps = iter(connection_caps(specs))
     try:
         for spec in specs:
-            if spec["protocol"] == "udp":
-                opened.append(UdpListener(spec, deliver, stats))
+            fmt = spec.get("format", "statsd")
+            if fmt == "graphite_pickle" and spec["protocol"] == "udp":
+                raise ListenerError(f"udp {spec['address']}:{spec['port']}: format "
+                                    "graphite_pickle is tcp only")
+            # a non-statsd listener tells the daemon its format (pystatsd.wire_formats)
+            spec_deliver = deliver if fmt == "statsd" else functools.partial(deliver, fmt=fmt)
+            if spec["protocol"] in UNIX_LISTENERS:
+                opened.append(UNIX_LISTENERS[spec["protocol"]](spec, spec_deliver, stats))
+            elif spec["protocol"] == "udp":
+                opened.append(UdpListener(spec, spec_deliver, stats))
             else:
-                opened.append(TcpListener(spec, deliver, stats, next(caps)))
+                opened.append(TcpListener(spec, spec_deliver, stats, next(caps)))
     except Exception:
         for listener in opened:
             listener.close_socket()

@@ -27,7 +27,7 @@ class PidFile:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def claim(self) -> None:
+    def claim(self, allow: int | None = None) -> None:
         """Write this process's pid; refuse when the file names another live process (a file
         left by a process that died is replaced)."""
         try:
@@ -36,7 +36,7 @@ class PidFile:
             existing = 0
         except (OSError, ValueError):
             existing = 0  # unreadable or garbage: overwritten below, or the write says why
-        if existing and existing != os.getpid() and _alive(existing):
+        if existing and existing not in (os.getpid(), allow) and _alive(existing):
             raise PidFileError(errno.EEXIST, f"pid_file {self.path}: pid {existing} is running")
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:

@@ -23,17 +23,28 @@ REJECT_REASONS = (
     "not_utf8",
     "bad_line",
     "too_many_series",
+    "timestamp_out_of_window",
+    "late_sample",
+    "bad_event",
     "not_metric",
     "statsd_syntax",
+    "overflow",
 )
 """Why an input is dropped: JSON that does not parse (bad_json), an object or line without a
 name, type or value (missing_field), a value that is not a number or a sample rate out of (0, 1]
 (bad_value), a type that is not known (unknown_type), a line or datagram over the size limit
 (too_long), bytes that are not UTF-8 (not_utf8), a statsd line that does not have the
 `name:value|type` shape (bad_line), a new series past `max_series` (too_many_series), a
+sample whose client timestamp is further than `timestamp_window_seconds` from now
+(timestamp_out_of_window), a sample stamped outside the current interval with
+`late_samples: drop` (late_sample), a DogStatsD event or service check that does not
+follow the datagram format (bad_event), a
 DogStatsD event or service check, well-formed but not a metric (not_metric), a JSON sample
 that cannot be relayed as a statsd line because its name, a tag or a set member holds statsd
-syntax such as a newline or `|` (statsd_syntax; it is still aggregated)."""
+syntax such as a newline or `|` (statsd_syntax; it is still aggregated), a finite sample that
+would make its series' aggregate non-finite: a counter or trace sum past ±1.8e308, a sample rate
+so small that 1 / rate is infinite, gauge deltas past ±1.8e308, a timer or histogram value or
+1 / rate beyond 1e100 (overflow; the series' other samples still count)."""
 
 
 class SelfStats:

@@ -29,6 +29,10 @@ class SeriesStats:
     type: str
     tags: Tags
     stats: dict[str, float]
+    timestamp: float | None = None
+    """The client's timestamp (seconds since the epoch) shared by the samples of a series
+    stamped outside its interval and passed through (``late_samples: pass``), aggregated only
+    with samples of the same series and second; None for an interval's aggregate."""
     partial: Mapping[str, Any] | None = None
     """The interval's mergeable state, filled only when a forwarder sends the ``partials``
     format (see :mod:`pystatsd.global_tier.partial_state` for its keys by type); None
@@ -43,6 +47,37 @@ class SeriesStats:
         return self.name + "," + ",".join(f"{k}={v}" for k, v in self.tags)
 
 
+EVENT = "event"
+SERVICE_CHECK = "service_check"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A DogStatsD event (``_e{...}``) or service check (``_sc|...``), as the client sent it,
+    the agent tags merged. Not aggregated: each one is forwarded with the flush of the interval
+    it arrived in.
+
+    ``kind`` is :data:`EVENT` or :data:`SERVICE_CHECK`. ``title`` is an event's title or a
+    service check's name; ``text`` an event's text or a service check's message (``m:``).
+    ``timestamp`` is ``d:``, seconds since the epoch, when sent. ``priority`` (``normal`` or
+    ``low``), ``alert_type`` (``info``, ``warning``, ``error``, ``success``),
+    ``aggregation_key`` and ``source_type_name`` are an event's, empty when not sent;
+    ``status`` (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN) is a service check's, None for an
+    event."""
+
+    kind: str
+    title: str
+    text: str = ""
+    tags: Tags = ()
+    timestamp: float | None = None
+    hostname: str = ""
+    priority: str = ""
+    alert_type: str = ""
+    aggregation_key: str = ""
+    source_type_name: str = ""
+    status: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One interval's flush.
@@ -50,10 +85,12 @@ class Snapshot:
     ``start`` is the interval's start in seconds since the epoch (aligned to the interval),
     ``interval`` its length in seconds (the flush interval; shorter only for the final flush
     at stop), ``host`` the daemon's host name, ``series`` every series sorted by name, type
-    and tags, the daemon's self-metrics among them.
+    and tags, the daemon's self-metrics among them, ``events`` the DogStatsD events and
+    service checks received in the interval, in arrival order.
     """
 
     start: float
     interval: float
     host: str
     series: tuple[SeriesStats, ...] = ()
+    events: tuple[Event, ...] = ()

@@ -7,6 +7,7 @@ import gc
 import math
 import random
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,115 @@ def test_max_series_drops_new_series_counts_them_and_keeps_known_ones() -> None:
     assert mgr.add(Sample("c", COUNTER, 1.0))  # a new interval has room again
 
 
+def test_a_sample_that_would_overflow_is_rejected_and_the_others_still_count() -> None:
+    mgr = manager(trace_cumulative=False)
+    accepted = [mgr.add(sample) for sample in [
+        Sample("hits", COUNTER, 1e308), Sample("hits", COUNTER, 1e308),  # the sum: rejected
+        Sample("hits", COUNTER, 1.0, rate=5e-324),  # 1 / rate is infinite: rejected
+        Sample("hits", COUNTER, 0.0, rate=5e-324),  # 0 * inf is nan: rejected
+        Sample("hits", COUNTER, 2.0, rate=0.5),
+        Sample("load", GAUGE, 1e308), Sample("load", GAUGE, 1e308, delta=True),  # rejected
+        Sample("load", GAUGE, -1.0, delta=True),
+        Sample("drift", GAUGE, -1e308, delta=True), Sample("drift", GAUGE, -1e308, delta=True),
+        Sample("db", TIMER, 1e101), Sample("db", TIMER, -1e200),  # past ±1e100: rejected
+        Sample("db", TIMER, 3.0), Sample("db", TIMER, 1.0, rate=1e-101),  # weight past 1e100
+        Sample("db", TIMER, 5.0, rate=0.5),
+        Sample("size", HISTOGRAM, 1e100), Sample("size", HISTOGRAM, 1e100),
+        Sample("events", TRACE, 1.0, rate=1e-308), Sample("events", TRACE, 1.0, rate=1e-308),
+    ]]
+    assert accepted.count(False) == 9
+    assert mgr.stats.counters["rejected.overflow"] == 9
+    result = flush(mgr)
+    assert only(result, "hits", COUNTER)["count"] == 1e308 + 4.0
+    assert only(result, "load", GAUGE)["value"] == 1e308 - 1.0
+    assert only(result, "drift", GAUGE)["value"] == -1e308
+    db = only(result, "db", TIMER)
+    assert (db["count"], db["sum"], db["min"], db["max"]) == (3.0, 13.0, 3.0, 5.0)
+    size = only(result, "size", HISTOGRAM)
+    assert size["sum"] == 2e100 and size["stddev"] == 0.0
+    assert only(result, "events", TRACE)["count"] == 1e308
+    assert all(math.isfinite(value) for stats in result.values() for value in stats.values())
+    assert "flush.non_finite" not in mgr.stats.counters
+
+
+def test_a_statistic_the_update_rules_cannot_bound_is_never_flushed() -> None:
+    mgr = manager()
+    mgr.add(Sample("hits", COUNTER, 1e308))
+    mgr.add(Sample("ok", COUNTER, 1.0))
+    mgr.add(Sample("load", GAUGE, 1e308))
+    # A rate over a nanosecond-long interval (a stop right at a deadline) would be infinite.
+    result = flush(mgr, interval=1e-9)
+    assert set(result) == {("ok", COUNTER, ()), ("load", GAUGE, ())}
+    assert mgr.stats.counters["flush.non_finite"] == 1
+    # Deltas checked against this interval's cell alone meet a carried value at the flush:
+    # they are undone, the carried value kept.
+    mgr.add(Sample("load", GAUGE, 1e308, delta=True))
+    result = flush(mgr)
+    assert only(result, "load", GAUGE) == {"value": 1e308}
+    assert mgr.stats.counters["flush.non_finite"] == 2
+    mgr.add(Sample("load", GAUGE, -1.0, delta=True))
+    assert only(flush(mgr), "load", GAUGE) == {"value": 1e308 - 1.0}
+
+
+def test_carried_gauges_and_traces_count_toward_max_series() -> None:
+    mgr = manager(max_series=4, trace_cumulative=True)
+    for name in ("g1", "g2"):
+        assert mgr.add(Sample(name, GAUGE, 1.0))
+    assert mgr.add(Sample("t1", TRACE, 1.0))
+    assert mgr.add(Sample("c1", COUNTER, 1.0))
+    # Between the swap and the end of finish (another thread's work) the table's gauges and
+    # traces may all be carried on: a burst straddling the flush is counted against them.
+    finished = mgr.swap()
+    assert mgr.series_held() == 3
+    assert mgr.add(Sample("c2", COUNTER, 1.0))
+    assert not mgr.add(Sample("c3", COUNTER, 1.0))
+    assert len(mgr.finish(finished, 10.0)) == 4
+    assert mgr.series_levels() == {"series.held": 4.0, "series.carried": 3.0,
+                                   "series.limit": 4.0}
+    assert mgr.add(Sample("g1", GAUGE, 2.0))  # carried: held already, at the limit or not
+    assert mgr.add(Sample("t1", TRACE, 1.0))
+    assert not mgr.add(Sample("g3", GAUGE, 1.0))
+    assert mgr.stats.counters["rejected.too_many_series"] == 2
+    result = flush(mgr)
+    assert len(result) == 4  # c2 and the three carried: never more than max_series
+    assert only(result, "g1", GAUGE) == {"value": 2.0}
+    assert only(result, "t1", TRACE) == {"count": 2.0}
+
+
+def test_a_fill_warning_is_logged_once_past_the_documented_level(
+        caplog: pytest.LogCaptureFixture) -> None:
+    mgr = manager(max_series=10)
+    for i in range(7):
+        mgr.add(Sample(f"g{i}", GAUGE, 1.0))
+    assert not [r for r in caplog.records if "of max_series" in r.getMessage()]
+    for i in range(7, 12):
+        mgr.add(Sample(f"g{i}", GAUGE, 1.0))
+    warnings = [r.getMessage() for r in caplog.records if "of max_series" in r.getMessage()]
+    assert warnings == ["8 series held, 80% of max_series (10): new series will be dropped as "
+                        "too_many_series past it; raise max_series (about 1 KB of RSS a series, "
+                        "see docs/reliability.md) or find the names that explode"]
+    assert mgr.stats.counters["rejected.too_many_series"] == 2
+
+
+def test_carried_tables_shrink_after_a_burst_of_names_expires() -> None:
+    mgr = manager(idle_expiry_intervals=2, trace_cumulative=True)
+    for i in range(20_000):
+        mgr.add(Sample(f"burst.{i}", GAUGE, 1.0))
+        mgr.add(Sample(f"burst.{i}", TRACE, 1.0))
+    flush(mgr)
+    full = sys.getsizeof(mgr._gauges), sys.getsizeof(mgr._traces)
+    for _ in range(2):
+        mgr.add(Sample("steady", GAUGE, 1.0))
+        mgr.add(Sample("steady", TRACE, 1.0))
+        result = flush(mgr)
+    assert set(result) == {("steady", GAUGE, ()), ("steady", TRACE, ())}
+    assert len(mgr._gauges) == len(mgr._traces) == 1
+    assert sys.getsizeof(mgr._gauges) * 100 < full[0]
+    assert sys.getsizeof(mgr._traces) * 100 < full[1]
+    assert mgr.series_levels()["series.carried"] == 2.0
+    assert mgr.memory_generation > 0  # the line cache lets go of the burst's keys and cells
+
+
 def test_swap_hands_back_the_finished_table_and_starts_empty() -> None:
     mgr = manager()
     mgr.add(Sample("a", COUNTER, 1.0))
@@ -366,7 +476,7 @@ def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]
     """The cells after ``lines`` through the line cache (the first line of each shape is
     decoded and remembered, the rest served by the cache) and through MetricMgr.add alone."""
     built = build_config({"forwarders": {}, **config})
-    fast, slow = MetricMgr(built), MetricMgr(built)
+    fast, slow = MetricMgr(built, SelfStats()), MetricMgr(built, SelfStats())
     cache = LineCache(fast)
     served = 0
     for line in lines:
@@ -382,8 +492,25 @@ def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]
     for line in lines:
         for sample in parse_statsd_line(line):
             slow.add(sample)
+    # The same rejects both ways, too (an overflow is refused by each path on its own).
+    assert fast.stats.counters == slow.stats.counters
     return ({key: cell_state(cell) for key, cell in fast.swap().series.items()},
             {key: cell_state(cell) for key, cell in slow.swap().series.items()}, served)
+
+
+def test_line_cache_and_metric_mgr_update_reject_the_same_overflows() -> None:
+    lines = [
+        b"hits:1e308|c", b"hits:1e308|c", b"hits:1|c", b"hits:1|c|@5e-324", b"hits:1e308|c",
+        b"big:9|c", b"big:9|c", b"big:1e308|c", b"big:1e308|c",  # whole-line counters too
+        b"load:1e308|g", b"load:+1e308|g", b"load:-1|g", b"drift:+1e308|g", b"drift:+1e308|g",
+        b"db:1e200|ms", b"db:-1e101|ms", b"db:5|ms", b"db:1|ms|@1e-200", b"db:6|h",
+    ]
+    fast, slow, served = cells_both_ways(lines * 3)
+    assert served > len(lines)
+    assert fast == slow
+    assert fast[("hits", COUNTER, ())] == [1e308 + 3.0]
+    assert fast[("big", COUNTER, ())] == [1e308 + 54.0]
+    assert fast[("load", GAUGE, ())] == [1e308, -1.0]  # each repeat sets 1e308 again
 
 
 def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -> None:
@@ -406,9 +533,10 @@ def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -
 
 
 SHAPES = st.sampled_from([b"n:%s|c", b"n:%s|c|@0.25", b"g:%s|g", b"t:%s|ms", b"t:%s|ms|@0.5",
-                          b"h:%s|h", b"s:%s|s", b"s:%s|s|#k:v"])
+                          b"h:%s|h", b"s:%s|s", b"s:%s|s|#k:v", b"n:%s|c|@5e-324",
+                          b"t:%s|ms|@1e-200"])
 NUMBERS = st.sampled_from([b"1", b"0", b"-1", b"+1", b"2.5", b"-0.5", b"+0.25", b"1e2", b"7",
-                           b"-3", b"+10", b"42"])
+                           b"-3", b"+10", b"42", b"1e308", b"-1e308", b"+1e308", b"1e200"])
 
 
 @settings(max_examples=150, deadline=None)

@@ -138,6 +138,10 @@ DOCUMENTED: dict[tuple[str, str], Skip | Run] = {
     ("README.md", "sudo service pystatsd start"): Skip("needs root and the installed service"),
     ("README.md", "sudo service pystatsd reload"): Skip("needs root and the installed service"),
     ("README.md", "sudo service pystatsd status"): Skip("needs root and the installed service"),
+    ("docs/graphite.md", ".venv/bin/python tools/convert_statsite_proxy.py"): Skip(
+        "needs the operator's statsite-proxy config; tests/graphite/test_convert_statsite_proxy"
+        ".py converts one and checks the ring",
+        probe=".venv/bin/python tools/convert_statsite_proxy.py --help"),
     ("docs/kafka.md", ".venv/bin/python tools/kafka_tail.py"): Skip(
         "needs a Kafka broker holding the topic; tests/kafka read topics back with the same code",
         probe=".venv/bin/python tools/kafka_tail.py --help"),

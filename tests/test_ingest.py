@@ -38,8 +38,11 @@ def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[
     snapshots = []
     for payloads in intervals:
         for payload in payloads:
-            for sample in decode_payload(payload, stats):
+            events: list = []
+            for sample in decode_payload(payload, stats, events=events):
                 manager.add(sample._replace(tags=tagger.apply(sample.tags)))
+            for event in events:
+                manager.add_event(event)
         snapshots.append(manager.finish(manager.swap(), 10.0))
     return snapshots, rejects(stats)
 
@@ -75,6 +78,9 @@ CORPUS = [
     b"api.hits:1_0|c\napi.hits: 1|c\napi.hits:nan|c\napi.hits:inf|g\napi.hits:1e999|ms\n",
     b"api.hits:0x10|c\napi.hits:|c\nusers:|s\nusers:\xff\xfe|s\napi.hits:1.2.3|c\n",
     b"api.hits:" + b"9" * 400 + b"|c\napi.hits:+7|c\napi.hits:-.5|c\napi.hits:5.|c\n",
+    # finite values whose aggregate would not be: rejected as overflow, the rest still counts
+    b"big:1e308|c\nbig:1e308|c\nbig:1|c|@5e-324\nbig:2|c\nload:+1e308|g\nload:+1e308|g\n",
+    b"db:1e200|ms\ndb:4|ms\ndb:1|ms|@1e-300\nbig:1e308|c\nbig:2|c\n",
     # shapes that must stay on the slow path
     b"stamp:1|c|T1700000000\nstamp:2|c|T1700000000\nbad line\n\n\nx|y:1|c\nnotype:1|\n",
     b"api.hits:1|c\r\napi.hits:2|c\r\n  api.hits:3|c  \n\tload:9|g\n",
@@ -97,6 +103,7 @@ def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> No
     assert fast == slow
     assert fast_rejects == slow_rejects
     assert fast_rejects["rejected.bad_value"] >= 10  # the odd values were rejected, not summed
+    assert fast_rejects["rejected.overflow"] == 2 * 6  # CORPUS[:4] has none
     assert len(fast[3]) > 0  # gauges carried into the empty interval
 
 
@@ -113,9 +120,10 @@ def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> Non
 
 NAMES = st.sampled_from(["a", "b.c", "a,k=v", "{x", " a", "ü"])
 VALUES = st.sampled_from(["1", "-2", "+3", "0.5", ".5", "5.", "1e3", "1E-2", "1_0", " 1", "nan",
-                          "inf", "1e999", "", "x", "1:2", "1:x", "\udcff"])
+                          "inf", "1e999", "", "x", "1:2", "1:x", "\udcff", "1e308", "-1e308",
+                          "+1e308", "1e200"])
 TYPES = st.sampled_from(["c", "g", "ms", "h", "d", "s", "q", ""])
-EXTRAS = st.lists(st.sampled_from(["@0.5", "@1", "@0.1", "@0", "@x", "#k:v,j", "#j,k:v",
+EXTRAS = st.lists(st.sampled_from(["@0.5", "@1", "@0.1", "@0", "@x", "@5e-324", "#k:v,j", "#j,k:v",
                                    "#k:w", "T5", "c:abc", ""]), max_size=3)
 
 
@@ -157,18 +165,18 @@ def test_counts_received_decoded_and_aggregated_at_swap() -> None:
     pipeline.ingest(b'{"metric_name":"a","metric_type":"counter","value":1}')
     assert "received.datagrams" not in stats.counters  # kept locally until published
     pipeline.publish_counts()
-    manager.swap()
+    manager.finish(manager.swap(), 10.0)  # the gauge b is carried on: it holds one of the two
     assert stats.take() == {
         "received.datagrams": 3, "received.lines": 6, "decoded.samples": 5,
         "aggregated.samples": 4, "rejected.bad_line": 1, "rejected.too_many_series": 1,
     }
     pipeline.ingest(b"c:1|c\nd:5|c")  # the shapes are cached now; a and b have not come back
-    pipeline.ingest(b"e:1|c\na:1|c")  # past max_series even through the cache
+    pipeline.ingest(b"e:1|c\na:1|c\nb:+1|g")  # past max_series even through the cache; b is held
     pipeline.publish_counts()
     manager.swap()
     assert stats.take() == {
-        "received.datagrams": 2, "received.lines": 4, "decoded.samples": 4,
-        "aggregated.samples": 2, "rejected.too_many_series": 2,
+        "received.datagrams": 2, "received.lines": 5, "decoded.samples": 5,
+        "aggregated.samples": 2, "rejected.too_many_series": 3,  # d, e, a; c and b count
     }
 
 
@@ -195,6 +203,24 @@ def test_max_series_applies_to_cached_lines_in_a_new_interval() -> None:
     series = manager.finish(manager.swap(), 10)
     assert [(s.name, s.stats["count"]) for s in series] == [("b", 1.0)]
     assert stats.counters["rejected.too_many_series"] == 3
+
+
+def test_the_line_cache_lets_go_of_a_burst_of_names_once_they_are_gone() -> None:
+    config = build_config({"forwarders": {}, "idle_expiry_intervals": 1})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    pipeline = Pipeline(config, manager, stats)
+    burst = b"\n".join(b"burst.%d:1|c" % i for i in range(6000))
+    pipeline.ingest(burst)
+    pipeline.ingest(burst)  # now served from the cache
+    assert pipeline.cached_shapes == 6000
+    manager.finish(manager.swap(), 10.0)
+    pipeline.ingest(b"steady:1|c")
+    manager.finish(manager.swap(), 10.0)  # a table under half the last one's: the burst is over
+    pipeline.ingest(b"steady:1|c\nsteady:2|c")
+    assert pipeline.cached_shapes == 1  # emptied, then refilled by the traffic
+    series = manager.finish(manager.swap(), 10.0)
+    assert [(s.name, s.stats["count"]) for s in series] == [("steady", 3.0)]
 
 
 def test_cached_timer_lines_fold_into_a_sketch_past_the_limit() -> None:

@@ -21,13 +21,14 @@ tests/corpus/fuzz/, whose files the suite replays (tests/fuzz/test_fuzz.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pystatsd.selfstats import SelfStats
@@ -61,9 +62,13 @@ def check(data: bytes) -> None:
     slow = []
     for payloads in intervals:
         for payload in payloads:
-            for sample in decode_payload(payload, slow_stats):
+            events: list[Any] = []  # the pipeline forwards DogStatsD events: so does this
+            for sample in decode_payload(payload, slow_stats, events=events):
                 manager.add(sample._replace(tags=tagger.apply(sample.tags)))
-        slow.append(manager.finish(manager.swap(), 10.0))
+            for event in events:
+                manager.add_event(dataclasses.replace(event, tags=tagger.apply(event.tags)))
+        table = manager.swap()
+        slow.append((manager.finish(table, 10.0), table.events))
     assert slow_stats.counters[INTERNAL_ERRORS] == 0, "decoder bug (decoder.internal_errors)"
 
     fast_stats = SelfStats(log_interval=1e9)
@@ -73,7 +78,8 @@ def check(data: bytes) -> None:
     for payloads in intervals:
         for payload in payloads:
             pipeline.ingest(payload)
-        fast.append(manager.finish(manager.swap(), 10.0))
+        table = manager.swap()
+        fast.append((manager.finish(table, 10.0), table.events))
     # repr: NaN (from an inf - inf) is equal to itself there, as it must be for this purpose.
     assert repr(fast) == repr(slow), "fast path and slow path disagree"
     assert _rejects(fast_stats) == _rejects(slow_stats), "reject counts disagree"

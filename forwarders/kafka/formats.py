@@ -98,7 +98,7 @@ def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
             "apikey": apikey,
             "tenant_id": tenant_id,
             "@version": "1",
-            "@timestamp": legacy_timestamp(snapshot.start),
+            "@timestamp": legacy_timestamp(_when(series, snapshot)),
         }
         renamed = []
         for key, value in series.tags:
@@ -114,6 +114,12 @@ def _legacy_encoder(apikey: str, tenant_id: str) -> Encoder:
         return _dumps(event)
 
     return encode
+
+
+def _when(series: SeriesStats, snapshot: Snapshot) -> float:
+    """The time a message stands for: the client's timestamp of a passed-through series,
+    else its interval's start."""
+    return snapshot.start if series.timestamp is None else series.timestamp
 
 
 def _dumps(document: dict[str, Any]) -> bytes:
@@ -180,7 +186,7 @@ def _influx_encode(series: SeriesStats, snapshot: Snapshot) -> bytes | None:
     ])
     if not fields:
         return None
-    nanoseconds = int(round(snapshot.start * 1000)) * 1_000_000
+    nanoseconds = int(round(_when(series, snapshot) * 1000)) * 1_000_000
     return f"{_influx_head(series.name, series.tags)} {fields} {nanoseconds}".encode()
 
 

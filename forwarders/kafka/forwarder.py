@@ -16,7 +16,7 @@ Delivery, in order of preference (docs/kafka.md has the whole story):
 
 Only a full spool drops messages, and it counts them (``spool_dropped``); a spool the disk
 refuses loses what it cannot write, and counts that (``spool_io_errors``, ``spool_io_lost``).
-Nothing handed on from the spool is sent from it again (see :mod:`forwarders.kafka.spool`), and
+Nothing handed on from the spool is sent from it again (see :mod:`forwarders.spool`), and
 every message carries the header ``pystatsd-id`` (:func:`message_id`), the same on every
 delivery of it, so a consumer can drop a duplicate whatever caused it.
 """
@@ -44,7 +44,8 @@ from forwarders.kafka.embedded_broker import (
 )
 from forwarders.kafka.formats import FORMATS, Unencodable, make_encoder
 from forwarders.kafka.outage import OutageWatch
-from forwarders.kafka.spool import Record, Spool, SpoolInUse
+from forwarders.records import event_record
+from forwarders.spool import Record, Spool, SpoolInUse
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 __all__ = ["ID_HEADER", "KafkaConfigError", "KafkaForwarder", "message_id"]
@@ -117,6 +118,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "does not allow in a topic name become `_`.", minLength=1),
         "topic_missing_tag": _string("Stands in for `{tag:KEY}` when a series lacks the tag.",
                                      default="untagged", minLength=1),
+        "events_topic": _string(
+            "Topic of the DogStatsD events and service checks: one JSON message each "
+            "(docs/schemas/kafka-event.schema.json), whatever `format` says; key "
+            "`<kind>:<title>`.", default="pystatsd-events", minLength=1),
         "kafka_apikey": _string("`apikey` field of each legacy event.", default=""),
         "kafka_tenant_id": _string("`tenant_id` field of each legacy event.", default=""),
         "format": {
@@ -455,6 +460,18 @@ class KafkaForwarder(AggregateForwarder):
             if value is not None:
                 records.append(Record(self._topic_for(series), series.key.encode(), value,
                                       message_id(series, snapshot)))
+        for event in snapshot.events:
+            try:
+                value = orjson.dumps(event_record(event, snapshot))
+            except orjson.JSONEncodeError as exc:  # a lone surrogate in client text
+                self.counters["unencodable"] += 1
+                self._problems.report("unencodable", f"forwarder {self.name}: event not "
+                                      f"sent: {exc}")
+                continue
+            records.append(Record(self.config["events_topic"],
+                                  f"{event.kind}:{event.title}".encode(errors="replace"),
+                                  value, hashlib.blake2b(value, digest_size=16)
+                                  .hexdigest().encode()))
         return records
 
     def send(self, snapshot: Snapshot) -> None:

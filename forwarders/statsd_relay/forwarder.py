@@ -9,20 +9,31 @@ and sends without blocking. Health (send failures, optional TCP probes on a thir
 decides which backends are dead; with ``dead_backend_policy: reroute`` their keys go to the
 next owner until they recover. JSON input arrives already made into statsd lines by the receive
 path (``from_json``); ``json_lines: reject`` refuses those.
+
+Runtime routes (:meth:`routes`, :meth:`apply_routes`): a route is a destination group, in the
+schema of one ``groups`` entry. A new list is validated and built outside the lock, then the
+groups, routers, pending lists and route cache are swapped under it, between two datagrams.
+A backend still named by some group keeps its object (queue, connection, counters); one no
+longer named is retired: the sender thread keeps pumping its queue until it is empty (or the
+relay closes) and then closes it.
 """
 
 from __future__ import annotations
 
+import copy
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import jsonschema
+
 from forwarders.base import ForwarderContext
 from forwarders.relay import RelayForwarder
+from forwarders.schema import fill_defaults
 from forwarders.statsd_relay.backend import Backend
-from forwarders.statsd_relay.groups import Group, build_groups
+from forwarders.statsd_relay.groups import BackendSlot, Group, build_groups
 from forwarders.statsd_relay.schema import CONFIG_SCHEMA
 
 __all__ = ["StatsdRelayForwarder"]
@@ -53,16 +64,11 @@ class StatsdRelayForwarder(RelayForwarder):
         super().__init__(name, config, context)
         settings = self.config
         self.round_interval = float(settings["send_interval"])
-        self.groups, slots = build_groups(settings["groups"])
-        self.backends = [
-            Backend(slot.address, queue_bytes=settings["queue_bytes"],
-                    max_datagram_bytes=settings["max_datagram_bytes"],
-                    connect_timeout=settings["connect_timeout"],
-                    backoff_min=settings["reconnect_backoff_min"],
-                    backoff_max=settings["reconnect_backoff_max"],
-                    dead_after=settings["dead_after"], health_port=slot.health_port)
-            for slot in slots
-        ]
+        self._group_sections = _named(settings["groups"])
+        self.groups, slots = build_groups(self._group_sections)
+        self.backends = [self._new_backend(slot) for slot in slots]
+        self._retired: list[Backend] = []
+        self._opened = False
         self._by_tags = settings["hash_key"] == "name_and_tags"
         self._convert_json = settings["json_lines"] == "convert"
         self._max_cache = int(settings["max_route_cache"])
@@ -73,9 +79,7 @@ class StatsdRelayForwarder(RelayForwarder):
         self._cache: dict[bytes, Any] = {}
         self._routes: dict[tuple[Any, ...], Route] = {}
         self._dead: frozenset[int] = frozenset()
-        self._plain = (len(self.groups) == 1 and not self._by_tags
-                       and not self.groups[0].rewrites and self.groups[0].filter is None
-                       and self.groups[0].blacklist is None)
+        self._plain = self._is_plain(self.groups)
         self._fast = self._plain
         self._health: threading.Thread | None = None
         self._last_log = 0.0
@@ -91,8 +95,25 @@ class StatsdRelayForwarder(RelayForwarder):
                                             name=f"relay-health-{self.name}", daemon=True)
             self._health.start()
 
+    def _new_backend(self, slot: BackendSlot) -> Backend:
+        settings = self.config
+        return Backend(slot.address, queue_bytes=settings["queue_bytes"],
+                       max_datagram_bytes=settings["max_datagram_bytes"],
+                       connect_timeout=settings["connect_timeout"],
+                       backoff_min=settings["reconnect_backoff_min"],
+                       backoff_max=settings["reconnect_backoff_max"],
+                       dead_after=settings["dead_after"], health_port=slot.health_port)
+
+    def _is_plain(self, groups: list[Group]) -> bool:
+        return (len(groups) == 1 and not self._by_tags and not groups[0].rewrites
+                and groups[0].filter is None and groups[0].blacklist is None)
+
     def open(self) -> None:
-        for backend in self.backends:
+        self._opened = True
+        self._open_backends(self.backends)
+
+    def _open_backends(self, backends: list[Backend]) -> None:
+        for backend in backends:
             try:
                 backend.open()
             except OSError as exc:  # unresolvable now: retried with backoff by the sender
@@ -102,21 +123,69 @@ class StatsdRelayForwarder(RelayForwarder):
     def pending(self) -> int:
         with self._lock:
             waiting = sum(len(pending) for pending in self._pending)
-        return waiting + sum(backend.queued_lines() for backend in self.backends)
+        return waiting + sum(backend.queued_lines() for backend in self.backends + self._retired)
 
     def discard(self) -> int:
         with self._lock:
             left = sum(len(pending) for pending in self._pending)
             for pending in self._pending:
                 pending.clear()
-        return left + sum(backend.discard_queue() for backend in self.backends)
+        return left + sum(backend.discard_queue() for backend in self.backends + self._retired)
 
     def shutdown(self, timeout: float) -> int:
         if self._health is not None:
             self._health.join(timeout + 0.5)  # the stop event set by close() ends its wait
-        for backend in self.backends:
+        for backend in self.backends + self._retired:
             backend.close()
         return 0
+
+    # -- runtime routes (the RelayForwarder hook) -----------------------------------------
+    def routes(self) -> list[dict[str, Any]]:
+        """The destination groups now in use, each a ``groups`` entry with its ``name``."""
+        return copy.deepcopy(self._group_sections)
+
+    def apply_routes(self, routes: list[dict[str, Any]]) -> None:
+        sections = _validated_groups(routes)
+        groups, slots = build_groups(sections)  # ValueError: a bad regex, weight, backend
+        names = [group.name for group in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups: names must be unique, got {', '.join(names)}")
+        kept = {backend.address: backend for backend in self.backends}
+        backends = [kept.get(slot.address) or self._new_backend(slot) for slot in slots]
+        fresh = [b for b in backends if b.address not in kept]
+        if self._opened:
+            self._open_backends(fresh)
+        old_counters = {group.name: group.counters for group in self.groups}
+        for group in groups:  # a group that stays keeps counting from where it was
+            group.counters = old_counters.get(group.name, group.counters)
+        with self._lock:
+            pending = dict(zip((b.address for b in self.backends), self._pending, strict=True))
+            retired = [b for b in self.backends if b not in backends]
+            self._pending = [pending.pop(b.address, []) for b in backends]
+            self._appenders = [lines.append for lines in self._pending]
+            leftovers = list(pending.items())
+            self.backends = backends
+            self.groups = groups
+            self._group_sections = sections
+            self._plain = self._is_plain(groups)
+            self._fast = self._plain
+            self._cache = {}
+            self._routes = {}
+            self._dead = frozenset()
+            self._retired.extend(retired)
+        by_address = {b.address: b for b in retired}
+        for address, lines in leftovers:  # lines routed before the swap still go out
+            if lines:
+                by_address[address].enqueue(lines)
+        self.log.info("relay %s: routes now %s", self.name,
+                      "; ".join(f"{g.name} -> {len(g.backend_indexes)} backends" for g in groups))
+
+    def _pump_retired(self, now: float) -> None:
+        for backend in list(self._retired):
+            backend.pump(now)
+            if not backend.queued_lines():
+                backend.close()
+                self._retired.remove(backend)
 
     def stats(self) -> dict[str, float]:
         result = super().stats()
@@ -298,20 +367,25 @@ class StatsdRelayForwarder(RelayForwarder):
             return
         for backend in self.backends:
             backend.pump(now)
+        if self._retired:
+            self._pump_retired(now)
         self._update_dead(now)
 
     def _update_dead(self, now: float) -> None:
-        dead = frozenset(i for i, b in enumerate(self.backends) if not b.alive(now))
+        backends = self.backends
+        dead = frozenset(i for i, b in enumerate(backends) if not b.alive(now))
         if dead == self._dead:
             return
         for i in sorted(dead - self._dead):
             self.log.warning("relay %s: backend %s is dead (%s)", self.name,
-                             self.backends[i].address.key, self._policy_text(i))
+                             backends[i].address.key, self._policy_text(i))
         for i in sorted(self._dead - dead):
             self.log.warning("relay %s: backend %s is back", self.name,
-                             self.backends[i].address.key)
+                             backends[i].address.key)
         rerouting = any(g.reroute for g in self.groups)
         with self._lock:
+            if self.backends is not backends:  # routes changed meanwhile: next round decides
+                return
             self._dead = dead
             if rerouting:  # owners changed: forget every cached route
                 self._cache = {}
@@ -339,6 +413,29 @@ class StatsdRelayForwarder(RelayForwarder):
                     continue
                 backend.probe_ok = _tcp_probe(backend.address.host, port,
                                               backend.connect_timeout)
+
+
+_GROUPS_SCHEMA: dict[str, Any] = CONFIG_SCHEMA["properties"]["groups"]
+
+
+def _named(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups with their default names written in: a route is known by its name."""
+    return [{**section, "name": section.get("name") or f"group{i}"}
+            for i, section in enumerate(sections)]
+
+
+def _validated_groups(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sections = copy.deepcopy(routes)
+    validator = jsonschema.Draft202012Validator(
+        _GROUPS_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(sections), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "groups" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                   for p in first.path)
+        raise ValueError(f"{where}: {first.message}")
+    fill_defaults(_GROUPS_SCHEMA, sections)
+    return _named(sections)
 
 
 def _rewrite(group: Group, line: bytes, i: int) -> bytes:

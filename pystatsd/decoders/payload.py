@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 
 from pystatsd.decoders.errors import DecodeError
+from pystatsd.decoders.events import is_event_line, parse_event_line
 from pystatsd.decoders.json_object import parse_json_object
 from pystatsd.decoders.statsd_line import parse_statsd_line
 from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import Event
 
 log = logging.getLogger("pystatsd.decoders")
 
@@ -23,12 +25,16 @@ daemon keeps running; a non-zero value here is a bug to report."""
 _JSON_START = (ord("{"), ord("["))
 
 
-def decode_payload(payload: bytes, stats: SelfStats) -> list[Sample]:
+def decode_payload(payload: bytes, stats: SelfStats, absolute_gauges: bool = False,
+                   container_tag: str = "", events: list[Event] | None = None) -> list[Sample]:
     """Given one UDP datagram or a chunk of complete TCP lines, return the samples of every good
     line or object in it; count and log each bad one via ``stats.reject`` and drop it.
 
     JSON if the first non-space byte is ``{`` or ``[`` (one object, an array of objects, or
-    several objects one per line), else newline-separated statsd lines. Never raises."""
+    several objects one per line), else newline-separated statsd lines. ``absolute_gauges``
+    and ``container_tag`` are passed to :func:`parse_statsd_line`. DogStatsD events and
+    service checks are decoded into ``events`` when it is given, else counted as
+    ``not_metric``. Never raises."""
     samples: list[Sample] = []
     body = payload.lstrip()
     if body[:1] and body[0] in _JSON_START:
@@ -44,10 +50,12 @@ def decode_payload(payload: bytes, stats: SelfStats) -> list[Sample]:
         if not line:
             continue
         try:
-            if line[0] in _JSON_START:
-                _decode_json_line(line, samples, stats)
+            if events is not None and is_event_line(line):
+                events.append(parse_event_line(line))
+            elif line[0] in _JSON_START:
+                _decode_json_line(line, samples, stats, absolute_gauges, container_tag)
             else:
-                samples.extend(parse_statsd_line(line))
+                samples.extend(parse_statsd_line(line, absolute_gauges, container_tag))
         except DecodeError as exc:
             stats.reject(exc.reason, exc.detail, line)
         except Exception:  # a decoder bug must cost one line, never the datagram or the daemon
@@ -55,12 +63,13 @@ def decode_payload(payload: bytes, stats: SelfStats) -> list[Sample]:
     return samples
 
 
-def _decode_json_line(line: bytes, samples: list[Sample], stats: SelfStats) -> None:
+def _decode_json_line(line: bytes, samples: list[Sample], stats: SelfStats,
+                      absolute_gauges: bool, container_tag: str) -> None:
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         try:  # a statsd name may start with '{' or '[' too
-            samples.extend(parse_statsd_line(line))
+            samples.extend(parse_statsd_line(line, absolute_gauges, container_tag))
             return
         except DecodeError:
             pass

@@ -1,6 +1,6 @@
 """One statsd / DogStatsD line -> samples.
 
-``name[,k=v...]:value[:value...]|type[|@rate][|#k:v,flag][|c:container][|Ttimestamp]``
+``name[,k=v...][;k=v...]:value[:value...]|type[|@rate][|#k:v,flag][|c:container][|Ttimestamp]``
 The full grammar, and why each choice, is in docs/input-formats.md."""
 
 from __future__ import annotations
@@ -25,11 +25,19 @@ STATSD_TYPES = {
 }
 
 
-def parse_statsd_line(line: bytes) -> list[Sample]:
+def parse_statsd_line(line: bytes, absolute_gauges: bool = False,
+                      container_tag: str = "") -> list[Sample]:
     """Given one statsd or DogStatsD line (no newline; surrounding whitespace is ignored),
     return its samples, one per packed value; raise :class:`DecodeError` if it is not a metric.
 
-    A pure function of its bytes, so a caller may cache its result by line."""
+    ``absolute_gauges`` is the listener's ``gauge_sign: absolute`` (DogStatsD's meaning): a
+    gauge's ``-5`` and ``+5`` set it to -5 and 5. Otherwise (Etsy's meaning) a signed gauge
+    value is a change to the current value. ``container_tag`` (the ``container_id_tag``
+    setting), when not empty, is the tag key the DogStatsD container id ``|c:<id>`` is kept
+    under; a tag of that key the line already has wins.
+
+    A pure function of its bytes and those settings, so a caller may cache its result by line
+    (one cache per setting)."""
     if len(line) > MAX_LINE_BYTES:
         raise DecodeError("too_long", f"line of {len(line)} bytes (limit {MAX_LINE_BYTES})")
     try:
@@ -59,6 +67,7 @@ def parse_statsd_line(line: bytes) -> list[Sample]:
 
     rate = 1.0
     timestamp: float | None = None
+    container = ""
     for field in fields[2:]:
         if field.startswith("@"):
             rate = check_rate(parse_number(field[1:], "sample rate"))
@@ -68,7 +77,11 @@ def parse_statsd_line(line: bytes) -> list[Sample]:
             # DogStatsD v1.3 writes T1656581400; T:1656581400 is taken too.
             stamp = field[2:] if field.startswith("T:") else field[1:]
             timestamp = check_timestamp(parse_number(stamp, "timestamp"))
-        # c:<container id> and any field a newer client adds are ignored on purpose.
+        elif field.startswith("c:"):
+            container = field[2:]
+        # any other field a newer client adds (e:, card:) is ignored on purpose.
+    if container and container_tag and container_tag not in dict(tags):
+        tags = _merge(tags, {container_tag: container})
 
     if kind == SET:
         # A set member is a string and may itself contain ':' (an IPv6 address); DogStatsD
@@ -77,18 +90,23 @@ def parse_statsd_line(line: bytes) -> list[Sample]:
     samples = []
     for value in value_text.split(":"):
         number = parse_number(value, "value")
-        delta = kind == GAUGE and value[0] in "+-"  # Etsy: a signed gauge value is a change
+        # Etsy: a signed gauge value is a change; DogStatsD: every gauge value is the value.
+        delta = kind == GAUGE and not absolute_gauges and value[0] in "+-"
         samples.append(Sample(name, kind, number, rate, tags, delta, timestamp))
     return samples
 
 
 def _split_name(name_part: str) -> tuple[str, Tags]:
-    """Given ``name`` or InfluxDB-style ``name,k=v,k2=v2``, return the name and its tags."""
-    if "," not in name_part:
+    """Given ``name``, InfluxDB-style ``name,k=v,k2=v2`` or graphite-style ``name;k=v;k2=v2``
+    (as the Go cactus client writes tags), return the name and its tags."""
+    graphite_pairs: list[str] = []
+    if ";" in name_part:
+        name_part, *graphite_pairs = name_part.split(";")
+    if "," not in name_part and not graphite_pairs:
         return check_name(name_part), ()
     name, *pairs = name_part.split(",")
     tags: dict[str, str] = {}
-    for pair in pairs:
+    for pair in pairs + graphite_pairs:
         key, _, value = pair.partition("=")
         if key:
             tags[key] = value

@@ -4,10 +4,6 @@ embedded Tansu broker), and global members run as real daemon processes."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from global_helpers import Member
 
 from forwarders.kafka.embedded_broker import EmbeddedBroker
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -28,46 +23,6 @@ def global_bootstrap() -> Iterator[str]:
         return
     with EmbeddedBroker() as broker:
         yield broker.bootstrap
-
-
-class Member:
-    """One ``mode: global`` daemon, its log in a file."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pystatsd", "-c", str(config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if self.process.poll() is not None:
-                return False
-            time.sleep(0.1)
-        return text in self.log()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture

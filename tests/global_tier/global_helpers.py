@@ -4,7 +4,13 @@ keeps partials, and the same union fed to one MetricMgr, whose statistics are th
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from pystatsd.aggregation import MetricMgr
@@ -13,6 +19,7 @@ from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.snapshot import SeriesStats, Snapshot
 
 ACCURACY = 0.01
+REPO = Path(__file__).resolve().parents[2]
 
 
 def manager(exact_samples: int, partials: bool = True) -> MetricMgr:
@@ -92,3 +99,43 @@ def assert_matches(merged: dict[str, float], expected: SeriesStats,
             low = union[max(0, math.floor(rank) - 1)] * (1 - ACCURACY)
             high = union[min(len(union) - 1, math.ceil(rank) + 1)] * (1 + ACCURACY)
             assert low <= got <= high, (expected.name, key, got, low, high)
+
+
+class Member:
+    """One ``mode: global`` daemon, its log in a file."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pystatsd", "-c", str(config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if self.process.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return text in self.log()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode

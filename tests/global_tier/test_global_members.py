@@ -16,8 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from conftest import Member
-from global_helpers import assert_matches, corpus, host_snapshot, truth, union_values
+from global_helpers import Member, assert_matches, corpus, host_snapshot, truth, union_values
 
 from forwarders.base import ForwarderContext
 from forwarders.kafka import KafkaForwarder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forwarders.kafka.spool import Record, Spool
+from forwarders.spool import Record, Spool
 
 
 def records(prefix: str, count: int) -> list[Record]:

@@ -1,4 +1,7 @@
-"""A bounded, ordered, on-disk queue of Kafka messages that could not be handed to the broker.
+"""A bounded, ordered, on-disk queue of messages a forwarder could not hand to its backend.
+
+Shared by the forwarders that spool: Kafka (a record is a topic, key, value and idempotence
+id), graphite and carbon routes (a record's value is the bytes to send; topic and key unused).
 
 Layout: a directory of segment files named by a sequence number (``0000001000000000.seg``);
 the oldest segment is read first. A segment starts with a 16-byte preamble, the magic
@@ -56,7 +59,8 @@ _ERROR_LOG_INTERVAL = 60.0
 
 
 class Record(NamedTuple):
-    """One Kafka message: topic, key (or None), value and its idempotence id (a header)."""
+    """One message: topic, key (or None), value and its idempotence id (Kafka's header);
+    forwarders without topics or keys leave them empty."""
 
     topic: str
     key: bytes | None

@@ -1,0 +1,95 @@
+"""Round trips through a real carbon-cache (Debian's graphite-carbon): Etsy-named aggregates
+from the ``graphite`` forwarder, over plaintext and over pickle, read back value by value from
+carbon's whisper files with whisper-fetch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from carbon_servers import CarbonCache, needs_carbon, wait_for
+
+from forwarders import ForwarderContext, SeriesStats, Snapshot, load_forwarder_class
+from pystatsd.config import build_config
+
+pytestmark = [pytest.mark.integration, needs_carbon]
+
+
+@pytest.fixture(scope="module")
+def carbon(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with CarbonCache(tmp_path_factory.mktemp("carbon")) as server:
+        yield server
+
+
+def forwarder_for(carbon: CarbonCache, tmp_path: Path, **keys: Any) -> Any:
+    section = build_config({"forwarders": {"carbon": {
+        "type": "graphite", "port": carbon.line_port, "pickle_port": carbon.pickle_port,
+        **keys}}})["forwarders"]["carbon"]
+    return load_forwarder_class("graphite")("carbon", section,
+                                            ForwarderContext(state_dir=tmp_path))
+
+
+@pytest.mark.parametrize("protocol", ["plaintext", "pickle"])
+def test_etsy_named_flushes_land_in_whisper_value_by_value(carbon: CarbonCache, tmp_path: Path,
+                                                           protocol: str) -> None:
+    # whisper keeps 1 day here: the intervals must be recent, aligned to its 10 s slots
+    now = int(time.time()) // 10 * 10
+    starts = [now - 30, now - 20, now - 10]
+    root = f"rt_{protocol}"
+    forwarder = forwarder_for(carbon, tmp_path, protocol=protocol, naming="etsy",
+                              etsy={"legacy_namespace": False, "global_prefix": root})
+    forwarder.start()
+    expected: dict[str, dict[int, float]] = {}
+    try:
+        for i, start in enumerate(starts):
+            series = (
+                SeriesStats("api.hits", "counter", (), {"count": 10.0 * (i + 1),
+                                                        "rate": float(i + 1)}),
+                SeriesStats("api.time", "timer", (), {"count": 4.0, "sum": 10.5 + i,
+                                                      "min": 0.25, "max": 4.0 + i, "mean": 2.625,
+                                                      "median": 2.5, "stddev": 1.25,
+                                                      "p90": 3.75 + i}),
+                SeriesStats("queue.depth", "gauge", (), {"value": -2.5 * i}),
+                SeriesStats("users", "set", (), {"count": float(7 + i)}),
+            )
+            assert forwarder.submit(Snapshot(float(start), 10.0, "h", series))
+            for path, value, stamp in forwarder.datapoints(Snapshot(float(start), 10.0, "h",
+                                                                    series)):
+                expected.setdefault(path, {})[stamp] = value
+        wait_for(lambda: forwarder.stats()["sent"] == 12, what="three flushes sent")
+    finally:
+        assert forwarder.close(10) == 0
+    assert f"{root}.counters.api.hits.rate" in expected
+    assert f"{root}.timers.api.time.upper_90" in expected
+    assert f"{root}.gauges.queue.depth" in expected and f"{root}.sets.users.count" in expected
+
+    def landed() -> bool:
+        return all(carbon.values(path, starts[0]) == points for path, points in expected.items())
+
+    try:
+        wait_for(landed, 30, "every datapoint in whisper")
+    except AssertionError:
+        missing = {p: (carbon.values(p, starts[0]), v) for p, v in expected.items()
+                   if carbon.values(p, starts[0]) != v}
+        raise AssertionError(f"not in whisper as sent: {missing}\n{carbon.log()[-2000:]}") \
+            from None
+    assert {p for p in carbon.paths() if p.startswith(root + ".")} == set(expected)
+
+
+def test_a_tagged_series_lands_in_carbons_tagged_tree(carbon: CarbonCache,
+                                                      tmp_path: Path) -> None:
+    now = int(time.time()) // 10 * 10
+    forwarder = forwarder_for(carbon, tmp_path)
+    forwarder.start()
+    try:
+        assert forwarder.submit(Snapshot(float(now), 10.0, "h", (
+            SeriesStats("tagged.depth", "gauge", (("env", "prod"), ("zone", "eu west")),
+                        {"value": 5.5}),)))
+        wait_for(lambda: forwarder.stats()["sent"] == 1, what="the flush sent")
+    finally:
+        forwarder.close(10)
+    # sanitized ("eu west" -> "eu_west") and found where carbon's own encoder puts it
+    wait_for(lambda: carbon.values("tagged.depth.value;env=prod;zone=eu_west", now)
+             == {now: 5.5}, 30, "the tagged datapoint in whisper")

@@ -1,0 +1,150 @@
+"""The ``statsite_proxy`` relay: the contract, statsite-proxy's ketama placement (its ring
+vectors), and ASCII lines and binary frames routed whole by key to real TCP statsite stand-ins
+that read them with the statsite decoder."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from carbon_servers import wait_for
+from statsite_wire import COUNTER, TIMER, frame, set_frame
+
+from forwarders import ForwarderContext, load_forwarder_class
+from forwarders.contract import RelayContract
+from forwarders.statsite_proxy import command_key
+from pystatsd.config import build_config
+from pystatsd.decoders.statsite import decode_statsite
+from pystatsd.sample import Sample
+from pystatsd.selfstats import SelfStats
+
+
+class StatsiteSink:
+    """A statsite stand-in on TCP: decodes its stream as statsite would (ASCII and binary)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.samples: list[Sample] = []
+        self.stats = SelfStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.1)
+        buffer = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                samples, used = decode_statsite(buffer + chunk, self.stats, final=False)
+                buffer = (buffer + chunk)[used:]
+                self.samples.extend(samples)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+def build(tmp_path: Path, servers: list[dict[str, Any]], debug_mode: bool = False,
+          **keys: Any) -> Any:
+    section = build_config({"forwarders": {"proxy": {"type": "statsite_proxy",
+                                                     "servers": servers, **keys}}}
+                           )["forwarders"]["proxy"]
+    return load_forwarder_class("statsite_proxy")("proxy", section, ForwarderContext(
+        debug_mode=debug_mode, state_dir=tmp_path))
+
+
+class ProxyHarness:
+    def __init__(self, tmp_path: Path, sink: StatsiteSink) -> None:
+        self.tmp_path = tmp_path
+        self.sink = sink
+
+    def make(self, debug_mode: bool = False, queue_size: int = 64) -> Any:
+        return build(self.tmp_path, [{"address": f"127.0.0.1:{self.sink.port}", "weight": 1}],
+                     debug_mode, queue_size=queue_size)
+
+    def delivered(self) -> int:
+        return len(self.sink.samples)
+
+
+class TestStatsiteProxyContract(RelayContract):
+    @pytest.fixture
+    def harness(self, tmp_path: Path) -> Any:
+        sink = StatsiteSink()
+        yield ProxyHarness(tmp_path, sink)
+        sink.close()
+
+
+def test_placement_is_statsite_proxys_ketama(tmp_path: Path) -> None:
+    # statsite-proxy's servers.conf 10.0.0.1/.2/.3:8125 at 100/100/200 (docs/relay.md vectors)
+    proxy = build(tmp_path, [{"address": "10.0.0.1:8125", "weight": 100},
+                             {"address": "10.0.0.2:8125", "weight": 100},
+                             {"address": "10.0.0.3:8125", "weight": 200}])
+    owners = {key: proxy.owner(key.encode()) for key in
+              ("foo.bar", "a.b.c", "servers.web1.cpu", "api.requests", "x")}
+    assert owners == {"foo.bar": 2, "a.b.c": 1, "servers.web1.cpu": 2, "api.requests": 1,
+                      "x": 1}
+
+
+def test_command_keys_are_what_statsite_proxy_hashes() -> None:
+    assert command_key(b"api.requests:1|c|@0.5") == b"api.requests"
+    assert command_key(frame(COUNTER, "bin.key", 1)) == b"bin.key"
+    assert command_key(set_frame("set.key", "member")) == b"set.key"
+    assert command_key(b"no colon here") is None
+    assert command_key(frame(COUNTER, "cut", 1)[:-2]) is None
+
+
+def test_ascii_and_binary_go_whole_to_their_keys_owner(tmp_path: Path) -> None:
+    sinks = [StatsiteSink(), StatsiteSink()]
+    proxy = build(tmp_path, [{"address": f"127.0.0.1:{s.port}", "weight": 100} for s in sinks])
+    keys = [f"metric.{i}" for i in range(40)]
+    owners = [proxy.owner(key.encode()) for key in keys]
+    assert set(owners) == {0, 1}
+    commands: list[bytes] = []
+    expected: list[list[Sample]] = [[], []]
+    for i, (key, owner) in enumerate(zip(keys, owners, strict=True)):
+        # a binary key may hold what ASCII cannot: it still routes by the same key text
+        commands += [f"{key}:{i}|c".encode(), frame(TIMER, key, i + 0.5),
+                     set_frame(key, f"m{i}\n|odd")]
+        expected[owner] += [Sample(key, "counter", float(i)), Sample(key, "timer", i + 0.5),
+                            Sample(key, "set", f"m{i}\n|odd")]
+    commands.append(b"refused-without-colon")
+    proxy.start()
+    try:
+        assert proxy.submit_lines(commands)
+        wait_for(lambda: sum(len(s.samples) for s in sinks) >= 120, what="every command")
+        time.sleep(0.2)
+    finally:
+        assert proxy.close(5) == 0
+        for sink in sinks:
+            sink.close()
+    for owner, sink in enumerate(sinks):
+        assert sink.samples == expected[owner]
+        assert sink.stats.counters == {}  # nothing arrived cut or malformed
+    assert proxy.stats()["refused"] == 1
