@@ -39,6 +39,9 @@ version=$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$src/p
 "$venv/bin/python" -I -m pip install --quiet --no-index --find-links "$wheelhouse" --no-compile \
     "pystatsd==$version"
 "$venv/bin/python" -I -m pip uninstall --quiet --yes pip setuptools
+# Some wheels (protobuf 7.x) mark plain modules and metadata executable; nothing under lib/ is
+# run directly, so only shared objects keep their modes.
+find "$venv/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +
 
 # 3. Relocate: shebangs and pyvenv.cfg name the build path; the activate scripts are for
 #    interactive shells and only add more paths to rewrite, so they are not shipped.

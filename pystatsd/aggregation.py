@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
+from pystatsd.global_tier.partial_state import cell_partial
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import Event, SeriesStats
@@ -180,6 +181,10 @@ class MetricMgr:
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
         self.max_series: int = config["max_series"]
+        # Mergeable state only costs when a forwarder sends it (the Kafka `partials` format).
+        self.keep_partials: bool = any(
+            isinstance(section, dict) and section.get("format") == "partials"
+            for section in config.get("forwarders", {}).values())
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
         self.flush_interval: float = float(config["flush_interval"])
         self.timestamp_window: float = float(config["timestamp_window_seconds"])
@@ -404,6 +409,8 @@ class MetricMgr:
         # Read once: a reload may change them (under the ingest lock) while this runs.
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
+        keep_partials = self.keep_partials
+        partial = None
         buckets = self.histogram_buckets
         clock = time.perf_counter if pace else _never_late
         slice_end = clock() + SNAPSHOT_SLICE
@@ -434,9 +441,13 @@ class MetricMgr:
                 stats = cell.stats(percentiles, accuracy)
                 if buckets:
                     buckets.add_to(stats, name, cell)
+                if keep_partials:  # read before the samples are freed
+                    partial = cell_partial(kind, cell, 0.0)
                 cell.release()
             elif kind == SET:
                 stats = {"count": float(len(cell))}
+                if keep_partials:
+                    partial = cell_partial(kind, cell, 0.0)
                 cell.clear()
             else:  # trace
                 count = cell[0]
@@ -445,8 +456,10 @@ class MetricMgr:
                     count += carried[0] if carried is not None else 0.0
                     traces[key] = [count, 0]
                 stats = {"count": count}
+            if keep_partials and kind != TIMER and kind != HISTOGRAM and kind != SET:
+                partial = cell_partial(kind, cell, stats.get("value", 0.0))
             if _all_finite(stats):
-                out.append(SeriesStats(name, kind, tags, stats))
+                out.append(SeriesStats(name, kind, tags, stats, partial=partial))
             else:
                 non_finite += 1
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
@@ -461,7 +474,10 @@ class MetricMgr:
                 if entry[1] >= idle_expiry:
                     del carried_state[key]
                 else:
-                    out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]}))
+                    carried_partial = ({"value": entry[0], "carried": True}
+                                       if keep_partials and key[1] == GAUGE else None)
+                    out.append(SeriesStats(key[0], key[1], key[2], {stat_name: entry[0]},
+                                           partial=carried_partial))
             if before >= SHRINK_AFTER and len(carried_state) <= before // 2:
                 self._shrink(carried_state)
         if not cumulative:

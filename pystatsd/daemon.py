@@ -575,6 +575,10 @@ def run_daemon(config: Config, config_path: str | None) -> int:
 
 
 def _run(config: Config, config_path: str | None) -> int:
+    if config["mode"] == "global":  # a global-tier member: no listeners, no local aggregation
+        from pystatsd.global_tier.member import run_global_member
+
+        return run_global_member(config)
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     try:

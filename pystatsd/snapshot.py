@@ -5,7 +5,9 @@ interval included) and every forwarder sees the same one, so none may change it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pystatsd.sample import Tags
 
@@ -31,6 +33,11 @@ class SeriesStats:
     """The client's timestamp (seconds since the epoch) shared by the samples of a series
     stamped outside its interval and passed through (``late_samples: pass``), aggregated only
     with samples of the same series and second; None for an interval's aggregate."""
+    partial: Mapping[str, Any] | None = None
+    """The interval's mergeable state, filled only when a forwarder sends the ``partials``
+    format (see :mod:`pystatsd.global_tier.partial_state` for its keys by type); None
+    otherwise, and always for self-metrics. Plain numbers, strings, lists and ``bytes`` (the
+    DDSketch protobuf), so a forwarder reads it without daemon types."""
 
     @property
     def key(self) -> str:

@@ -15,7 +15,10 @@ measurement or tag key, and a measurement starting with ``#`` (a comment line th
 format a lone surrogate (no character, so no UTF-8) is refused the same way; the decoders never
 produce one.
 
-JSON Schemas of the three formats, for consumers, live in ``docs/schemas/``.
+``partials`` carries a series' mergeable state for the global tier
+(:mod:`forwarders.kafka.partials`).
+
+JSON Schemas of the three other formats, for consumers, live in ``docs/schemas/``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from forwarders.kafka.partials import encode_partial
 from forwarders.records import series_record
 from pystatsd.snapshot import SeriesStats, Snapshot
 
@@ -59,7 +63,7 @@ LEGACY_VALUE_STAT: dict[str, str] = {
 sent a trace's count and a gauge's value and nothing for counters; timers, histograms and sets
 did not exist. A type not listed sends its first statistic."""
 
-FORMATS = ("legacy", "json", "influx")
+FORMATS = ("legacy", "json", "influx", "partials")
 
 
 class Unencodable(ValueError):
@@ -194,4 +198,6 @@ def make_encoder(format_name: str, apikey: str = "", tenant_id: str = "") -> Enc
         return _json_encode
     if format_name == "influx":
         return _influx_encode
+    if format_name == "partials":
+        return encode_partial
     raise ValueError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")

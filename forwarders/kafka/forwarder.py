@@ -127,8 +127,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "format": {
             "enum": list(FORMATS), "default": "legacy",
             "description": "Message format: `legacy` (the old daemon's event, so its consumers "
-            "keep working), `json` (structured record with every statistic) or `influx` "
-            "(InfluxDB line protocol, one series per message). Schemas: docs/schemas/.",
+            "keep working), `json` (structured record with every statistic), `influx` "
+            "(InfluxDB line protocol, one series per message) or `partials` (mergeable state "
+            "for the global tier, docs/scaling.md). Schemas: docs/schemas/.",
         },
         "compression": {
             "enum": ["none", "gzip", "snappy", "lz4", "zstd"], "default": "lz4",

@@ -1,0 +1,169 @@
+"""A finished cell's mergeable state (the ``partial`` of a :class:`SeriesStats`), and merging
+partials of one series back into statistics.
+
+Keys of a partial, by type:
+
+  counter            ``sum`` (sample-rate weighted)
+  trace              ``count`` (events of the interval, never cumulative)
+  gauge              ``value``; ``carried`` true when the series had no sample this interval
+  timer, histogram   exact: ``values`` (rate-1 samples) and ``weighted`` ([value, 1 / rate]
+                     pairs); past ``timer_exact_samples``: ``sketch`` (the ddsketch library's
+                     own protobuf, ``ddsketch.pb``), ``count``, ``sum``, ``min``, ``max``,
+                     ``mean`` and ``m2`` (the sum of squared deviations, for stddev)
+  set                ``members`` (every member: exact, no HyperLogLog yet)
+
+Merging is exact for counters, traces, sets and exact samples; sketches of one relative
+accuracy merge losslessly, so a merged percentile is within that accuracy of the percentile
+over the union of every host's samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, cast
+
+from ddsketch.ddsketch import BaseDDSketch, DDSketch
+from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
+from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
+from ddsketch.pb.proto import DDSketchProto, KeyMappingProto
+from ddsketch.store import DenseStore
+
+from pystatsd.distribution import Distribution, Percentiles
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
+
+__all__ = ["SeriesMerge", "cell_partial", "sketch_bytes", "sketch_from_bytes"]
+
+
+def sketch_bytes(distribution: Distribution) -> bytes:
+    assert distribution.sketch is not None
+    return bytes(DDSketchProto.to_proto(distribution.sketch).SerializeToString())
+
+
+def sketch_from_bytes(data: bytes) -> BaseDDSketch:
+    """The sketch of :func:`sketch_bytes`, as ``DDSketchProto.from_proto`` reads it, about
+    three times faster: that adds every bin of the store's array (zeros included) in key order,
+    growing the store at nearly each one, which made most of a member's merge time."""
+    message = DDSketchMessage()
+    message.ParseFromString(data)
+    return BaseDDSketch(mapping=KeyMappingProto.from_proto(message.mapping),
+                        store=_store_from_message(message.positiveValues),
+                        negative_store=_store_from_message(message.negativeValues),
+                        zero_count=message.zeroCount)
+
+
+def _store_from_message(message: StoreMessage) -> DenseStore:
+    store = DenseStore()
+    offset = message.contiguousBinIndexOffset
+    bins = [(offset + index, count)
+            for index, count in enumerate(message.contiguousBinCounts) if count]
+    bins.extend(message.binCounts.items())  # the sparse form, should a writer use it
+    bins.sort()
+    if bins:
+        # The extremes first: the store grows once to hold them, and every other bin fits.
+        store.add(*bins[-1])
+        for key, count in bins[:-1]:
+            store.add(key, count)
+    return store
+
+
+def cell_partial(kind: str, cell: Any, value: float) -> dict[str, Any]:
+    """The partial of one finished cell; ``value`` is a gauge's reported value. A distribution
+    must have been through :meth:`Distribution.stats` (which folds a sketched one) and not yet
+    released."""
+    if kind == COUNTER:
+        return {"sum": cell[0]}
+    if kind == TRACE:
+        return {"count": cell[0]}
+    if kind == GAUGE:
+        return {"value": value, "carried": False}
+    if kind == SET:
+        return {"members": list(cell)}
+    if kind == TIMER or kind == HISTOGRAM:
+        if cell.sketch is None:
+            return {"values": cell.values.tolist(), "weighted": [list(p) for p in cell.weighted]}
+        return {"sketch": sketch_bytes(cell), "count": cell.count, "sum": cell.total,
+                "min": cell.low, "max": cell.high, "mean": cell.mean, "m2": cell.m2}
+    raise ValueError(f"unknown metric type {kind!r}")
+
+
+class SeriesMerge:
+    """The partials of one series in one interval, merged as they arrive."""
+
+    __slots__ = ("kind", "total", "gauge", "members", "distribution")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.total = 0.0
+        self.gauge: tuple[bool, float, str, float] | None = None  # (fresh, at, host, value)
+        self.members: dict[str, None] = {}
+        self.distribution = Distribution()
+
+    def add(self, partial: Mapping[str, Any], at: float, host: str, exact_limit: int,
+            accuracy: float) -> None:
+        """Merge one host's partial; ``at`` is the end of that host's interval (gauges)."""
+        kind = self.kind
+        if kind == COUNTER:
+            self.total += float(partial["sum"])
+        elif kind == TRACE:
+            self.total += float(partial["count"])
+        elif kind == GAUGE:
+            # The latest value wins; a value sent this interval beats one only carried over.
+            candidate = (not partial.get("carried", False), at, host, float(partial["value"]))
+            if self.gauge is None or candidate[:3] > self.gauge[:3]:
+                self.gauge = candidate
+        elif kind == SET:
+            self.members.update(dict.fromkeys(partial["members"]))
+        elif kind == TIMER or kind == HISTOGRAM:
+            self._add_distribution(partial, exact_limit, accuracy)
+        else:
+            raise ValueError(f"unknown metric type {kind!r}")
+
+    def _add_distribution(self, partial: Mapping[str, Any], exact_limit: int,
+                          accuracy: float) -> None:
+        merged = self.distribution
+        for value in partial.get("values", ()):
+            merged.add(float(value), 1.0, exact_limit, accuracy)
+        for value, weight in partial.get("weighted", ()):
+            merged.add(float(value), float(weight), exact_limit, accuracy)
+        sketch = partial.get("sketch")
+        if sketch is None:
+            return
+        incoming = sketch_from_bytes(sketch)
+        merged.fold(accuracy)  # the exact samples so far join the sketch first
+        if merged.sketch is None:
+            # A BaseDDSketch: DDSketch, which Distribution names, adds only its constructor.
+            merged.sketch = cast(DDSketch, incoming)
+        else:
+            merged.sketch.merge(incoming)
+        count, mean, m2 = float(partial["count"]), float(partial["mean"]), float(partial["m2"])
+        if merged.count:  # Chan et al.'s parallel update, as Distribution.fold does
+            delta = mean - merged.mean
+            both = merged.count + count
+            merged.m2 += m2 + delta * delta * merged.count * count / both
+            merged.mean += delta * count / both
+            merged.count = both
+        else:
+            merged.count, merged.mean, merged.m2 = count, mean, m2
+        merged.total += float(partial["sum"])
+        merged.low = min(merged.low, float(partial["min"]))
+        merged.high = max(merged.high, float(partial["max"]))
+
+    def stats(self, interval: float, percentiles: Percentiles,
+              accuracy: float) -> dict[str, float] | None:
+        """The global statistics, keyed as a local daemon's (None: nothing to report)."""
+        kind = self.kind
+        if kind == COUNTER:
+            return {"count": self.total, "rate": self.total / interval}
+        if kind == TRACE:
+            return {"count": self.total}
+        if kind == GAUGE:
+            return None if self.gauge is None else {"value": self.gauge[3]}
+        if kind == SET:
+            return {"count": float(len(self.members))}
+        distribution = self.distribution
+        if distribution.sketch is None and not distribution.values and \
+                not distribution.weighted:
+            return None
+        stats = distribution.stats(percentiles, accuracy)
+        return {key: value for key, value in stats.items() if not math.isnan(value)}
