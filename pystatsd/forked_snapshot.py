@@ -176,7 +176,7 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
     gauges, traces = manager.carried()
     with os.fdopen(fd, "wb", buffering=1 << 20) as pipe:
         _send(pipe, _MARKED, marked)
-        _send_chunks(pipe, _SERIES, [(s.name, s.type, s.tags, s.stats, s.timestamp)
+        _send_chunks(pipe, _SERIES, [(s.name, s.type, s.tags, s.stats, s.timestamp, s.partial)
                                      for s in series])
         _send_chunks(pipe, _GAUGES, [(key, entry[0], entry[1]) for key, entry in gauges.items()])
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
@@ -214,8 +214,8 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
         began = clock()
         items = marshal.loads(data)
         if kind == _SERIES:
-            series.extend([SeriesStats(name, type_, tags, stats, stamp)
-                           for name, type_, tags, stats, stamp in items])
+            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial)
+                           for name, type_, tags, stats, stamp, partial in items])
         elif kind == _GAUGES or kind == _TRACES:
             target = carried[kind - _GAUGES]
             for key, value, idle in items:

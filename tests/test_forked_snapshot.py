@@ -63,20 +63,27 @@ def twin_managers(**overrides: Any) -> tuple[MetricMgr, MetricMgr]:
 
 def comparable(series: list[Any]) -> list[tuple[Any, ...]]:
     # repr: equal floats print equal, and a NaN statistic would compare unequal to itself.
-    return [(s.name, s.type, s.tags, repr(sorted(s.stats.items()))) for s in series]
+    return [(s.name, s.type, s.tags, repr(sorted(s.stats.items())), s.timestamp,
+             repr(s.partial)) for s in series]
 
 
 def carried(manager: MetricMgr) -> tuple[dict[Any, list[float]], ...]:
     return manager.carried()
 
 
+PARTIALS = {"global": {"kafka": {"kafka_topic": "p", "format": "partials",
+                                  "kafka_broker": "127.0.0.1:1"}}}
+
+
 @settings(max_examples=40, deadline=None)
 @given(intervals=st.lists(st.lists(samples(), max_size=40), min_size=1, max_size=4),
-       cumulative=st.booleans(), exact=st.sampled_from([3, 1000]))
+       cumulative=st.booleans(), exact=st.sampled_from([3, 1000]), partials=st.booleans())
 def test_forked_finish_equals_in_process_finish_interval_after_interval(
-        intervals: list[list[Sample]], cumulative: bool, exact: int) -> None:
+        intervals: list[list[Sample]], cumulative: bool, exact: int, partials: bool) -> None:
+    extra = {"forwarders": PARTIALS["global"]} if partials else {}
     local, forked = twin_managers(trace_cumulative=cumulative, idle_expiry_intervals=2,
-                                  timer_exact_samples=exact)
+                                  timer_exact_samples=exact, **extra)
+    assert local.keep_partials == partials
     lock = threading.Lock()
     for interval in intervals:
         for sample in interval:
