@@ -59,12 +59,15 @@ def test_each_listener_format_is_decoded_aggregated_and_relayed_to_its_kind(
                 "proxy": {"type": "statsite_proxy", "servers": [
                     {"address": f"127.0.0.1:{statsite.port}", "weight": 1}]}}})
         target = tmp_path / "pwned"
-        daemon.send_udp(b"g.udp 1.5 1700000000\ng.udp2;dc=eu 2 1700000001\n",
+        # Stamped now: a graphite datapoint's timestamp is honoured, and one outside
+        # timestamp_window_seconds would be refused (docs/input-formats.md).
+        t = int(time.time()) - 1
+        daemon.send_udp(b"g.udp 1.5 %d\ng.udp2;dc=eu 2 %d\n" % (t, t + 1),
                         port=graphite_port)
-        daemon.send_tcp(b"g.tcp 3 1700000002\nnot a graphite line at all\n", port=graphite_port)
-        daemon.send_tcp(pickle_frame([("g.pickle", (1700000003, 4.0))])
+        daemon.send_tcp(b"g.tcp 3 %d\nnot a graphite line at all\n" % (t + 2), port=graphite_port)
+        daemon.send_tcp(pickle_frame([("g.pickle", (t + 3, 4.0))])
                         + pickle_frame([_Hostile(target)])
-                        + pickle_frame([("g.after_hostile;k=v", (1700000004, 5))]),
+                        + pickle_frame([("g.after_hostile;k=v", (t + 4, 5))]),
                         port=pickle_port)
         daemon.send_tcp(b"s.ascii:1|c\n" + frame(COUNTER, "s.binary", 2) + b"s.kv:7|kv\n",
                         port=statsite_port)
@@ -74,9 +77,8 @@ def test_each_listener_format_is_decoded_aggregated_and_relayed_to_its_kind(
         wait_for(lambda: len(statsite.samples) >= 4, what="statsite commands relayed")
         time.sleep(0.3)
         assert sorted(carbon.snapshot()) == [
-            ("g.after_hostile;k=v", 5.0, 1700000004.0), ("g.pickle", 4.0, 1700000003.0),
-            ("g.tcp", 3.0, 1700000002.0), ("g.udp", 1.5, 1700000000.0),
-            ("g.udp2;dc=eu", 2.0, 1700000001.0)]
+            ("g.after_hostile;k=v", 5.0, t + 4.0), ("g.pickle", 4.0, t + 3.0),
+            ("g.tcp", 3.0, t + 2.0), ("g.udp", 1.5, t + 0.0), ("g.udp2;dc=eu", 2.0, t + 1.0)]
         assert sorted(statsite.samples) == sorted([
             Sample("s.ascii", "counter", 1.0), Sample("s.binary", "counter", 2.0),
             Sample("s.kv", "gauge", 7.0), Sample("s.udp", "counter", 3.0)])
