@@ -56,6 +56,9 @@ class RelayForwarder(Forwarder):
         self._stop = threading.Event()
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._inbox: list[list[bytes]] = []
+        self._inbox_lines = 0
+        self._inbox_lock = threading.Lock()
 
     # -- called by the daemon -------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +112,33 @@ class RelayForwarder(Forwarder):
     def taken(self) -> None:
         """On the sender thread, having taken every buffered datagram: they no longer wait."""
         self._taken_datagrams = self._submitted_datagrams
+
+    def buffer_batch(self, lines: list[bytes]) -> bool:
+        """For a relay that routes on its own thread: keep one datagram's lines, whole, for
+        the next round (admitted and counted as ``submitted``); False when refused."""
+        if not self.admit(len(lines)):
+            return False
+        with self._inbox_lock:
+            self._inbox.append(lines)
+            self._inbox_lines += len(lines)
+        self.counters["submitted"] += len(lines)
+        return True
+
+    def take_batches(self) -> list[list[bytes]]:
+        """On the sender thread: every batch kept by :meth:`buffer_batch`, oldest first."""
+        with self._inbox_lock:
+            batches, self._inbox, self._inbox_lines = self._inbox, [], 0
+            self.taken()
+        return batches
+
+    @property
+    def buffered_lines(self) -> int:
+        """Lines kept by :meth:`buffer_batch` that no round has taken yet."""
+        return self._inbox_lines
+
+    def discard_buffered(self) -> int:
+        """Drop what :meth:`buffer_batch` kept; return how many lines that was."""
+        return sum(len(lines) for lines in self.take_batches())
 
     # -- implemented by subclasses --------------------------------------------------------
     def send_round(self, now: float) -> None:

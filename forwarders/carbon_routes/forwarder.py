@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,10 +111,7 @@ class CarbonRoutesForwarder(RelayForwarder):
                 self._routes.append(_Route(route, destinations, matchers))
             except (ValueError, re.error) as exc:
                 raise CarbonRoutesConfigError(f"{here}: {exc}") from exc
-        self._lock = threading.Lock()
         self._closing = False  # the next round emits every open aggregator bucket
-        self._incoming: list[list[bytes]] = []
-        self._incoming_lines = 0
 
     @classmethod
     def needed_paths(cls, name: str, section: Mapping[str, Any],
@@ -181,19 +177,11 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     # -- receive thread -------------------------------------------------------------------
     def submit_lines(self, lines: list[bytes], from_json: bool = False) -> bool:
-        if not self.admit(len(lines)):
-            return False
-        with self._lock:
-            self._incoming.append(lines)
-            self._incoming_lines += len(lines)
-        self.counters["submitted"] += len(lines)
-        return True
+        return self.buffer_batch(lines)
 
     # -- sender thread --------------------------------------------------------------------
     def send_round(self, now: float) -> None:
-        with self._lock:
-            batches, self._incoming, self._incoming_lines = self._incoming, [], 0
-            self.taken()
+        batches = self.take_batches()
         wall_clock = time.time()
         for lines in batches:
             for line in lines:
@@ -216,15 +204,11 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     def pending(self) -> int:
         buckets = sum(a.open_buckets() for a in self._aggregators) if self._closing else 0
-        return (self._incoming_lines + buckets
+        return (self.buffered_lines + buckets
                 + sum(d.pending() for d in self._destinations.values()))
 
     def discard(self) -> int:
-        with self._lock:
-            left = self._incoming_lines
-            self._incoming, self._incoming_lines = [], 0
-            self.taken()
-        return left + sum(d.discard() for d in self._destinations.values())
+        return self.discard_buffered() + sum(d.discard() for d in self._destinations.values())
 
     def _route_line(self, line: bytes) -> None:
         self.counters["lines_in"] += 1

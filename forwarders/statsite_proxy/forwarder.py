@@ -17,7 +17,6 @@ would land in the wrong interval anyway).
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -120,9 +119,6 @@ class StatsiteProxyForwarder(RelayForwarder):
             addresses.append(server["address"])
             weights.append(int(server["weight"]))
         self._ring = KetamaRouter(range(len(addresses)), addresses, weights)
-        self._lock = threading.Lock()
-        self._incoming: list[list[bytes]] = []
-        self._incoming_count = 0
 
     def owner(self, key: bytes) -> int:
         """The index (in ``servers``) of the server that owns ``key``."""
@@ -141,18 +137,10 @@ class StatsiteProxyForwarder(RelayForwarder):
         return stats
 
     def submit_lines(self, lines: list[bytes], from_json: bool = False) -> bool:
-        if not self.admit(len(lines)):
-            return False
-        with self._lock:
-            self._incoming.append(lines)
-            self._incoming_count += len(lines)
-        self.counters["submitted"] += len(lines)
-        return True
+        return self.buffer_batch(lines)
 
     def send_round(self, now: float) -> None:
-        with self._lock:
-            batches, self._incoming, self._incoming_count = self._incoming, [], 0
-            self.taken()
+        batches = self.take_batches()
         for commands in batches:
             for command in commands:
                 key = command_key(command)
@@ -173,11 +161,7 @@ class StatsiteProxyForwarder(RelayForwarder):
             self.counters["sent"] += server.counters["sent"] - before
 
     def pending(self) -> int:
-        return self._incoming_count + sum(server.pending() for server in self._servers)
+        return self.buffered_lines + sum(server.pending() for server in self._servers)
 
     def discard(self) -> int:
-        with self._lock:
-            left = self._incoming_count
-            self._incoming, self._incoming_count = [], 0
-            self.taken()
-        return left + sum(server.discard() for server in self._servers)
+        return self.discard_buffered() + sum(server.discard() for server in self._servers)
