@@ -193,7 +193,7 @@ class CarbonRoutesForwarder(RelayForwarder):
             for destination in self._destinations.values():
                 while destination.queue:
                     line = destination.queue.popleft()
-                    self.log.info("debug_mode, not sent to %s:%d: %s", destination.host,
+                    self.log.info("debug_mode, not sent to %s:%d: %r", destination.host,
                                   destination.port, line.decode(errors="replace"))
                     self.counters["sent"] += 1
             return

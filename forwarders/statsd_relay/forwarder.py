@@ -359,7 +359,7 @@ class StatsdRelayForwarder(RelayForwarder):
         for backend, lines in self._take_pending():
             if self.context.debug_mode:
                 for line in lines:
-                    self.log.info("debug_mode, not sent to %s: %s", backend.address.key,
+                    self.log.info("debug_mode, not sent to %s: %r", backend.address.key,
                                   line.decode("utf-8", "replace"))
                 continue
             backend.enqueue(lines)
