@@ -25,6 +25,8 @@ from forwarders.kafka.forwarder import ID_HEADER, message_id
 from pystatsd.config import build_config
 from pystatsd.sample import GAUGE, HISTOGRAM, TIMER, Sample
 
+pytestmark = pytest.mark.integration  # real global members and a real broker: not the fast loop
+
 INTERVAL = 3.0
 LATENESS = 1.5
 PARTITIONS = 4
