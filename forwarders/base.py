@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from forwarders.schema import section_schema, with_defaults
+from pystatsd.snapshot import ETSY_TIMER_STATS
 
-__all__ = ["Forwarder", "ForwarderContext", "NeededPath", "StatKind"]
+__all__ = ["ETSY_TIMER_STATS", "Forwarder", "ForwarderContext", "NeededPath", "StatKind"]
 
 StatKind = Literal["total", "level"]
 
@@ -102,6 +103,15 @@ class Forwarder:
         """The paths this section will write, by the key that names each (``--check-config``
         checks them before start-up needs them). ``section`` has its defaults filled in."""
         return {}
+
+    @classmethod
+    def needed_stats(cls, section: Mapping[str, Any]) -> frozenset[str]:
+        """The families of extra statistics this section writes (``ETSY_TIMER_STATS``). The
+        daemon asks every running forwarder at start and reload; each flush computes the union
+        once into each series' ``extra_stats``, which a forwarder that did not ask ignores. So
+        what only one forwarder writes costs only when one wants it, and the others' output
+        does not change. ``section`` has its defaults filled in."""
+        return frozenset()
 
     @classmethod
     def stat_kind(cls, key: str) -> StatKind:

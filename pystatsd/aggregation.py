@@ -42,7 +42,7 @@ from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.global_tier.partial_state import cell_partial
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import Event, SeriesStats
+from pystatsd.snapshot import ETSY_TIMER_STATS, Event, SeriesStats
 
 log = logging.getLogger("pystatsd.aggregation")
 
@@ -170,6 +170,9 @@ class MetricMgr:
         122 MB of 241 MB resident after expiry without this, 41 MB with it (35 MB before)."""
         self._release_due = False
         self._last_table_size = 0
+        self.extra_stats: frozenset[str] = frozenset()
+        """The families of extra statistics the running forwarders asked for (the daemon sets
+        it from ``Forwarder.needed_stats``); :meth:`finish` computes them."""
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -411,6 +414,8 @@ class MetricMgr:
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         keep_partials = self.keep_partials
         partial = None
+        etsy = ETSY_TIMER_STATS in self.extra_stats
+        extra: dict[str, float] | None = None
         buckets = self.histogram_buckets
         clock = time.perf_counter if pace else _never_late
         slice_end = clock() + SNAPSHOT_SLICE
@@ -439,6 +444,8 @@ class MetricMgr:
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
                 stats = cell.stats(percentiles, accuracy)
+                if etsy:
+                    extra = cell.etsy_stats(percentiles, accuracy)
                 if buckets:
                     buckets.add_to(stats, name, cell)
                 if keep_partials:  # read before the samples are freed
@@ -458,10 +465,18 @@ class MetricMgr:
                 stats = {"count": count}
             if keep_partials and kind != TIMER and kind != HISTOGRAM and kind != SET:
                 partial = cell_partial(kind, cell, stats.get("value", 0.0))
-            if _all_finite(stats):
-                out.append(SeriesStats(name, kind, tags, stats, partial=partial))
+            if extra is None:
+                if _all_finite(stats):
+                    out.append(SeriesStats(name, kind, tags, stats, partial=partial))
+                else:
+                    non_finite += 1
             else:
-                non_finite += 1
+                if _all_finite(stats) and _all_finite(extra):
+                    out.append(SeriesStats(name, kind, tags, stats, partial=partial,
+                                           extra_stats=extra))
+                else:
+                    non_finite += 1
+                extra = None
         for carried_state, stat_name in ((gauges, "value"), (traces, "count")):
             before = len(carried_state)
             for done, (key, entry) in enumerate(list(carried_state.items())):
@@ -484,9 +499,9 @@ class MetricMgr:
             traces.clear()
         self._carried = len(self._gauges) + len(self._traces)
         for ((name, kind, tags), second), cell in table.stamped.items():
-            stats = _stamped_stats(kind, cell, seconds, percentiles, accuracy)
-            if _all_finite(stats):
-                out.append(SeriesStats(name, kind, tags, stats, second))
+            stats, extra = _stamped_stats(kind, cell, seconds, percentiles, accuracy, etsy)
+            if _all_finite(stats) and (extra is None or _all_finite(extra)):
+                out.append(SeriesStats(name, kind, tags, stats, second, extra_stats=extra))
             else:
                 non_finite += 1
         table.stamped.clear()
@@ -626,21 +641,23 @@ def bucket_key(bound: float) -> str:
 
 
 def _stamped_stats(kind: str, cell: Any, seconds: float, percentiles: Percentiles,
-                   accuracy: float) -> dict[str, float]:
-    """The statistics of a passed-through cell: those of an interval's series, with no state
-    carried (a gauge of deltas alone starts from 0; a trace counts only its own events)."""
+                   accuracy: float, etsy: bool) -> tuple[dict[str, float], dict[str, float] | None]:
+    """The statistics of a passed-through cell, and its extra ones (``etsy``: Etsy's timer
+    statistics): those of an interval's series, with no state carried (a gauge of deltas
+    alone starts from 0; a trace counts only its own events)."""
     if kind == COUNTER:
-        return {"count": cell[0], "rate": cell[0] / seconds}
+        return {"count": cell[0], "rate": cell[0] / seconds}, None
     if kind == GAUGE:
         base, delta = cell
-        return {"value": (0.0 if base is None else base) + delta}
+        return {"value": (0.0 if base is None else base) + delta}, None
     if kind == TIMER or kind == HISTOGRAM:
         stats: dict[str, float] = cell.stats(percentiles, accuracy)
+        extra = cell.etsy_stats(percentiles, accuracy) if etsy else None
         cell.release()
-        return stats
+        return stats, extra
     if kind == SET:
-        return {"count": float(len(cell))}
-    return {"count": cell[0]}
+        return {"count": float(len(cell))}, None
+    return {"count": cell[0]}, None
 
 
 # -- the fast path ----------------------------------------------------------------------------

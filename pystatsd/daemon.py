@@ -77,6 +77,11 @@ def build_forwarders(config: Config, host: str) -> dict[str, Forwarder]:
             for name, section in config["forwarders"].items()}
 
 
+def needed_stats(forwarders: Iterable[Forwarder]) -> frozenset[str]:
+    """The extra statistics families the forwarders ask for (``Forwarder.needed_stats``)."""
+    return frozenset().union(*(f.needed_stats(f.config) for f in forwarders))
+
+
 def close_all(forwarders: Iterable[Forwarder], timeout: float = 0.0) -> None:
     for forwarder in forwarders:
         forwarder.close(timeout)
@@ -120,6 +125,7 @@ class Daemon:
         self._warn_about_clashes()
         successor = Successor.from_environment()
         self.forwarders = build_forwarders(self.config, self.host)
+        self.manager.extra_stats = needed_stats(self.forwarders.values())
         for forwarder in self.forwarders.values():
             if successor is None or successor.starts_now(forwarder):
                 forwarder.start()
@@ -472,6 +478,7 @@ class Daemon:
             self.forwarders = forwarders
             self._tagger = Tagger(new["agent"]["tags"], new["tag_precedence"])
             self.manager.reconfigure(self.config)
+            self.manager.extra_stats = needed_stats(forwarders.values())
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         # The receive path no longer reaches the old instances: close them.
         for name, forwarder in old_forwarders.items():

@@ -14,7 +14,9 @@ import bisect
 import math
 import operator
 from array import array
+from collections.abc import Iterable
 from itertools import repeat
+from typing import Any
 
 from ddsketch import DDSketch
 
@@ -130,6 +132,35 @@ class Distribution:
         }
         for pct, key in percentiles:
             stats[key] = quantile(pct / 100.0)
+        return stats
+
+    def etsy_stats(self, percentiles: Percentiles, accuracy: float) -> dict[str, float]:
+        """What Etsy statsd's timers report beyond :meth:`stats` (``lib/process_metrics.js``),
+        keyed as Etsy keys them: ``sum_squares``, and for each percentile T the lowest T% of the
+        samples' ``count_T``, ``mean_T``, ``upper_T`` (their largest), ``sum_T`` and
+        ``sum_squares_T`` (see :func:`etsy_thresholds`).
+
+        As in Etsy each sample counts once in the thresholds, whatever its sample rate;
+        ``sum_squares`` weighs it by 1 / rate, as ``sum`` does, so that count, sum and
+        sum_squares give the variance. Exact while the samples are kept; past the cap they come
+        from the sketch's bins (:func:`_sketch_thresholds`): sum, mean and upper within
+        ``accuracy`` of the true value (relative), sum_squares within twice that; the counts are
+        exact but weigh sampled samples by 1 / rate, as the sketch does."""
+        if self.sketch is not None:
+            self.fold(accuracy)
+            stats = {"sum_squares": max(self.m2, 0.0) + self.count * self.mean * self.mean}
+            bins = _sketch_bins(self.sketch, self.low, self.high)
+            stats.update(_sketch_thresholds(bins, self.count, (p for p, _ in percentiles)))
+            return stats
+        values, weighted = self.values, self.weighted
+        ordered = values.tolist()
+        ordered.extend(value for value, _ in weighted)
+        ordered.sort()
+        squares = math.fsum(map(operator.mul, values, values))
+        if weighted:
+            squares = math.fsum((squares, *(w * v * v for v, w in weighted)))
+        stats = {"sum_squares": squares}
+        stats.update(etsy_thresholds(ordered, (p for p, _ in percentiles)))
         return stats
 
     def buckets(self, bounds: list[float]) -> list[float]:
@@ -250,3 +281,96 @@ def percentile_key(pct: float) -> str:
     if float(pct).is_integer():
         return f"p{int(pct)}"
     return "p" + repr(float(pct)).replace(".", "_")
+
+
+def etsy_threshold_suffix(pct: float) -> str:
+    """Etsy's name of a threshold (``'' + pct``, first ``.`` -> ``_``, ``-`` -> ``top``):
+    90 -> 90, 99.9 -> 99_9, -10 -> top10."""
+    text = str(int(pct)) if float(pct).is_integer() else repr(float(pct))
+    return text.replace(".", "_", 1).replace("-", "top", 1)
+
+
+def _js_round(x: float) -> int:
+    """JavaScript's ``Math.round`` for x >= 0: halves go up (Python's ``round`` goes to even)."""
+    whole = math.floor(x)
+    return whole + 1 if x - whole >= 0.5 else whole
+
+
+def _threshold_size(pct: float, count: float) -> int:
+    """How many samples threshold ``pct`` takes: Etsy's ``Math.round(|pct| / 100 * count)``,
+    computed in the same order so that the float rounds the same way; all of a lone sample."""
+    return _js_round(abs(pct) / 100 * count) if count > 1 else math.ceil(count)
+
+
+def etsy_thresholds(ordered: list[float], thresholds: Iterable[float]) -> dict[str, float]:
+    """Etsy's per-threshold statistics of sorted samples, each counted once. A positive T
+    takes the lowest round(T% of the count) samples and names their largest ``upper_T``; a
+    negative one (Etsy's ``-10``) the highest, and names their smallest ``lower_top10``. A
+    threshold that takes no sample reports nothing; a lone sample is all of every threshold."""
+    count = len(ordered)
+    stats: dict[str, float] = {}
+    for pct in thresholds:
+        taken = _threshold_size(pct, count)
+        if taken == 0:
+            continue
+        chosen = ordered[:taken] if pct > 0 else ordered[count - taken:]
+        total = math.fsum(chosen)
+        suffix = etsy_threshold_suffix(pct)
+        stats["count_" + suffix] = float(taken)
+        stats["mean_" + suffix] = total / taken
+        if pct > 0:
+            stats["upper_" + suffix] = chosen[-1]
+        else:
+            stats["lower_" + suffix] = chosen[0]
+        stats["sum_" + suffix] = total
+        stats["sum_squares_" + suffix] = math.fsum(map(operator.mul, chosen, chosen))
+    return stats
+
+
+def _sketch_bins(sketch: DDSketch, low: float, high: float) -> list[tuple[float, float]]:
+    """The sketch's non-empty bins as (value, weight), in ascending value, each value kept
+    inside the exact extremes. The library has no public walk over its bins: these are the
+    attributes its own protobuf conversion (``ddsketch.pb.proto``) reads."""
+    mapping: Any = sketch._mapping
+    negative: Any = sketch._negative_store
+    positive: Any = sketch._store
+    bins: list[tuple[float, float]] = []
+    for index in range(len(negative.bins) - 1, -1, -1):
+        if negative.bins[index]:
+            bins.append((-mapping.value(index + negative.offset), negative.bins[index]))
+    if sketch._zero_count:
+        bins.append((0.0, sketch._zero_count))
+    for index, weight in enumerate(positive.bins):
+        if weight:
+            bins.append((mapping.value(index + positive.offset), weight))
+    return [(min(max(value, low), high), weight) for value, weight in bins]
+
+
+def _sketch_thresholds(bins: list[tuple[float, float]], count: float,
+                       thresholds: Iterable[float]) -> dict[str, float]:
+    """:func:`etsy_thresholds` from a sketch's bins. Every sample in a bin is within the
+    sketch's relative accuracy of the bin's value, so a sum of bin values (the boundary bin
+    taken in part) is within it of the true sum, and a sum of squares within twice it."""
+    stats: dict[str, float] = {}
+    for pct in thresholds:
+        taken = _threshold_size(pct, count)
+        if taken == 0:
+            continue
+        total = squares = 0.0
+        boundary = bins[-1][0] if pct > 0 else bins[0][0]
+        remaining = float(taken)
+        for value, weight in (bins if pct > 0 else reversed(bins)):
+            share = min(weight, remaining)
+            total += share * value
+            squares += share * value * value
+            remaining -= share
+            if remaining <= _RANK_EPSILON:
+                boundary = value
+                break
+        suffix = etsy_threshold_suffix(pct)
+        stats["count_" + suffix] = float(taken)
+        stats["mean_" + suffix] = total / taken
+        stats[("upper_" if pct > 0 else "lower_") + suffix] = boundary
+        stats["sum_" + suffix] = total
+        stats["sum_squares_" + suffix] = squares
+    return stats

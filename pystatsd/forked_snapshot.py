@@ -176,8 +176,8 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
     gauges, traces = manager.carried()
     with os.fdopen(fd, "wb", buffering=1 << 20) as pipe:
         _send(pipe, _MARKED, marked)
-        _send_chunks(pipe, _SERIES, [(s.name, s.type, s.tags, s.stats, s.timestamp, s.partial)
-                                     for s in series])
+        _send_chunks(pipe, _SERIES, [(s.name, s.type, s.tags, s.stats, s.timestamp, s.partial,
+                                      s.extra_stats) for s in series])
         _send_chunks(pipe, _GAUGES, [(key, entry[0], entry[1]) for key, entry in gauges.items()])
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
         _send(pipe, _END, (len(series), len(gauges), len(traces), non_finite, shrunk))
@@ -214,8 +214,9 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
         began = clock()
         items = marshal.loads(data)
         if kind == _SERIES:
-            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial)
-                           for name, type_, tags, stats, stamp, partial in items])
+            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial,
+                                       extra_stats=extra)
+                           for name, type_, tags, stats, stamp, partial, extra in items])
         elif kind == _GAUGES or kind == _TRACES:
             target = carried[kind - _GAUGES]
             for key, value, idle in items:

@@ -11,6 +11,11 @@ from typing import Any
 
 from pystatsd.sample import Tags
 
+ETSY_TIMER_STATS = "etsy_timers"
+"""A family of extra statistics (``SeriesStats.extra_stats``) a forwarder may ask for: Etsy
+statsd's timer statistics beyond ``stats`` (``sum_squares``; per percentile T ``count_T``,
+``mean_T``, ``upper_T``, ``sum_T``, ``sum_squares_T``), for timers and histograms."""
+
 
 @dataclass(frozen=True, slots=True)
 class SeriesStats:
@@ -38,6 +43,10 @@ class SeriesStats:
     format (see :mod:`pystatsd.global_tier.partial_state` for its keys by type); None
     otherwise, and always for self-metrics. Plain numbers, strings, lists and ``bytes`` (the
     DDSketch protobuf), so a forwarder reads it without daemon types."""
+    extra_stats: Mapping[str, float] | None = None
+    """Statistics beyond ``stats`` that a forwarder asked for (``Forwarder.needed_stats``),
+    keyed as their family names them; None when none asked, and for all but timers and
+    histograms. Only the forwarders that asked read them."""
 
     @property
     def key(self) -> str:

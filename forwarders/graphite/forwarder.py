@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from forwarders import AggregateForwarder, ForwarderContext, NeededPath, Snapshot
+from forwarders.base import ETSY_TIMER_STATS
 from forwarders.graphite.naming import GraphiteNaming, UnsafeName
 from forwarders.graphite.wire import CarbonConnection, Datapoint, encode_pickle, encode_plaintext
 from forwarders.spool import Record, Spool, SpoolInUse
@@ -140,6 +141,11 @@ class GraphiteForwarder(AggregateForwarder):
             return {}
         directory = Path(section.get("spool_dir") or context.state_dir / "spool" / name)
         return {"spool_dir": NeededPath(directory, directory=True)}
+
+    @classmethod
+    def needed_stats(cls, section: Mapping[str, Any]) -> frozenset[str]:
+        # Etsy's timer paths (mean_90, sum_squares...) are only in its naming.
+        return frozenset({ETSY_TIMER_STATS}) if section.get("naming") == "etsy" else frozenset()
 
     def stats(self) -> dict[str, float]:
         spool = self._spool

@@ -9,7 +9,12 @@ Etsy (``backends/graphite.js``), with its defaults: legacy namespace on, counter
 With ``legacy_namespace: false``: ``<global_prefix>.<prefix_counter>.NAME.rate`` and ``.count``,
 ``<global_prefix>.<prefix_timer>.NAME.<stat>`` and so on; ``global_suffix`` after the name and
 stat, tags after that (``;k=v``), as graphite.js does. Timer stats are named as Etsy names them
-(``lower``, ``upper``, ``std``, ``count_ps``, ``upper_90`` for the 90th percentile...).
+(``lower``, ``upper``, ``std``, ``count_ps``, ``median``), with Etsy's extra ones, which this
+naming asks the daemon for (``ETSY_TIMER_STATS``): ``sum_squares`` and per threshold
+``count_90``, ``mean_90``, ``upper_90``, ``sum_90``, ``sum_squares_90``. Those replace the
+percentile keys (``p90``), which Etsy does not write: Etsy's ``upper_90`` picks its sample by
+``round`` where ``p90`` is nearest-rank. A snapshot without them (from a daemon not asked)
+still gets ``upper_90`` from ``p90``.
 
 Client bytes never become graphite syntax. A path is one whitespace-free field and ``;``
 starts its tags, so with ``sanitize`` (the default, Etsy's ``keyNameSanitize``) a name has
@@ -85,8 +90,14 @@ class GraphiteNaming:
                     yield f"{space}{name}.count{self.suffix}{tags}", count
         elif kind in (TIMER, HISTOGRAM):
             space = self._spaces["timer"]
+            extra = series.extra_stats
             for stat, value in stats.items():
+                if extra is not None and _is_percentile(stat):
+                    continue
                 yield f"{space}{name}.{_etsy_timer_stat(stat)}{self.suffix}{tags}", value
+            if extra is not None:
+                for stat, value in extra.items():
+                    yield f"{space}{name}.{stat}{self.suffix}{tags}", value
             if "count" in stats and interval > 0:
                 yield f"{space}{name}.count_ps{self.suffix}{tags}", stats["count"] / interval
         elif kind == GAUGE:
@@ -128,6 +139,10 @@ def _etsy_timer_stat(stat: str) -> str:
     (Etsy's upper_NN is the largest sample of the lowest NN%: the NNth percentile)."""
     if stat in _ETSY_TIMER_STATS:
         return _ETSY_TIMER_STATS[stat]
-    if stat.startswith("p") and stat[1:2].isdigit():
+    if _is_percentile(stat):
         return "upper_" + stat[1:]
     return stat
+
+
+def _is_percentile(stat: str) -> bool:
+    return stat.startswith("p") and stat[1:2].isdigit()
