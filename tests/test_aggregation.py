@@ -8,6 +8,8 @@ import math
 import random
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from pystatsd import distribution as distribution_module
 from pystatsd.aggregation import LineCache, MetricMgr
 from pystatsd.config import build_config
 from pystatsd.decoders import parse_statsd_line
-from pystatsd.distribution import Distribution, percentile_key
+from pystatsd.distribution import Distribution, etsy_thresholds, percentile_key
+from pystatsd.forked_snapshot import finish_forked
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
+from pystatsd.snapshot import ETSY_TIMER_STATS
 
 
 def manager(**overrides: Any) -> MetricMgr:
@@ -559,3 +563,93 @@ def test_aggregation_does_not_depend_on_the_receive_side() -> None:
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                      for alias in node.names}
         assert not {name for name in imported if name.startswith(receive_side)}, module
+
+
+# -- Etsy's extra timer statistics (asked for by a forwarder: Forwarder.needed_stats) ---------
+def etsy_manager(**overrides: Any) -> MetricMgr:
+    mgr = manager(**overrides)
+    mgr.extra_stats = frozenset({ETSY_TIMER_STATS})
+    return mgr
+
+
+def test_extra_timer_stats_are_computed_only_when_a_forwarder_asks() -> None:
+    for mgr, asked in ((manager(), False), (etsy_manager(), True)):
+        for value in (1.0, 2.0):
+            mgr.add(Sample("t", TIMER, value))
+            mgr.add(Sample("h", HISTOGRAM, value))
+        mgr.add(Sample("c", COUNTER, 1.0))
+        for series in mgr.finish(mgr.swap(), 10.0):
+            assert (series.extra_stats is not None) == (asked and series.type != COUNTER)
+
+
+def test_etsy_thresholds_take_the_rounded_share_of_sorted_samples_each_once() -> None:
+    mgr = etsy_manager(percentiles=[10, 50, 90, 99.9])
+    for value in (3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0):
+        mgr.add(Sample("t", TIMER, value))
+    mgr.add(Sample("t", TIMER, 7.0, rate=0.25))  # counted 4 times in count, once here
+    (series,) = mgr.finish(mgr.swap(), 10.0)
+    assert series.stats["count"] == 12.0
+    assert series.extra_stats == {
+        "sum_squares": 1 + 1 + 4 + 9 + 16 + 25 + 36 + 81 + 4 * 49,  # weighted, like sum
+        # 9 samples: 10% -> round(0.9) = 1, 50% -> round(4.5) = 5 (half up, as JavaScript)
+        "count_10": 1.0, "mean_10": 1.0, "upper_10": 1.0, "sum_10": 1.0, "sum_squares_10": 1.0,
+        "count_50": 5.0, "mean_50": 11 / 5, "upper_50": 4.0, "sum_50": 11.0,
+        "sum_squares_50": 31.0,
+        "count_90": 8.0, "mean_90": 29 / 8, "upper_90": 7.0, "sum_90": 29.0,
+        "sum_squares_90": 141.0,
+        "count_99_9": 9.0, "mean_99_9": 38 / 9, "upper_99_9": 9.0, "sum_99_9": 38.0,
+        "sum_squares_99_9": 222.0}
+
+
+def test_etsy_thresholds_of_one_sample_none_taken_and_a_negative_threshold() -> None:
+    assert etsy_thresholds([4.0], [10]) == {"count_10": 1.0, "mean_10": 4.0, "upper_10": 4.0,
+                                            "sum_10": 4.0, "sum_squares_10": 16.0}
+    assert etsy_thresholds([1.0, 2.0, 3.0], [10]) == {}  # round(0.3) = 0: Etsy writes nothing
+    # Etsy's percentThreshold -50: the top half, named "top" (lower_top50 is their smallest)
+    assert etsy_thresholds([1.0, 2.0, 3.0, 4.0], [-50]) == {
+        "count_top50": 2.0, "mean_top50": 3.5, "lower_top50": 3.0, "sum_top50": 7.0,
+        "sum_squares_top50": 25.0}
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_etsy_thresholds_past_the_cap_stay_within_the_sketch_accuracy(rate: float) -> None:
+    accuracy = 0.01
+    mgr = etsy_manager(percentiles=[50, 90, 99.9], timer_exact_samples=100,
+                       sketch_relative_accuracy=accuracy)
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1) for _ in range(5000)]
+    for value in values:
+        mgr.add(Sample("t", TIMER, value, rate=rate))
+    (series,) = mgr.finish(mgr.swap(), 10.0)
+    extra = series.extra_stats
+    assert extra is not None
+    # What the same samples give exactly, each weighed 1 / rate as the sketch weighs them.
+    exact = etsy_thresholds(sorted(values * int(1 / rate)), [50, 90, 99.9])
+    assert set(extra) == set(exact) | {"sum_squares"}
+    assert extra["sum_squares"] == pytest.approx(math.fsum(v * v for v in values) / rate,
+                                                 rel=1e-9)
+    for key, value in exact.items():
+        bound = 0.0 if key.startswith("count_") else (
+            2 * accuracy + accuracy ** 2 if key.startswith("sum_squares") else accuracy)
+        assert abs(extra[key] - value) <= bound * abs(value) + 1e-9, key
+
+
+def test_a_passed_through_stamped_timer_has_the_extra_stats_too() -> None:
+    mgr = etsy_manager(late_samples="pass", percentiles=[50])
+    stamp = time.time() - 120
+    for value in (2.0, 4.0):
+        mgr.add(Sample("t", TIMER, value, timestamp=stamp))
+    (series,) = mgr.finish(mgr.swap(), 10.0)
+    assert series.timestamp == math.floor(stamp)
+    assert series.extra_stats == {"sum_squares": 20.0, "count_50": 1.0, "mean_50": 2.0,
+                                  "upper_50": 2.0, "sum_50": 2.0, "sum_squares_50": 4.0}
+
+
+def test_the_forked_snapshot_brings_the_extra_stats_back() -> None:
+    mgr = etsy_manager(percentiles=[90])
+    for value in range(1, 11):
+        mgr.add(Sample("t", TIMER, float(value)))
+    table = mgr.swap()
+    (series,) = finish_forked(mgr, table, 10.0, threading.Lock())
+    assert series.extra_stats is not None and series.extra_stats["mean_90"] == 5.0
+    assert series.extra_stats["sum_squares"] == 385.0

@@ -93,3 +93,28 @@ def test_a_tagged_series_lands_in_carbons_tagged_tree(carbon: CarbonCache,
     # sanitized ("eu west" -> "eu_west") and found where carbon's own encoder puts it
     wait_for(lambda: carbon.values("tagged.depth.value;env=prod;zone=eu_west", now)
              == {now: 5.5}, 30, "the tagged datapoint in whisper")
+
+
+def test_etsys_timer_stats_from_the_daemon_land_in_whisper(carbon: CarbonCache,
+                                                           start_daemon: Any) -> None:
+    root = "rt_daemon"
+    since = int(time.time()) // 10 * 10 - 10
+    daemon = start_daemon({
+        "flush_interval": 1, "percentiles": [90, 99.9],
+        "forwarders": {"carbon": {"type": "graphite", "port": carbon.line_port, "naming": "etsy",
+                                  "etsy": {"legacy_namespace": False, "global_prefix": root}}}})
+    # 1..10 ms: the lowest 90% are 1..9 (round(9.0)), all ten for 99.9% (round(9.99))
+    daemon.send_udp(b"\n".join(b"db.query:%d|ms" % v for v in range(1, 11)))
+    timer = f"{root}.timers.db.query."
+    expected = {"mean_90": 5.0, "upper_90": 9.0, "sum_90": 45.0, "count_90": 9.0,
+                "sum_squares_90": 285.0, "upper_99_9": 10.0, "count_99_9": 10.0,
+                "sum_squares": 385.0, "median": 5.5}
+
+    def landed() -> dict[str, list[float]]:
+        return {stat: list(carbon.values(timer + stat, since).values()) for stat in expected}
+
+    try:
+        wait_for(lambda: all(landed().values()), 30, "the new timer paths in whisper")
+    except AssertionError:
+        raise AssertionError(f"{landed()}\n{carbon.log()[-2000:]}") from None
+    assert landed() == {stat: [value] for stat, value in expected.items()}

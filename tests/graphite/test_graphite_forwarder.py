@@ -11,6 +11,7 @@ import pytest
 from carbon_servers import FakeCarbon, free_port, wait_for
 
 from forwarders import ForwarderContext, SeriesStats, Snapshot, load_forwarder_class
+from forwarders.base import ETSY_TIMER_STATS
 from forwarders.contract import AggregateContract
 from pystatsd.config import build_config
 
@@ -100,6 +101,28 @@ def test_etsy_legacy_namespace_is_graphite_js_with_its_defaults(tmp_path: Path) 
         "stats.timers.api.time.std": 1.118, "stats.timers.api.time.upper_90": 4.0,
         "stats.timers.api.time.upper_99_9": 4.0, "stats.timers.api.time.count_ps": 0.4,
         "stats.gauges.q.depth": 7.0, "stats.sets.users.count": 3.0}
+
+
+def test_etsy_naming_asks_for_etsys_timer_stats_and_plain_does_not() -> None:
+    cls = load_forwarder_class("graphite")
+    assert cls.needed_stats(section(naming="etsy")) == {ETSY_TIMER_STATS}
+    assert cls.needed_stats(section()) == frozenset()
+
+
+def test_etsy_timer_stats_written_under_etsys_names_in_place_of_percentiles(
+        tmp_path: Path) -> None:
+    forwarder = make(tmp_path, naming="etsy", tags="omit")
+    extra = {"sum_squares": 30.0, "count_90": 3.0, "mean_90": 2.0, "upper_90": 3.0,
+             "sum_90": 6.0, "sum_squares_90": 14.0}
+    got = paths(forwarder, flush(SeriesStats("api.time", "timer", (), dict(TIMER_STATS),
+                                             extra_stats=extra)))
+    timer = "stats.timers.api.time."
+    assert got == {
+        timer + "count": 4.0, timer + "sum": 10.0, timer + "lower": 1.0, timer + "upper": 4.0,
+        timer + "mean": 2.5, timer + "median": 2.5, timer + "std": 1.118,
+        timer + "count_ps": 0.4, **{timer + key: value for key, value in extra.items()}}
+    # Etsy's upper_90 (round), not our p90 (nearest-rank); no p99_9 path Etsy would not write
+    assert got[timer + "upper_90"] == 3.0 and timer + "upper_99_9" not in got
 
 
 def test_etsy_new_namespace_prefixes_and_suffix(tmp_path: Path) -> None:
