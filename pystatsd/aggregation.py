@@ -443,9 +443,10 @@ class MetricMgr:
                     carried[1] = 0
                 stats = {"value": value}
             elif kind == TIMER or kind == HISTOGRAM:
-                stats = cell.stats(percentiles, accuracy)
                 if etsy:
-                    extra = cell.etsy_stats(percentiles, accuracy)
+                    stats, extra = cell.stats_with_etsy(percentiles, accuracy)
+                else:
+                    stats = cell.stats(percentiles, accuracy)
                 if buckets:
                     buckets.add_to(stats, name, cell)
                 if keep_partials:  # read before the samples are freed
@@ -651,8 +652,11 @@ def _stamped_stats(kind: str, cell: Any, seconds: float, percentiles: Percentile
         base, delta = cell
         return {"value": (0.0 if base is None else base) + delta}, None
     if kind == TIMER or kind == HISTOGRAM:
-        stats: dict[str, float] = cell.stats(percentiles, accuracy)
-        extra = cell.etsy_stats(percentiles, accuracy) if etsy else None
+        extra: dict[str, float] | None = None
+        if etsy:
+            stats, extra = cell.stats_with_etsy(percentiles, accuracy)
+        else:
+            stats = cell.stats(percentiles, accuracy)
         cell.release()
         return stats, extra
     if kind == SET:

@@ -11,11 +11,12 @@ calls :meth:`MetricMgr.fold <pystatsd.aggregation.MetricMgr.fold>` past the limi
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import operator
 from array import array
 from collections.abc import Iterable
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any
 
 from ddsketch import DDSketch
@@ -156,12 +157,21 @@ class Distribution:
         ordered = values.tolist()
         ordered.extend(value for value, _ in weighted)
         ordered.sort()
-        squares = math.fsum(map(operator.mul, values, values))
+        stats = etsy_thresholds(ordered, (p for p, _ in percentiles))
         if weighted:
-            squares = math.fsum((squares, *(w * v * v for v, w in weighted)))
-        stats = {"sum_squares": squares}
-        stats.update(etsy_thresholds(ordered, (p for p, _ in percentiles)))
+            stats["sum_squares"] = math.fsum((*map(operator.mul, values, values),
+                                              *(w * v * v for v, w in weighted)))
         return stats
+
+    def stats_with_etsy(self, percentiles: Percentiles,
+                        accuracy: float) -> tuple[dict[str, float], dict[str, float]]:
+        """:meth:`stats` and :meth:`etsy_stats`, sorting the samples once where it can."""
+        if self.sketch is None and not self.weighted:
+            ordered = self.values.tolist()
+            ordered.sort()
+            return _unit_stats(ordered, percentiles), etsy_thresholds(
+                ordered, (p for p, _ in percentiles))
+        return self.stats(percentiles, accuracy), self.etsy_stats(percentiles, accuracy)
 
     def buckets(self, bounds: list[float]) -> list[float]:
         """Cumulative counts of the samples (weighted by 1 / rate) at most each of ``bounds``
@@ -290,6 +300,14 @@ def etsy_threshold_suffix(pct: float) -> str:
     return text.replace(".", "_", 1).replace("-", "top", 1)
 
 
+@functools.cache
+def _threshold_keys(pct: float) -> tuple[str, str, str, str, str]:
+    """count_T, mean_T, upper_T (lower_topT for a negative T), sum_T, sum_squares_T."""
+    suffix = etsy_threshold_suffix(pct)
+    return ("count_" + suffix, "mean_" + suffix, ("upper_" if pct > 0 else "lower_") + suffix,
+            "sum_" + suffix, "sum_squares_" + suffix)
+
+
 def _js_round(x: float) -> int:
     """JavaScript's ``Math.round`` for x >= 0: halves go up (Python's ``round`` goes to even)."""
     whole = math.floor(x)
@@ -303,27 +321,38 @@ def _threshold_size(pct: float, count: float) -> int:
 
 
 def etsy_thresholds(ordered: list[float], thresholds: Iterable[float]) -> dict[str, float]:
-    """Etsy's per-threshold statistics of sorted samples, each counted once. A positive T
-    takes the lowest round(T% of the count) samples and names their largest ``upper_T``; a
-    negative one (Etsy's ``-10``) the highest, and names their smallest ``lower_top10``. A
-    threshold that takes no sample reports nothing; a lone sample is all of every threshold."""
+    """Etsy's statistics of sorted samples, each counted once: ``sum_squares``, and per
+    threshold T the five of :func:`_threshold_keys`. A positive T takes the lowest round(T% of
+    the count) samples and names their largest ``upper_T``; a negative one (Etsy's ``-10``)
+    the highest, and names their smallest ``lower_top10``. A threshold that takes no sample
+    reports nothing; a lone sample is all of every threshold. The sums are running sums in
+    ascending order, as Etsy's, so the values are Etsy's to the last bit."""
     count = len(ordered)
-    stats: dict[str, float] = {}
+    if not count:
+        return {}
+    sums = list(accumulate(ordered))
+    squares = list(accumulate(map(operator.mul, ordered, ordered)))
+    stats: dict[str, float] = {"sum_squares": squares[-1]}
     for pct in thresholds:
         taken = _threshold_size(pct, count)
         if taken == 0:
             continue
-        chosen = ordered[:taken] if pct > 0 else ordered[count - taken:]
-        total = math.fsum(chosen)
-        suffix = etsy_threshold_suffix(pct)
-        stats["count_" + suffix] = float(taken)
-        stats["mean_" + suffix] = total / taken
         if pct > 0:
-            stats["upper_" + suffix] = chosen[-1]
+            last = taken - 1
+            total, total_squares, boundary = sums[last], squares[last], ordered[last]
         else:
-            stats["lower_" + suffix] = chosen[0]
-        stats["sum_" + suffix] = total
-        stats["sum_squares_" + suffix] = math.fsum(map(operator.mul, chosen, chosen))
+            first = count - taken
+            total, total_squares = sums[-1], squares[-1]
+            if first:
+                total -= sums[first - 1]
+                total_squares -= squares[first - 1]
+            boundary = ordered[first]
+        count_key, mean_key, boundary_key, sum_key, squares_key = _threshold_keys(pct)
+        stats[count_key] = float(taken)
+        stats[mean_key] = total / taken
+        stats[boundary_key] = boundary
+        stats[sum_key] = total
+        stats[squares_key] = total_squares
     return stats
 
 
@@ -367,10 +396,10 @@ def _sketch_thresholds(bins: list[tuple[float, float]], count: float,
             if remaining <= _RANK_EPSILON:
                 boundary = value
                 break
-        suffix = etsy_threshold_suffix(pct)
-        stats["count_" + suffix] = float(taken)
-        stats["mean_" + suffix] = total / taken
-        stats[("upper_" if pct > 0 else "lower_") + suffix] = boundary
-        stats["sum_" + suffix] = total
-        stats["sum_squares_" + suffix] = squares
+        count_key, mean_key, boundary_key, sum_key, squares_key = _threshold_keys(pct)
+        stats[count_key] = float(taken)
+        stats[mean_key] = total / taken
+        stats[boundary_key] = boundary
+        stats[sum_key] = total
+        stats[squares_key] = squares
     return stats

@@ -602,13 +602,19 @@ def test_etsy_thresholds_take_the_rounded_share_of_sorted_samples_each_once() ->
 
 
 def test_etsy_thresholds_of_one_sample_none_taken_and_a_negative_threshold() -> None:
-    assert etsy_thresholds([4.0], [10]) == {"count_10": 1.0, "mean_10": 4.0, "upper_10": 4.0,
-                                            "sum_10": 4.0, "sum_squares_10": 16.0}
-    assert etsy_thresholds([1.0, 2.0, 3.0], [10]) == {}  # round(0.3) = 0: Etsy writes nothing
-    # Etsy's percentThreshold -50: the top half, named "top" (lower_top50 is their smallest)
-    assert etsy_thresholds([1.0, 2.0, 3.0, 4.0], [-50]) == {
+    assert etsy_thresholds([4.0], [10]) == {"sum_squares": 16.0, "count_10": 1.0,
+                                            "mean_10": 4.0, "upper_10": 4.0, "sum_10": 4.0,
+                                            "sum_squares_10": 16.0}
+    # round(0.3) = 0: Etsy writes nothing of the threshold
+    assert etsy_thresholds([1.0, 2.0, 3.0], [10]) == {"sum_squares": 14.0}
+    # Etsy's percentThreshold -50: the top half, named "top" (lower_top50 is their smallest);
+    # -100 takes all (where Etsy's own subtraction reads past its array and writes NaN)
+    assert etsy_thresholds([1.0, 2.0, 3.0, 4.0], [-50, -100]) == {
+        "sum_squares": 30.0,
         "count_top50": 2.0, "mean_top50": 3.5, "lower_top50": 3.0, "sum_top50": 7.0,
-        "sum_squares_top50": 25.0}
+        "sum_squares_top50": 25.0,
+        "count_top100": 4.0, "mean_top100": 2.5, "lower_top100": 1.0, "sum_top100": 10.0,
+        "sum_squares_top100": 30.0}
 
 
 @pytest.mark.parametrize("rate", [1.0, 0.5])
@@ -625,9 +631,10 @@ def test_etsy_thresholds_past_the_cap_stay_within_the_sketch_accuracy(rate: floa
     assert extra is not None
     # What the same samples give exactly, each weighed 1 / rate as the sketch weighs them.
     exact = etsy_thresholds(sorted(values * int(1 / rate)), [50, 90, 99.9])
-    assert set(extra) == set(exact) | {"sum_squares"}
+    assert set(extra) == set(exact)
     assert extra["sum_squares"] == pytest.approx(math.fsum(v * v for v in values) / rate,
                                                  rel=1e-9)
+    del exact["sum_squares"]
     for key, value in exact.items():
         bound = 0.0 if key.startswith("count_") else (
             2 * accuracy + accuracy ** 2 if key.startswith("sum_squares") else accuracy)
