@@ -42,7 +42,7 @@ from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.global_tier.partial_state import cell_partial
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import ETSY_TIMER_STATS, Event, SeriesStats
+from pystatsd.snapshot import ETSY_TIMER_STATS, Event, ExtendedSeriesStats, SeriesStats
 
 log = logging.getLogger("pystatsd.aggregation")
 
@@ -473,8 +473,8 @@ class MetricMgr:
                     non_finite += 1
             else:
                 if _all_finite(stats) and _all_finite(extra):
-                    out.append(SeriesStats(name, kind, tags, stats, partial=partial,
-                                           extra_stats=extra))
+                    out.append(ExtendedSeriesStats(name, kind, tags, stats, partial=partial,
+                                                   extra_stats=extra))
                 else:
                     non_finite += 1
                 extra = None
@@ -501,8 +501,11 @@ class MetricMgr:
         self._carried = len(self._gauges) + len(self._traces)
         for ((name, kind, tags), second), cell in table.stamped.items():
             stats, extra = _stamped_stats(kind, cell, seconds, percentiles, accuracy, etsy)
-            if _all_finite(stats) and (extra is None or _all_finite(extra)):
-                out.append(SeriesStats(name, kind, tags, stats, second, extra_stats=extra))
+            if extra is None and _all_finite(stats):
+                out.append(SeriesStats(name, kind, tags, stats, second))
+            elif extra is not None and _all_finite(stats) and _all_finite(extra):
+                out.append(ExtendedSeriesStats(name, kind, tags, stats, second,
+                                               extra_stats=extra))
             else:
                 non_finite += 1
         table.stamped.clear()

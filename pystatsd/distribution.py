@@ -16,7 +16,7 @@ import math
 import operator
 from array import array
 from collections.abc import Iterable
-from itertools import accumulate, repeat
+from itertools import repeat
 from typing import Any
 
 from ddsketch import DDSketch
@@ -325,28 +325,25 @@ def etsy_thresholds(ordered: list[float], thresholds: Iterable[float]) -> dict[s
     threshold T the five of :func:`_threshold_keys`. A positive T takes the lowest round(T% of
     the count) samples and names their largest ``upper_T``; a negative one (Etsy's ``-10``)
     the highest, and names their smallest ``lower_top10``. A threshold that takes no sample
-    reports nothing; a lone sample is all of every threshold. The sums are running sums in
-    ascending order, as Etsy's, so the values are Etsy's to the last bit."""
+    reports nothing; a lone sample is all of every threshold."""
     count = len(ordered)
     if not count:
         return {}
-    sums = list(accumulate(ordered))
-    squares = list(accumulate(map(operator.mul, ordered, ordered)))
-    stats: dict[str, float] = {"sum_squares": squares[-1]}
-    for pct in thresholds:
-        taken = _threshold_size(pct, count)
+    taken_by = [(pct, _threshold_size(pct, count)) for pct in thresholds]
+    running = _running_sums(ordered, {count, *(taken if pct > 0 else count - taken
+                                               for pct, taken in taken_by)})
+    total_all, squares_all = running[count]
+    stats: dict[str, float] = {"sum_squares": squares_all}
+    for pct, taken in taken_by:
         if taken == 0:
             continue
         if pct > 0:
-            last = taken - 1
-            total, total_squares, boundary = sums[last], squares[last], ordered[last]
+            total, total_squares = running[taken]
+            boundary = ordered[taken - 1]
         else:
-            first = count - taken
-            total, total_squares = sums[-1], squares[-1]
-            if first:
-                total -= sums[first - 1]
-                total_squares -= squares[first - 1]
-            boundary = ordered[first]
+            below, below_squares = running[count - taken]
+            total, total_squares = total_all - below, squares_all - below_squares
+            boundary = ordered[count - taken]
         count_key, mean_key, boundary_key, sum_key, squares_key = _threshold_keys(pct)
         stats[count_key] = float(taken)
         stats[mean_key] = total / taken
@@ -354,6 +351,25 @@ def etsy_thresholds(ordered: list[float], thresholds: Iterable[float]) -> dict[s
         stats[sum_key] = total
         stats[squares_key] = total_squares
     return stats
+
+
+def _running_sums(ordered: list[float], cuts: set[int]) -> dict[int, tuple[float, float]]:
+    """The sum and the sum of squares of the first ``cut`` samples, for each cut: Etsy's
+    running sums (one addition after another, ascending), kept only where a threshold ends.
+    ``sum`` with a float start continues the running sum in C without a float object per
+    sample (the squares still make one)."""
+    running: dict[int, tuple[float, float]] = {0: (0.0, 0.0)}
+    total = squares = 0.0
+    previous = 0
+    mul = operator.mul
+    for cut in sorted(cuts):
+        if cut > previous:
+            segment = ordered[previous:cut]
+            total = sum(segment, total)
+            squares = sum(map(mul, segment, segment), squares)
+        running[cut] = (total, squares)
+        previous = cut
+    return running
 
 
 def _sketch_bins(sketch: DDSketch, low: float, high: float) -> list[tuple[float, float]]:

@@ -38,7 +38,7 @@ from pystatsd.aggregation import (
     MetricMgr,
     SeriesKey,
 )
-from pystatsd.snapshot import SeriesStats
+from pystatsd.snapshot import ExtendedSeriesStats, SeriesStats
 
 AVAILABLE = hasattr(os, "fork")
 """Whether this platform can fork at all (else the daemon finishes in process)."""
@@ -214,8 +214,9 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
         began = clock()
         items = marshal.loads(data)
         if kind == _SERIES:
-            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial,
-                                       extra_stats=extra)
+            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial)
+                           if extra is None else
+                           ExtendedSeriesStats(name, type_, tags, stats, stamp, partial, extra)
                            for name, type_, tags, stats, stamp, partial, extra in items])
         elif kind == _GAUGES or kind == _TRACES:
             target = carried[kind - _GAUGES]

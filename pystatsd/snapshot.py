@@ -43,10 +43,6 @@ class SeriesStats:
     format (see :mod:`pystatsd.global_tier.partial_state` for its keys by type); None
     otherwise, and always for self-metrics. Plain numbers, strings, lists and ``bytes`` (the
     DDSketch protobuf), so a forwarder reads it without daemon types."""
-    extra_stats: Mapping[str, float] | None = None
-    """Statistics beyond ``stats`` that a forwarder asked for (``Forwarder.needed_stats``),
-    keyed as their family names them; None when none asked, and for all but timers and
-    histograms. Only the forwarders that asked read them."""
 
     @property
     def key(self) -> str:
@@ -54,6 +50,23 @@ class SeriesStats:
         if not self.tags:
             return self.name
         return self.name + "," + ",".join(f"{k}={v}" for k, v in self.tags)
+
+    @property
+    def extra_stats(self) -> Mapping[str, float] | None:
+        """Statistics beyond ``stats`` that a forwarder asked for (``Forwarder.needed_stats``),
+        keyed as their family names them: see :class:`ExtendedSeriesStats`; None here. Only
+        the forwarders that asked read them."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedSeriesStats(SeriesStats):
+    """A series with extra statistics (timers and histograms, when a forwarder asked). A
+    subclass rather than a field of :class:`SeriesStats`: a frozen dataclass pays for each
+    field at every construction (one more cost 1,350 instructions, 12% of making one, measured
+    under callgrind), and most series never have them."""
+
+    extra_stats: Mapping[str, float] | None = None
 
 
 EVENT = "event"

@@ -14,6 +14,7 @@ from forwarders import ForwarderContext, SeriesStats, Snapshot, load_forwarder_c
 from forwarders.base import ETSY_TIMER_STATS
 from forwarders.contract import AggregateContract
 from pystatsd.config import build_config
+from pystatsd.snapshot import ExtendedSeriesStats
 
 
 def section(**keys: Any) -> dict[str, Any]:
@@ -114,8 +115,8 @@ def test_etsy_timer_stats_written_under_etsys_names_in_place_of_percentiles(
     forwarder = make(tmp_path, naming="etsy", tags="omit")
     extra = {"sum_squares": 30.0, "count_90": 3.0, "mean_90": 2.0, "upper_90": 3.0,
              "sum_90": 6.0, "sum_squares_90": 14.0}
-    got = paths(forwarder, flush(SeriesStats("api.time", "timer", (), dict(TIMER_STATS),
-                                             extra_stats=extra)))
+    got = paths(forwarder, flush(ExtendedSeriesStats("api.time", "timer", (), dict(TIMER_STATS),
+                                                     extra_stats=extra)))
     timer = "stats.timers.api.time."
     assert got == {
         timer + "count": 4.0, timer + "sum": 10.0, timer + "lower": 1.0, timer + "upper": 4.0,
