@@ -445,6 +445,8 @@ class MetricMgr:
             elif kind == TIMER or kind == HISTOGRAM:
                 if etsy:
                     stats, extra = cell.stats_with_etsy(percentiles, accuracy)
+                    if buckets and (bounds := buckets.bounds(name)):  # Etsy's `histogram`
+                        extra.update(cell.etsy_bins([bound for _, bound in bounds]))
                 else:
                     stats = cell.stats(percentiles, accuracy)
                 if buckets:
@@ -621,6 +623,15 @@ class HistogramBuckets:
         return bool(self._entries)
 
     def add_to(self, stats: dict[str, float], name: str, cell: Distribution) -> None:
+        bounds = self.bounds(name)
+        if bounds:
+            for (key, _), count in zip(bounds, cell.buckets([b for _, b in bounds]),
+                                       strict=True):
+                stats[key] = count
+            stats["le_inf"] = stats["count"]
+
+    def bounds(self, name: str) -> list[tuple[str, float]] | None:
+        """The (stat key, bound) pairs of the first entry matching ``name``, sorted; None."""
         bounds = self._by_name.get(name, _UNKNOWN)
         if bounds is _UNKNOWN:
             if len(self._by_name) >= 100_000:
@@ -628,11 +639,8 @@ class HistogramBuckets:
             bounds = self._by_name[name] = next(
                 ([(bucket_key(b), b) for b in found] for pattern, found in self._entries
                  if pattern.fullmatch(name)), None)
-        if bounds:
-            for (key, _), count in zip(bounds, cell.buckets([b for _, b in bounds]),
-                                       strict=True):
-                stats[key] = count
-            stats["le_inf"] = stats["count"]
+        result: list[tuple[str, float]] | None = bounds
+        return result
 
 
 _UNKNOWN: Any = object()

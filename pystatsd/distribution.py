@@ -173,6 +173,28 @@ class Distribution:
                 ordered, (p for p, _ in percentiles))
         return self.stats(percentiles, accuracy), self.etsy_stats(percentiles, accuracy)
 
+    def etsy_bins(self, bounds: list[float]) -> dict[str, float]:
+        """Etsy's ``histogram`` bins over ``bounds`` (sorted): ``histogram.bin_B`` counts the
+        samples below B and at least the bound before (the first bin: all below it; an infinite
+        bound: all the rest; samples past the last finite bound are in no bin without one), each
+        sample once whatever its rate, as in Etsy. Past the cap from the sketch's ranks (by
+        weight, within its accuracy)."""
+        below: list[float]
+        if self.sketch is not None:
+            below = [self._sketch_rank(bound) for bound in bounds]
+        else:
+            ordered = self.values.tolist()
+            ordered.extend(value for value, _ in self.weighted)
+            ordered.sort()
+            below = [float(bisect.bisect_left(ordered, bound)) for bound in bounds]
+        bins: dict[str, float] = {}
+        before = 0.0
+        for bound, count in zip(bounds, below, strict=True):
+            # the sketch's ranks have 6 decimals: so has their difference
+            bins["histogram.bin_" + _etsy_bin_name(bound)] = round(count - before, 6)
+            before = count
+        return bins
+
     def buckets(self, bounds: list[float]) -> list[float]:
         """Cumulative counts of the samples (weighted by 1 / rate) at most each of ``bounds``
         (sorted). Exact while the samples are kept; from the sketch's quantiles once folded
@@ -298,6 +320,14 @@ def etsy_threshold_suffix(pct: float) -> str:
     90 -> 90, 99.9 -> 99_9, -10 -> top10."""
     text = str(int(pct)) if float(pct).is_integer() else repr(float(pct))
     return text.replace(".", "_", 1).replace("-", "top", 1)
+
+
+def _etsy_bin_name(bound: float) -> str:
+    """Etsy's ``bins[i].toString().replace('.', '_')``: 0.5 -> 0_5, 100 -> 100, inf -> inf."""
+    if bound == math.inf:
+        return "inf"
+    text = str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+    return text.replace(".", "_", 1)
 
 
 @functools.cache

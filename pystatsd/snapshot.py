@@ -14,7 +14,8 @@ from pystatsd.sample import Tags
 ETSY_TIMER_STATS = "etsy_timers"
 """A family of extra statistics (``SeriesStats.extra_stats``) a forwarder may ask for: Etsy
 statsd's timer statistics beyond ``stats`` (``sum_squares``; per percentile T ``count_T``,
-``mean_T``, ``upper_T``, ``sum_T``, ``sum_squares_T``), for timers and histograms."""
+``mean_T``, ``upper_T``, ``sum_T``, ``sum_squares_T``; ``histogram.bin_B`` per bound of
+``histogram_buckets``), for timers and histograms."""
 
 
 @dataclass(frozen=True, slots=True)

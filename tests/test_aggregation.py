@@ -660,3 +660,42 @@ def test_the_forked_snapshot_brings_the_extra_stats_back() -> None:
     (series,) = finish_forked(mgr, table, 10.0, threading.Lock())
     assert series.extra_stats is not None and series.extra_stats["mean_90"] == 5.0
     assert series.extra_stats["sum_squares"] == 385.0
+
+
+def test_etsy_histogram_bins_from_histogram_buckets_count_below_each_bound_once() -> None:
+    mgr = etsy_manager(histogram_buckets=[{"match": "db.*", "buckets": [7, 3]}],
+                       percentiles=[50])
+    for value in range(1, 11):
+        mgr.add(Sample("db.query", TIMER, float(value)))
+        mgr.add(Sample("api.call", TIMER, float(value)))
+    mgr.add(Sample("db.query", TIMER, 0.5, rate=0.1))  # in bin_3 once, as in Etsy
+    by_name = {s.name: s for s in mgr.finish(mgr.swap(), 10.0)}
+    extra = by_name["db.query"].extra_stats
+    assert extra is not None
+    # [.., 3) and [3, 7); 7 and above are in no bin without an infinite bound
+    assert (extra["histogram.bin_3"], extra["histogram.bin_7"]) == (3.0, 4.0)
+    assert by_name["db.query"].stats["le_3"] == 13.0  # our own buckets: <= 3, weighted
+    assert not [key for key in by_name["api.call"].extra_stats or {} if "bin_" in key]
+
+
+def test_etsy_histogram_bins_past_the_cap_come_from_the_sketch() -> None:
+    mgr = etsy_manager(histogram_buckets=[{"match": "t", "buckets": [100, 200, math.inf]}],
+                       timer_exact_samples=100, sketch_relative_accuracy=0.01)
+    rng = random.Random(3)
+    values = [rng.uniform(0, 400) for _ in range(4000)]
+    for value in values:
+        mgr.add(Sample("t", TIMER, value))
+    (series,) = mgr.finish(mgr.swap(), 10.0)
+    extra = series.extra_stats
+    assert extra is not None
+    exact = [sum(v < 100 for v in values), sum(100 <= v < 200 for v in values),
+             sum(v >= 200 for v in values)]
+    got = [extra["histogram.bin_100"], extra["histogram.bin_200"], extra["histogram.bin_inf"]]
+    assert sum(got) == pytest.approx(4000)
+
+    def near(bound: float) -> int:  # the samples the sketch may put on either side of it
+        return sum(abs(v - bound) <= 0.01 * bound for v in values)
+
+    allowed = [near(100), near(100) + near(200), near(200)]
+    assert all(abs(g - e) <= a for g, e, a in zip(got, exact, allowed, strict=True)), \
+        (got, exact, allowed)

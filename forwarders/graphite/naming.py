@@ -10,8 +10,9 @@ With ``legacy_namespace: false``: ``<global_prefix>.<prefix_counter>.NAME.rate``
 ``<global_prefix>.<prefix_timer>.NAME.<stat>`` and so on; ``global_suffix`` after the name and
 stat, tags after that (``;k=v``), as graphite.js does. Timer stats are named as Etsy names them
 (``lower``, ``upper``, ``std``, ``count_ps``, ``median``), with Etsy's extra ones, which this
-naming asks the daemon for (``ETSY_TIMER_STATS``): ``sum_squares`` and per threshold
-``count_90``, ``mean_90``, ``upper_90``, ``sum_90``, ``sum_squares_90``. Those replace the
+naming asks the daemon for (``ETSY_TIMER_STATS``): ``sum_squares``, per threshold
+``count_90``, ``mean_90``, ``upper_90``, ``sum_90``, ``sum_squares_90``, and ``histogram.bin_*``
+where ``histogram_buckets`` has bounds for the name. Those replace the
 percentile keys (``p90``), which Etsy does not write: Etsy's ``upper_90`` picks its sample by
 ``round`` where ``p90`` is nearest-rank. A snapshot without them (from a daemon not asked)
 still gets ``upper_90`` from ``p90``.

@@ -26,6 +26,9 @@ ETSY_STATSD = REPO / "build" / "npm" / "node_modules" / "statsd" / "stats.js"
 THRESHOLDS = [10, 50, 90, 95, 99.9]
 """Etsy's ``percentThreshold`` and our ``percentiles``: 10 takes no sample of a 3-sample timer
 (Etsy then writes nothing for it), 99.9 is named ``_99_9``."""
+BINS = {"diff.many": [10, 20.5, 50, "inf"], "diff.ten": [3, 7]}
+"""Etsy's ``histogram`` (a bin counts the samples below its bound: 3 and 7 are samples of
+``ten``, and those past 7 are in no bin) and our ``histogram_buckets`` with the same bounds."""
 
 
 def timer_lines() -> dict[str, list[bytes]]:
@@ -61,6 +64,8 @@ class Etsy:
             " mgmt_address: '127.0.0.1', flushInterval: 1000,"
             f" backends: ['./backends/graphite'], graphiteHost: '127.0.0.1',"
             f" graphitePort: {graphite_port}, percentThreshold: {THRESHOLDS},"
+            " histogram: [" + ", ".join(f"{{metric: '{name}', bins: {bins}}}"
+                                        for name, bins in BINS.items()) + "],"
             " deleteIdleStats: true }")
         self.proc = subprocess.Popen(["node", str(ETSY_STATSD), str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -117,6 +122,8 @@ def test_etsy_timer_paths_and_values_match_etsy_statsd(start_daemon: Any, tmp_pa
     try:
         daemon = start_daemon({
             "flush_interval": 1, "percentiles": THRESHOLDS,
+            "histogram_buckets": [{"match": name, "buckets": [float(b) for b in bins]}
+                                  for name, bins in BINS.items()],
             "forwarders": {
                 "carbon": {"type": "graphite", "port": our_carbon.port, "naming": "etsy"},
                 "console": {}}})
@@ -132,6 +139,12 @@ def test_etsy_timer_paths_and_values_match_etsy_statsd(start_daemon: Any, tmp_pa
         not in theirs
     assert "stats.timers.diff.many.upper_99_9" in theirs
     assert "stats.timers.diff.single.sum_squares_10" in theirs
+    assert theirs["stats.timers.diff.ten.histogram.bin_3"] == 2.0
+    assert "stats.timers.diff.many.histogram.bin_inf" in theirs
+    # our own cumulative buckets beside them, which Etsy does not write
+    assert ours.pop("stats.timers.diff.ten.le_3") == 3.0
+    for path in [p for p in ours if ".le_" in p]:
+        del ours[path]
     assert sorted(ours) == sorted(theirs)
     # With a sample rate Etsy's sum and sum_squares ignore it (only count weighs 1 / rate);
     # ours weigh each sample by 1 / rate like count, so that sum / count is the mean.
@@ -146,4 +159,5 @@ def test_etsy_timer_paths_and_values_match_etsy_statsd(start_daemon: Any, tmp_pa
     records = [r for r in daemon.records() if r.get("name") == "diff.many"]
     assert records, daemon.records()[:3]
     assert set(records[0]["stats"]) == {"count", "sum", "min", "max", "mean", "median",
-                                        "stddev", "p10", "p50", "p90", "p95", "p99_9"}
+                                        "stddev", "p10", "p50", "p90", "p95", "p99_9",
+                                        "le_10", "le_20_5", "le_50", "le_inf"}
