@@ -101,6 +101,7 @@ def test_etsys_timer_stats_from_the_daemon_land_in_whisper(carbon: CarbonCache,
     since = int(time.time()) // 10 * 10 - 10
     daemon = start_daemon({
         "flush_interval": 1, "percentiles": [90, 99.9],
+        "histogram_buckets": [{"match": "db.query", "buckets": [5, 10]}],
         "forwarders": {"carbon": {"type": "graphite", "port": carbon.line_port, "naming": "etsy",
                                   "etsy": {"legacy_namespace": False, "global_prefix": root}}}})
     # 1..10 ms: the lowest 90% are 1..9 (round(9.0)), all ten for 99.9% (round(9.99))
@@ -108,7 +109,8 @@ def test_etsys_timer_stats_from_the_daemon_land_in_whisper(carbon: CarbonCache,
     timer = f"{root}.timers.db.query."
     expected = {"mean_90": 5.0, "upper_90": 9.0, "sum_90": 45.0, "count_90": 9.0,
                 "sum_squares_90": 285.0, "upper_99_9": 10.0, "count_99_9": 10.0,
-                "sum_squares": 385.0, "median": 5.5}
+                "sum_squares": 385.0, "median": 5.5,
+                "histogram.bin_5": 4.0, "histogram.bin_10": 5.0}  # below 5; 5 up to below 10
 
     def landed() -> dict[str, list[float]]:
         return {stat: list(carbon.values(timer + stat, since).values()) for stat in expected}
