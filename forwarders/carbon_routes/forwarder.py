@@ -152,7 +152,10 @@ class CarbonRoutesForwarder(RelayForwarder):
                 matchers.append(_build(Matcher, spec, place))
             try:
                 routes.append(_Route(route, targets, matchers))
-            except (ValueError, re.error) as exc:
+            except re.error as exc:
+                raise CarbonRoutesConfigError(f"{here}: bad regular expression: {exc}") \
+                    from exc
+            except ValueError as exc:
                 raise CarbonRoutesConfigError(f"{here}: {exc}") from exc
         return routes, destinations, fresh
 
@@ -264,8 +267,8 @@ class CarbonRoutesForwarder(RelayForwarder):
                 assert destination.spool is not None
                 self.log.warning(
                     "carbon routes %s: removed destination %s is unreachable; its spool (%d "
-                    "lines' records, %d bytes) stays in %s and is sent when a route names it "
-                    "again", self.name, destination.label, destination.spool.records,
+                    "records, %d bytes) stays in %s and is sent when a route names it again",
+                    self.name, destination.label, destination.spool.records,
                     destination.spool.bytes, destination.spool_dir)
             destination.close()
             self._retired.remove(destination)
