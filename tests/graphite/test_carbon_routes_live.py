@@ -177,7 +177,7 @@ def test_a_removed_unreachable_destination_leaves_its_spool_and_a_route_naming_i
         with caplog.at_level(logging.INFO, logger="pystatsd"):
             forwarder.apply_routes(forwarder.routes()[:1])
             wait_for(lambda: f"{dead}.spooled" not in forwarder.stats(), what="retired")
-        assert f"its spool (1 records, " in caplog.text and str(down_port) in caplog.text
+        assert "its spool (1 records, " in caplog.text and str(down_port) in caplog.text
         spool_dir = tmp_path / "spool" / "routes" / f"127_0_0_1_{down_port}"
         assert any(spool_dir.glob("*.seg"))  # kept on disk, as the log says
         assert forwarder.submit_lines([f"out.n{i} 1 {STAMP}".encode() for i in range(40, 50)])
