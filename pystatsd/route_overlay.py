@@ -177,6 +177,10 @@ class RouteOverlay:
                              f"FORWARDER/{route}; relays: {', '.join(relays) or 'none'}")
         return next(iter(relays)), route
 
+    def relay_of(self, key: str) -> RelayForwarder:
+        """The relay a route key names."""
+        return routable(self.daemon.forwarders)[self.resolve(key)[0]]
+
     def current(self, key: str) -> tuple[str, str, dict[str, Any] | None]:
         forwarder, name = self.resolve(key)
         relay = routable(self.daemon.forwarders)[forwarder]
