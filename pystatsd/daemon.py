@@ -120,10 +120,10 @@ class Daemon:
         self._warn_about_clashes()
         successor = Successor.from_environment()
         self.forwarders = build_forwarders(self.config, self.host)
+        self._load_route_overlay()  # before start: whether a relay waits may depend on it
         for forwarder in self.forwarders.values():
             if successor is None or successor.starts_now(forwarder):
                 forwarder.start()
-        self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
         interval = float(self.config["flush_interval"])
