@@ -484,11 +484,16 @@ class Daemon:
             self.manager.reconfigure(self.config)
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         # The receive path no longer reaches the old instances: close them.
+        swapped = time.monotonic()
         for name, forwarder in old_forwarders.items():
             if forwarders.get(name) is not forwarder:
                 forwarder.close(timeout)
         for name, forwarder in built.items():
             if name not in started:  # closed first: an aggregate, or a relay with a spool
+                if isinstance(forwarder, RelayForwarder):
+                    log.info("forwarder %s: started %.0f ms after the receive path reached "
+                             "it, once its predecessor closed; %d lines waited", name,
+                             (time.monotonic() - swapped) * 1000, forwarder.buffered_lines)
                 self._start_replacement(forwarder, old_config["forwarders"][name],
                                         forwarder_context(old_config, self.host))
         if not configure_logging(self.config["logging"]):
