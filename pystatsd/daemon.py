@@ -491,8 +491,8 @@ class Daemon:
         for name, forwarder in built.items():
             if name not in started:  # closed first: an aggregate, or a relay with a spool
                 if isinstance(forwarder, RelayForwarder):
-                    log.info("forwarder %s: started %.0f ms after the receive path reached "
-                             "it, once its predecessor closed; %d lines waited", name,
+                    log.info("forwarder %s: starting %.0f ms after the receive path reached "
+                             "it (its predecessor closed first); %d lines waited", name,
                              (time.monotonic() - swapped) * 1000, forwarder.buffered_lines)
                 self._start_replacement(forwarder, old_config["forwarders"][name],
                                         forwarder_context(old_config, self.host))
