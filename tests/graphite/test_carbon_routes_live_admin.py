@@ -141,6 +141,21 @@ def test_console_routes_change_under_a_stream_and_survive_a_reload(start_daemon:
         stream.until(200)
         assert console.ask("route del carbon/copy") == "OK\n"
         stream.until(100)
+
+        # the statsite ring: a server added, refused a zero weight, the first one removed
+        first, added = f"proxy/127.0.0.1:{statsite.port}", f"proxy/127.0.0.1:{second.port}"
+        assert console.ask(f"route add {added} 100") == "OK\n"
+        assert console.ask(f"route mod {added} 0").startswith("ERROR servers[1].weight")
+        daemon.send_tcp(b"".join(b"ring.%d:1|c\n" % i for i in range(40)),
+                        port=daemon.statsite_port)
+        wait_for(lambda: len(statsite.samples) + len(second.samples) == 40, what="on the ring")
+        assert statsite.samples and second.samples
+        assert console.ask(f"route del {first}") == "OK\n"
+        daemon.send_tcp(b"".join(b"after.%d:1|c\n" % i for i in range(40)),
+                        port=daemon.statsite_port)
+        wait_for(lambda: sum(s.name.startswith("after.") for s in second.samples) == 40,
+                 what="every command at the server left")
+        assert not any(s.name.startswith("after.") for s in statsite.samples)
     sent = stream.stop()
     wait_for(lambda: len(main.snapshot()) == sent, what="every line at main")
     assert sorted(numbers(main)) == list(range(sent))
