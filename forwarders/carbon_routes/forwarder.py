@@ -249,9 +249,11 @@ class CarbonRoutesForwarder(RelayForwarder):
         self.log.info("carbon routes %s: routes now %s", self.name, "; ".join(
             f"{r.key} ({r.kind}) -> {len(r.destinations)} destinations" for r in built))
         for destination in removed:
+            unspooled = destination.spool_dir is None and not destination.connected
             self.log.info("carbon routes %s: destination %s removed; it sends the %d lines it "
-                          "holds, then closes", self.name, destination.label,
-                          destination.pending())
+                          "holds, then closes%s", self.name, destination.label,
+                          destination.pending(), " (not connected now and no spool: retried "
+                          "until it answers or the relay closes)" if unspooled else "")
 
     def _pump_retired(self, now: float) -> None:
         for destination in list(self._retired):

@@ -175,8 +175,10 @@ class StatsiteProxyForwarder(RelayForwarder):
                       ", ".join(f"{s['address']} (weight {s['weight']})" for s in sections))
         for server in removed:
             self.log.info("statsite proxy %s: server %s:%d removed; it sends the %d commands "
-                          "it holds, then closes", self.name, server.host, server.port,
-                          server.pending())
+                          "it holds, then closes%s", self.name, server.host, server.port,
+                          server.pending(), "" if server.connected else
+                          " (not connected now: retried until it answers or the relay closes, "
+                          "no spool)")
 
     def stats(self) -> dict[str, float]:
         stats: dict[str, float] = {**super().stats()}
