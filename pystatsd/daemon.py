@@ -56,6 +56,8 @@ _HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR
 FROZEN_COLLECTION_FLUSHES = 360
 """Flushes between full collections of the heap the forked snapshot freezes (see
 ``Daemon._collect_frozen_cycles``)."""
+RESTART_ONLY_KEYS = ("listeners", "bind_address", "bind_port", "mode", "state_dir")
+"""Config keys a reload reports but does not apply: the running values stay until restart."""
 _THREAD_DIED = -1
 """Queued like a signal number when a thread ends with an unexpected exception."""
 
@@ -424,7 +426,10 @@ class Daemon:
         systemd.notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
-            context = forwarder_context(new, self.host)
+            # state_dir changes only on restart (_swap_config keeps the running one): the
+            # forwarders are built, and compared, with the directory they would really use.
+            context = forwarder_context({**new, "state_dir": self.config["state_dir"]},
+                                        self.host)
             replacing = self._changed_sections(new, context)
             built = {name: build_forwarder(name, new["forwarders"][name], context)
                      for name in replacing}
@@ -468,9 +473,7 @@ class Daemon:
 
     def _swap_config(self, new: Config, context: ForwarderContext,
                      built: dict[str, Forwarder], started: list[str]) -> None:
-        needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode",
-                                         "state_dir")
-                         if new.get(key) != self.config.get(key)]
+        needs_restart = [key for key in RESTART_ONLY_KEYS if new.get(key) != self.config.get(key)]
         old_config, old_forwarders = self.config, self.forwarders
         forwarders = {name: built.get(name) or old_forwarders[name]
                       for name in new["forwarders"]}

@@ -176,3 +176,29 @@ def test_a_successor_that_cannot_start_leaves_the_previous_section_running_with_
         held.close()
         stream.stop()
         carbon.close()
+
+
+def test_a_reload_that_changes_state_dir_keeps_the_running_spool_where_it_is(
+        start_daemon: Any, tmp_path: Path) -> None:
+    """``state_dir`` changes only on restart: a reload naming another one must neither rebuild
+    the forwarders nor open spools under the new directory (they would split one spool in
+    two, and the daemon says the key was not applied)."""
+    graphite_port = free_port()
+    config = {
+        "flush_interval": 3600, "mode": "relay",
+        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
+        "forwarders": {"routes": {
+            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
+            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
+                {"address": f"127.0.0.1:{free_port()}", "spool": True}]}]}}}
+    daemon = start_daemon(config)
+    elsewhere = tmp_path / "elsewhere"
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings["state_dir"] = str(elsewhere)
+    daemon.config_path.write_text(yaml.safe_dump(settings))
+    reload(daemon, 1)
+    log = "".join(daemon.stderr)
+    assert "change only on restart: state_dir" in log
+    assert "kept routes" in log, log
+    assert not elsewhere.exists()
+    assert daemon.stop() == 0
