@@ -177,6 +177,7 @@ class MetricMgr:
         self.percentiles: Percentiles = [(float(p), percentile_key(p)) for p in
                                          config["percentiles"]]
         self.exact_limit: int = config["timer_exact_samples"]
+        self.set_member_limit: int = config["partial_set_members"]
         self.accuracy: float = config["sketch_relative_accuracy"]
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
@@ -447,7 +448,7 @@ class MetricMgr:
             elif kind == SET:
                 stats = {"count": float(len(cell))}
                 if keep_partials:
-                    partial = cell_partial(kind, cell, 0.0)
+                    partial = cell_partial(kind, cell, 0.0, self.set_member_limit)
                 cell.clear()
             else:  # trace
                 count = cell[0]
