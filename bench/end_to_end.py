@@ -77,10 +77,17 @@ def build(workdir: Path) -> Path:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port free for UDP and TCP both (the daemon binds its TCP listener on it too)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
 
 
 def socket_row(port: int) -> list[str] | None:
@@ -279,26 +286,30 @@ def step(setup: Setup, blast: Path, rate: int, seconds: float) -> dict[str, Any]
             "flush_seconds": watch.flush_seconds, "load": load}
 
 
-def bisect(setup: Setup, blast: Path) -> dict[str, Any] | None:
-    args = setup.args
-    low, high = args.low, args.high
-    best = None
-    for _ in range(args.steps):
-        rate = (low + high) // 2
-        result = step(setup, blast, rate, args.seconds)
+class Bisection:
+    """One forwarder's search for its highest lossless rate, a step at a time, so that the
+    forwarders' steps alternate and see the machine's load alike."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.low, self.high = setup.args.low, setup.args.high
+        self.best: dict[str, Any] | None = None
+
+    def step(self, blast: Path) -> None:
+        rate = (self.low + self.high) // 2
+        result = step(self.setup, blast, rate, self.setup.args.seconds)
         flushes = result["flush_seconds"]
-        print(f"  {setup.forwarder:5} {rate:>7,} dgram/s = {rate * LINES_PER_DATAGRAM:>9,} "
-              f"lines/s {'ok  ' if result['ok'] else 'LOSS'} kernel {result['kernel_loss']:.3%}"
-              f" delivered {result['delivered_loss']:.3%} series {result['series_loss']:.3%} "
-              f"({result['full_intervals']} full intervals) cpu {result['cpu_core']:.0%} "
-              f"{result['us_per_line']:.2f} us/line flush->done "
+        print(f"  {self.setup.forwarder:5} {rate:>7,} dgram/s = "
+              f"{rate * LINES_PER_DATAGRAM:>9,} lines/s {'ok  ' if result['ok'] else 'LOSS'} "
+              f"kernel {result['kernel_loss']:.3%} delivered {result['delivered_loss']:.3%} "
+              f"series {result['series_loss']:.3%} ({result['full_intervals']} full intervals) "
+              f"cpu {result['cpu_core']:.0%} {result['us_per_line']:.2f} us/line flush->done "
               f"{', '.join(f'{s:.2f}' for s in flushes)} s load {result['load']:.1f}",
               flush=True)
         if result["ok"]:
-            best, low = result, rate
+            self.best, self.low = result, rate
         else:
-            high = rate
-    return best
+            self.high = rate
 
 
 def main() -> int:
@@ -326,11 +337,12 @@ def main() -> int:
           flush=True)
     broker = None if args.bootstrap else EmbeddedBroker()
     bootstrap = args.bootstrap or broker.start()  # type: ignore[union-attr]
-    summary = []
+    summary: list[tuple[str, dict[str, Any] | None]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             blast = build(workdir)
+            searches = []
             for forwarder in args.forwarders.split(","):
                 setup = Setup(args, workdir, bootstrap, forwarder)
                 try:
@@ -338,7 +350,11 @@ def main() -> int:
                 except DaemonRefused as refused:
                     print(refused, file=sys.stderr)
                     return 2
-                summary.append((forwarder, bisect(setup, blast)))
+                searches.append(Bisection(setup))
+            for _ in range(args.steps):
+                for search in searches:
+                    search.step(blast)
+            summary = [(search.setup.forwarder, search.best) for search in searches]
     finally:
         if broker is not None:
             broker.stop()
