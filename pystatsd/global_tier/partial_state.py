@@ -86,7 +86,10 @@ def set_partial(members: Collection[str], member_limit: int | None) -> dict[str,
     sketch = hll_sketch(HLL_LG_K, tgt_hll_type.HLL_4)
     update = sketch.update
     for member in members:
-        update(member)
+        try:
+            update(member)
+        except TypeError:  # no UTF-8 for it (a lone surrogate): never worth a lost flush
+            update(repr(member))
     return {"hll": bytes(sketch.serialize_compact())}
 
 
@@ -163,7 +166,10 @@ class SeriesMerge:
             return float(len(self.members))
         update = self.union.update
         for member in self.members:
-            update(member)
+            try:
+                update(member)
+            except TypeError:  # as set_partial does
+                update(repr(member))
         self.members.clear()
         return float(round(self.union.get_estimate()))
 

@@ -181,3 +181,17 @@ def test_a_sketch_that_is_not_one_is_refused_not_merged() -> None:
                        b'"tags": []}')
     merge.add({"members": ["a", "b"]}, 0.0, "h", 10, ACCURACY)
     assert merge.stats(2.0, PERCENTILES, ACCURACY) == {"count": 2.0}
+
+
+def test_a_member_the_sketch_cannot_hash_costs_nothing_else() -> None:
+    """A member with no UTF-8 (a lone surrogate; the decoders make none, a plugin might) is
+    hashed by its repr: the flush's sketch is made and counts it once."""
+    from pystatsd.global_tier.partial_state import set_partial
+
+    members = [f"m{n}" for n in range(2000)] + ["bad\ud800", 7.5]
+    partial = set_partial(members, 1000)
+    merge = SeriesMerge(SET)
+    merge.add(partial, 0.0, "h", 10, ACCURACY)
+    merge.add({"members": ["bad\ud800", "m1"]}, 0.0, "h2", 10, ACCURACY)
+    stats = merge.stats(10.0, PERCENTILES, ACCURACY)
+    assert stats is not None and abs(stats["count"] - 2002) <= 0.033 * 2002
