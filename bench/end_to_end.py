@@ -28,6 +28,12 @@ for this machine, with its load (``os.getloadavg()``) printed beside each.
 
     PYTHONPATH=. python bench/end_to_end.py [--quick] [--forwarders kafka,file] [--workers N]
 
+``--instructions`` instead counts, under ``valgrind --tool=callgrind``, the CPU instructions
+each forwarder's ``send()`` of one flush spends per series (the work a flush takes from the
+receive thread's GIL), a figure the machine's load does not move:
+
+    PYTHONPATH=. python bench/end_to_end.py --instructions [--series 20000]
+
 ``--workers N`` writes ``workers: N`` into the daemon's config. A daemon without that key
 (before receive workers) is run without it for N = 1, and the run stops with the daemon's own
 line for N > 1.
@@ -38,6 +44,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
+import re
 import signal
 import socket
 import statistics
@@ -312,6 +320,57 @@ class Bisection:
             self.high = rate
 
 
+def count_send(forwarder: str, series: int, part: str) -> None:
+    """The workload under callgrind: one flush of ``series`` counters, sent once inside
+    ``map()`` so that ``--toggle-collect=map_next`` counts the send and nothing else. The Kafka
+    forwarder's broker is a closed port: ``produce()`` only queues, as it does before any
+    acknowledgement, and the process leaves before librdkafka would give up. ``part``
+    ``encode`` or ``produce`` counts one half of the Kafka forwarder's send."""
+    from forwarders.base import ForwarderContext
+    from forwarders.file import FileForwarder
+    from forwarders.kafka import KafkaForwarder
+    from forwarders.kafka.embedded_broker import free_port
+    from pystatsd.config import build_config
+    from pystatsd.snapshot import SeriesStats, Snapshot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = {"kafka": {"type": "kafka", "kafka_broker": f"127.0.0.1:{free_port()}",
+                              "kafka_topic": "count", "format": "json"},
+                    "file": {"type": "file", "path": f"{tmp}/out.jsonl"}}
+        section = build_config({"forwarders": {forwarder: sections[forwarder]}})[
+            "forwarders"][forwarder]
+        kind = KafkaForwarder if forwarder == "kafka" else FileForwarder
+        sender = kind(forwarder, section, ForwarderContext(state_dir=Path(tmp)))
+        sender.open()
+        snapshot = Snapshot(start=1000.0, interval=10.0, host="bench", series=tuple(
+            SeriesStats(f"bench.app{i}.requests.count", "counter", (),
+                        {"count": 7.0, "rate": 0.7}) for i in range(series)))
+        if part == "encode":  # the Kafka forwarder's records alone: encoding and message ids
+            list(map(sender._records, [snapshot]))  # type: ignore[union-attr]
+        elif part == "produce":  # handing ready records to the producer alone
+            records = sender._records(snapshot)  # type: ignore[union-attr]
+            list(map(sender._produce, records))  # type: ignore[union-attr]
+        else:
+            list(map(sender.send, [snapshot]))
+        sys.stdout.flush()
+        os._exit(0)  # no shutdown: its cost is not the flush's
+
+
+def instructions_per_series(forwarder: str, series: int, part: str = "send") -> float:
+    with tempfile.TemporaryDirectory() as workdir:
+        result = subprocess.run(
+            ["setarch", platform.machine(), "-R", "valgrind", "--tool=callgrind",
+             "--toggle-collect=map_next", f"--callgrind-out-file={workdir}/out",
+             sys.executable, __file__, "--count-send", f"{forwarder}:{part}",
+             "--series", str(series)],
+            capture_output=True, text=True, check=True, cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO)})
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
+    return int(found.group(1)) / series
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--forwarders", default="kafka,file")
@@ -326,7 +385,23 @@ def main() -> int:
     parser.add_argument("--bootstrap", help="a Kafka cluster instead of the embedded broker")
     parser.add_argument("--quick", action="store_true",
                         help="5 s intervals, 12 s steps, 5 bisection steps")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per series of each forwarder's send (callgrind)")
+    parser.add_argument("--series", type=int, default=20_000,
+                        help="series of the flush --instructions counts")
+    parser.add_argument("--count-send", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_send:
+        forwarder, part = args.count_send.split(":")
+        count_send(forwarder, args.series, part)
+    if args.instructions:
+        for forwarder in args.forwarders.split(","):
+            parts = ("send", "encode", "produce") if forwarder == "kafka" else ("send",)
+            for part in parts:
+                per_series = instructions_per_series(forwarder, args.series, part)
+                print(f"{forwarder:5} {part:7}: {per_series:,.0f} instructions/series "
+                      f"(callgrind, one flush of {args.series:,} series)", flush=True)
+        return 0
     quick = {"interval": 5.0, "seconds": 12.0, "steps": 5}
     full = {"interval": 10.0, "seconds": 35.0, "steps": 6}
     for key, value in (quick if args.quick else full).items():
