@@ -19,8 +19,8 @@ Flush-to-acknowledged: a thread asks the daemon's console (``state_dir/console.s
 ``stats``) every 50 ms for the forwarder's counters: a flush is handed over when
 ``submitted`` grows, and done when the Kafka forwarder's ``delivered`` (its delivery
 callbacks: the broker acknowledged, acks=all) or the file forwarder's ``sent`` (written)
-reaches it; the time from the interval's aligned end to then is reported (median and max over
-the steady flushes of the best lossless step; 50 ms resolution).
+reaches it; the time from the interval's aligned end to then is reported for each flush of all
+``--names`` series (median and max over the best lossless step; 50 ms resolution).
 
 CPU is the daemon's own and its reaped children's (the forked snapshots) user + system time
 over the step. The sender and the broker share the 2 cores with the daemon: the figures are
@@ -170,9 +170,10 @@ class CounterWatch(threading.Thread):
     """Polls the daemon's console for one forwarder's counters; records, per flush, the time
     from the interval's aligned end to the flush being acknowledged (Kafka) or written."""
 
-    def __init__(self, sock_path: Path, forwarder: str, interval: float) -> None:
+    def __init__(self, sock_path: Path, forwarder: str, interval: float, names: int) -> None:
         super().__init__(daemon=True)
         self.sock_path, self.forwarder, self.interval = sock_path, forwarder, interval
+        self.names = names
         self.done_key = "delivered" if forwarder == "kafka" else "sent"
         self.flush_seconds: list[float] = []
         self.stop_event = threading.Event()
@@ -208,8 +209,10 @@ class CounterWatch(threading.Thread):
             now = time.time()
             submitted = counters.get("submitted", 0.0)
             if submitted > seen_submitted:
+                # Timed: flushes of every series (not the first, partial interval's).
+                if submitted - seen_submitted >= self.names:
+                    pending = (submitted, math.floor(now / self.interval) * self.interval)
                 seen_submitted = submitted
-                pending = (submitted, math.floor(now / self.interval) * self.interval)
             if pending is not None and counters.get(self.done_key, 0.0) >= pending[0]:
                 self.flush_seconds.append(time.time() - pending[1])
                 pending = None
@@ -242,7 +245,8 @@ def step(setup: Setup, blast: Path, rate: int, seconds: float) -> dict[str, Any]
                 raise SystemExit(f"the daemon did not start: "
                                  f"{(setup.workdir / f'{tag}.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        watch = CounterWatch(state / "console.sock", setup.forwarder, args.interval)
+        watch = CounterWatch(state / "console.sock", setup.forwarder, args.interval,
+                             args.names)
         watch.start()
         dropped, cpu = drops(port), cpu_seconds(proc.pid)
         began_wall, began = time.time(), time.monotonic()
