@@ -3,6 +3,8 @@ daemon that received every host's samples."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from datasketches import hll_sketch
 from global_helpers import ACCURACY, assert_matches, corpus, host_snapshot, truth, union_values
@@ -195,3 +197,20 @@ def test_a_member_the_sketch_cannot_hash_costs_nothing_else() -> None:
     merge.add({"members": ["bad\ud800", "m1"]}, 0.0, "h2", 10, ACCURACY)
     stats = merge.stats(10.0, PERCENTILES, ACCURACY)
     assert stats is not None and abs(stats["count"] - 2002) <= 0.033 * 2002
+
+
+@pytest.mark.parametrize("partials", [False, True], ids=["no-partials", "partials"])
+def test_only_a_daemon_sending_partials_loads_the_hll_library(partials: bool) -> None:
+    """DataSketches imports numpy (~17 MB of RSS, ~0.3 s): a daemon without a `partials`
+    forwarder never loads it; one with it loads it at start-up, before any snapshot fork."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from global_helpers import manager\n"
+        f"manager(1000, partials={partials})\n"
+        "print('datasketches' in sys.modules, 'numpy' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=60, check=True, cwd=Path(__file__).parent)
+    assert result.stdout.split() == [str(partials), str(partials)], result.stderr
