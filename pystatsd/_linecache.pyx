@@ -1,0 +1,374 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled line cache: :class:`pystatsd.aggregation.PythonLineCache` in C, rule for rule.
+
+The Python class is the reference; this one must take exactly the lines it takes, refuse
+exactly the lines it refuses and leave exactly the cells it leaves (tests/test_linecache_compiled.py
+and the fast == slow property tests run both). What differs is only how:
+
+- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape looked up with
+  one key (``name:tail``, one allocation) instead of two partitions and two lookups;
+- no whole-line cache of counter lines: in C the shape's lookup and the value's parse cost
+  less than hashing every line once more to look it up there (measured: the second hash was
+  the largest single cost, ~190 instructions a line);
+- the value is parsed in C: digits only (the usual case) up to 15 of them exactly as an
+  integer, anything else through ``PyOS_string_to_double``, what ``float()`` calls, after
+  the same byte check the Python class makes, so the grammar is the decoder's;
+- entries are C structs behind small extension types instead of lists, so reading the kind,
+  the epoch and the weight costs no Python objects.
+
+It imports nothing from pystatsd.aggregation at import time (that module imports this one);
+its limits are read from there when an instance is made, and on each ``remember``, so a test
+that patches them sees them honoured as by the Python class.
+"""
+
+from cpython.array cimport array, extend_buffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
+from cpython.object cimport PyObject, Py_SIZE
+from libc.string cimport memchr, memcpy
+
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
+
+
+cdef extern from "Python.h":
+    PyObject *PyDict_GetItemWithError(object mapping, object key) except? NULL
+    # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
+
+
+# Entry kinds, as in the Python class.
+cdef enum:
+    _COUNTER = 0
+    _GAUGE = 1
+    _DISTRIBUTION = 2
+    _SET = 3
+    _OTHER = 4
+
+cdef enum:
+    _EXACT_DIGITS = 15  # up to 15 decimal digits an int64 and a double hold exactly
+    _MAX_DIGITS = 300   # a longer run of digits goes to the decoder (as in the Python class)
+    _STACK_VALUE = 64   # values up to this long are parsed from a buffer on the stack
+
+
+cdef class _Entry:
+    """One line shape: what the slow path made of it, and its cell in the bound epoch."""
+    cdef int kind
+    cdef long long epoch
+    cdef object cell
+    cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
+    cdef double weight
+    cdef object key
+
+
+cdef inline bint _is_number_byte(unsigned char c) noexcept:
+    # The bytes of _NUMBER_BYTES in pystatsd.aggregation: "0123456789.eE+-".
+    return (48 <= c <= 57) or c == 46 or c == 101 or c == 69 or c == 43 or c == 45
+
+
+cdef double[23] _POWERS_OF_TEN = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+
+cdef inline bint _parse_decimal(const char *value, Py_ssize_t length, double *out) noexcept:
+    """``[+-]digits[.digits]`` with at most 15 digits in all, the usual timer or gauge value,
+    to the double ``float()`` gives: the digits as an exact integer divided by an exact power
+    of ten, which IEEE division rounds correctly (Clinger's fast path, as strtod takes it).
+    False for anything else (an exponent, more digits, no digit): the caller asks strtod."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t digits = 0
+    cdef Py_ssize_t decimals = -1  # digits after the point; -1 while no point seen
+    cdef long long whole = 0
+    cdef bint negative = False
+    cdef unsigned char c
+    cdef double number
+    if value[0] == 43 or value[0] == 45:  # "+" or "-"
+        negative = value[0] == 45
+        i = 1
+    while i < length:
+        c = <unsigned char>value[i]
+        if 48 <= c <= 57:
+            whole = whole * 10 + (c - 48)
+            digits += 1
+            if digits > _EXACT_DIGITS:
+                return False
+            if decimals >= 0:
+                decimals += 1
+        elif c == 46 and decimals < 0:  # the one "."
+            decimals = 0
+        else:
+            return False
+        i += 1
+    if digits == 0:
+        return False
+    number = <double>whole
+    if decimals > 0:
+        number = number / _POWERS_OF_TEN[decimals]
+    out[0] = -number if negative else number
+    return True
+
+
+cdef int _parse_number(const char *value, Py_ssize_t length, double *out) except -1:
+    """1 and ``*out`` set if ``value`` is a number the Python class takes, 0 if it refuses it
+    (the decoder then says why). The Python class's rules, in its order."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef bint digits = length > 0
+    cdef long long whole = 0
+    cdef double number
+    cdef char buffer[_STACK_VALUE + 1]
+    cdef char *end
+    for i in range(length):
+        c = <unsigned char>value[i]
+        if c < 48 or c > 57:
+            digits = False
+            break
+    if digits:  # bytes.isdigit(): the usual integer
+        if length > _MAX_DIGITS:  # float() would overflow to inf: let the decoder say so
+            return 0
+        if length <= _EXACT_DIGITS:
+            for i in range(length):
+                whole = whole * 10 + (value[i] - 48)
+            out[0] = <double>whole
+            return 1
+    else:
+        if length == 0:  # float(b"") refuses it
+            return 0
+        for i in range(length):
+            if not _is_number_byte(<unsigned char>value[i]):
+                return 0
+        if _parse_decimal(value, length, out):
+            return 1
+    if length > _STACK_VALUE:  # rare and long: float() itself on a bytes object
+        try:
+            # PyFloat_FromString, not float(): Cython would inline its own parser for that.
+            number = PyFloat_AS_DOUBLE(PyFloat_FromString(PyBytes_FromStringAndSize(value, length)))
+        except ValueError:
+            return 0
+    else:
+        memcpy(buffer, value, length)
+        buffer[length] = 0
+        # float(bytes) is this call on the bytes (no whitespace or "_" can be in them here)
+        # and a ValueError unless it read them all.
+        number = PyOS_string_to_double(buffer, &end, NULL)
+        if number == -1.0 and PyErr_Occurred():
+            PyErr_Clear()
+            return 0
+        if end != buffer + length:
+            return 0
+    if number - number != 0.0:  # inf or nan, from an exponent
+        return 0
+    out[0] = number
+    return 1
+
+
+cdef class LineCache:
+    """The compiled twin of :class:`pystatsd.aggregation.PythonLineCache`: the same
+    constructor, attributes and methods (see there for what each means)."""
+
+    cdef object _manager
+    cdef public bint absolute_gauges
+    cdef public object hits
+    cdef public object unplaced
+    cdef public Py_ssize_t bytes
+    cdef dict _shapes
+    cdef Py_ssize_t _size
+    cdef object _memory_generation
+    cdef double _distribution_limit
+
+    def __init__(self, manager, absolute_gauges=False):
+        from pystatsd import aggregation
+        self._manager = manager
+        self.absolute_gauges = absolute_gauges
+        self.hits = 0
+        self.unplaced = 0
+        self._shapes = {}
+        self._size = 0
+        self.bytes = 0
+        self._memory_generation = manager.memory_generation
+        self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
+
+    def __len__(self):
+        return self._size
+
+    def clear(self):
+        self._shapes = {}
+        self._size = 0
+        self.bytes = 0
+
+    def apply(self, lines):
+        manager = self._manager
+        if manager.memory_generation != self._memory_generation:  # a burst is gone: let go
+            self._memory_generation = manager.memory_generation
+            self.clear()
+        cdef long long epoch = manager.epoch
+        cdef Py_ssize_t exact_limit = manager.exact_limit
+        cdef dict shapes = self._shapes
+        cdef long long hits = 0
+        cdef long long unplaced = 0
+        cdef bytes line
+        cdef const char *start
+        cdef const char *colon
+        cdef const char *value
+        cdef const char *bar
+        cdef Py_ssize_t length, value_length, name_length, tail_length
+        cdef PyObject *found
+        cdef _Entry entry
+        cdef list cells
+        cdef array values
+        cdef double number, total, moved, level
+        cdef bytes shape_key
+        cdef char *write
+        cdef object cell
+        cdef object member
+        cdef object missed = None
+        try:
+            for line in lines:
+                start = PyBytes_AS_STRING(line)
+                length = PyBytes_GET_SIZE(line)
+                colon = <const char *>memchr(start, 58, length)  # ":"
+                if colon is NULL:  # no value: the Python class refuses it too
+                    missed = line
+                    break
+                name_length = colon - start
+                value = colon + 1
+                bar = <const char *>memchr(value, 124, length - name_length - 1)  # "|"
+                if bar is NULL:
+                    value_length = length - name_length - 1
+                    tail_length = 0
+                else:
+                    value_length = bar - value
+                    tail_length = length - name_length - 2 - value_length
+                shape_key = PyBytes_FromStringAndSize(NULL, name_length + 1 + tail_length)
+                write = PyBytes_AS_STRING(shape_key)
+                memcpy(write, start, name_length + 1)
+                if tail_length:
+                    memcpy(write + name_length + 1, bar + 1, tail_length)
+                found = PyDict_GetItemWithError(shapes, shape_key)
+                if found is NULL:  # (an error, a MemoryError, Cython raises)
+                    missed = line
+                    break
+                entry = <_Entry>found
+                if entry.kind == _SET:
+                    if value_length == 0:
+                        missed = line
+                        break
+                    try:
+                        member = value[:value_length].decode("utf-8")
+                    except UnicodeDecodeError:
+                        missed = line
+                        break
+                elif not _parse_number(value, value_length, &number):
+                    missed = line
+                    break
+                if entry.epoch != epoch:
+                    cell = manager.cell(entry.key)
+                    if cell is None:  # too many series: rejected and counted by the manager
+                        unplaced += 1
+                        continue
+                    if entry.kind == _DISTRIBUTION:
+                        cell = cell.values
+                        entry.is_array = type(cell) is array and cell.typecode == "d"
+                    entry.epoch = epoch
+                    entry.cell = cell
+                # MetricMgr.update, inlined, as in the Python class.
+                if entry.kind == _COUNTER:
+                    cells = <list>entry.cell
+                    total = <double>cells[0] + number * entry.weight
+                    if total - total != 0.0:
+                        manager.overflow(entry.key, number, entry.weight)
+                        unplaced += 1
+                        continue
+                    cells[0] = total
+                elif entry.kind == _DISTRIBUTION:  # unit rate only
+                    if number > self._distribution_limit or number < -self._distribution_limit:
+                        manager.overflow(entry.key, number, entry.weight)
+                        unplaced += 1
+                        epoch = manager.epoch  # the cell may have left the table
+                        continue
+                    if entry.is_array:
+                        values = <array>entry.cell
+                        extend_buffer(values, <char *>&number, 1)
+                        if Py_SIZE(values) > exact_limit:
+                            manager.fold(entry.key)
+                    else:
+                        entry.cell.append(number)
+                        if len(entry.cell) > exact_limit:
+                            manager.fold(entry.key)
+                elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+                    cells = <list>entry.cell
+                    if value[0] == 43 or value[0] == 45:  # "+" or "-"
+                        moved = <double>cells[1] + number
+                        if cells[0] is None:
+                            level = moved
+                        else:
+                            level = <double>cells[0] + moved
+                        if level - level != 0.0:
+                            manager.overflow(entry.key, number, entry.weight)
+                            unplaced += 1
+                            continue
+                        cells[1] = moved
+                    else:
+                        cells[0] = number
+                        cells[1] = 0.0
+                elif entry.kind == _SET:
+                    entry.cell[member] = None
+                elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
+                    manager.overflow(entry.key, number, entry.weight)
+                    unplaced += 1
+                    epoch = manager.epoch
+                    continue
+                hits += 1
+        finally:
+            self.hits += hits
+            self.unplaced += unplaced
+        return missed
+
+    def remember(self, bytes line, sample):
+        from pystatsd import aggregation
+        cdef const char *start = PyBytes_AS_STRING(line)
+        cdef Py_ssize_t length = PyBytes_GET_SIZE(line)
+        cdef const char *colon = <const char *>memchr(start, 58, length)
+        cdef const char *bar
+        cdef Py_ssize_t name_length, tail_length
+        cdef bytes shape_key
+        if colon is NULL:  # as partition does: the whole line is the name, the tail empty
+            name_length = length
+            tail_length = 0
+            shape_key = line + b":"
+        else:
+            name_length = colon - start
+            bar = <const char *>memchr(colon + 1, 124, length - name_length - 1)
+            if bar is NULL:
+                tail_length = 0
+            else:
+                tail_length = length - (bar + 1 - start)
+            shape_key = start[:name_length + 1]
+            if tail_length:
+                shape_key += (bar + 1)[:tail_length]
+        kind = sample.type
+        weight = 1.0 / sample.rate
+        cdef int code
+        if kind == COUNTER:
+            code = _COUNTER
+        elif kind == GAUGE:
+            code = _OTHER if self.absolute_gauges else _GAUGE
+        elif kind == SET:
+            code = _SET
+        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
+            code = _DISTRIBUTION
+        else:
+            code = _OTHER
+        if self._size >= aggregation.CACHE_ENTRIES or self.bytes >= aggregation.CACHE_BYTES:
+            self.clear()
+        if shape_key not in self._shapes:
+            self._size += 1
+            self.bytes += name_length + tail_length + aggregation._ENTRY_OVERHEAD
+        cdef _Entry entry = _Entry.__new__(_Entry)
+        entry.kind = code
+        entry.epoch = -1
+        entry.cell = None
+        entry.weight = weight
+        entry.key = (sample.name, kind, sample.tags)
+        self._shapes[shape_key] = entry
