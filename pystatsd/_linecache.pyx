@@ -5,8 +5,11 @@ The Python class is the reference; this one must take exactly the lines it takes
 exactly the lines it refuses and leave exactly the cells it leaves (tests/test_linecache_compiled.py
 and the fast == slow property tests run both). What differs is only how:
 
-- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape looked up with
-  one key (``name:tail``, one allocation) instead of two partitions and two lookups;
+- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape (``name:tail``,
+  copied into a scratch buffer) looked up in a table of its own: one hash, the one Python's
+  dicts use (SipHash, seeded per process, so clients cannot make names that collide), and no
+  object made for the key; a dict keyed by bytes cost an allocation, a free and a compare
+  through the object protocol on every line;
 - no whole-line cache of counter lines: in C the shape's lookup and the value's parse cost
   less than hashing every line once more to look it up there (measured: the second hash was
   the largest single cost, ~190 instructions a line);
@@ -26,13 +29,15 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
 from cpython.object cimport PyObject, Py_SIZE
-from libc.string cimport memchr, memcpy
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.string cimport memchr, memcmp, memcpy
 
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
 
 
 cdef extern from "Python.h":
-    PyObject *PyDict_GetItemWithError(object mapping, object key) except? NULL
+    Py_hash_t _Py_HashBytes(const void *data, Py_ssize_t length) noexcept
     # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
 
@@ -49,6 +54,16 @@ cdef enum:
     _EXACT_DIGITS = 15  # up to 15 decimal digits an int64 and a double hold exactly
     _MAX_DIGITS = 300   # a longer run of digits goes to the decoder (as in the Python class)
     _STACK_VALUE = 64   # values up to this long are parsed from a buffer on the stack
+
+
+cdef struct _Slot:
+    char *key  # NULL: an empty slot; else name ":" tail, owned by the table
+    Py_ssize_t length
+    Py_hash_t hash
+    PyObject *entry  # a reference to its _Entry, owned by the table
+
+cdef enum:
+    _FIRST_SLOTS = 64  # a power of two; the table doubles when half full (linear probing)
 
 
 cdef class _Entry:
@@ -172,10 +187,89 @@ cdef class LineCache:
     cdef public object hits
     cdef public object unplaced
     cdef public Py_ssize_t bytes
-    cdef dict _shapes
+    cdef _Slot *_slots
+    cdef size_t _mask  # slots - 1
     cdef Py_ssize_t _size
+    cdef char *_scratch  # where a line's shape key is put together
+    cdef Py_ssize_t _scratch_size
     cdef object _memory_generation
     cdef double _distribution_limit
+
+    def __cinit__(self):
+        self._slots = NULL
+        self._scratch = NULL
+        self._scratch_size = 0
+        self._new_table(_FIRST_SLOTS)
+
+    def __dealloc__(self):
+        self._free_table()
+        PyMem_Free(self._scratch)
+
+    cdef int _new_table(self, size_t slots) except -1:
+        cdef _Slot *table = <_Slot *>PyMem_Malloc(slots * sizeof(_Slot))
+        cdef size_t i
+        if table is NULL:
+            raise MemoryError()
+        for i in range(slots):
+            table[i].key = NULL
+        self._slots = table
+        self._mask = slots - 1
+        self._size = 0
+        return 0
+
+    cdef void _free_table(self) noexcept:
+        cdef size_t i
+        if self._slots is NULL:
+            return
+        for i in range(self._mask + 1):
+            if self._slots[i].key is not NULL:
+                PyMem_Free(self._slots[i].key)
+                Py_DECREF(<object>self._slots[i].entry)
+        PyMem_Free(self._slots)
+        self._slots = NULL
+
+    cdef _Slot *_find(self, const char *key, Py_ssize_t length, Py_hash_t hash) noexcept:
+        """The slot holding ``key``, or the empty one where it would go."""
+        cdef size_t i = <size_t>hash & self._mask
+        cdef _Slot *slot
+        while True:
+            slot = &self._slots[i]
+            if slot.key is NULL or (slot.hash == hash and slot.length == length
+                                    and memcmp(slot.key, key, length) == 0):
+                return slot
+            i = (i + 1) & self._mask
+
+    cdef int _grow(self) except -1:
+        cdef _Slot *old = self._slots
+        cdef size_t old_slots = self._mask + 1
+        cdef Py_ssize_t size = self._size
+        cdef size_t i
+        cdef _Slot *slot
+        self._new_table(old_slots * 2)
+        self._size = size
+        for i in range(old_slots):
+            if old[i].key is not NULL:
+                slot = self._find(old[i].key, old[i].length, old[i].hash)
+                slot[0] = old[i]
+        PyMem_Free(old)
+        return 0
+
+    cdef Py_ssize_t _shape_key(self, const char *name, Py_ssize_t name_length,
+                               const char *tail, Py_ssize_t tail_length) except -1:
+        """Put ``name:tail`` in the scratch buffer; its length."""
+        cdef Py_ssize_t length = name_length + 1 + tail_length
+        cdef char *grown
+        if length > self._scratch_size:
+            grown = <char *>PyMem_Realloc(self._scratch, length)
+            if grown is NULL:
+                raise MemoryError()
+            self._scratch = grown
+            self._scratch_size = length
+        memcpy(self._scratch, name, name_length)
+        self._scratch[name_length] = 58  # ":"
+        if tail_length:
+            memcpy(self._scratch + name_length + 1, tail, tail_length)
+        return length
 
     def __init__(self, manager, absolute_gauges=False):
         from pystatsd import aggregation
@@ -183,8 +277,6 @@ cdef class LineCache:
         self.absolute_gauges = absolute_gauges
         self.hits = 0
         self.unplaced = 0
-        self._shapes = {}
-        self._size = 0
         self.bytes = 0
         self._memory_generation = manager.memory_generation
         self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
@@ -193,8 +285,8 @@ cdef class LineCache:
         return self._size
 
     def clear(self):
-        self._shapes = {}
-        self._size = 0
+        self._free_table()
+        self._new_table(_FIRST_SLOTS)
         self.bytes = 0
 
     def apply(self, lines):
@@ -204,7 +296,6 @@ cdef class LineCache:
             self.clear()
         cdef long long epoch = manager.epoch
         cdef Py_ssize_t exact_limit = manager.exact_limit
-        cdef dict shapes = self._shapes
         cdef long long hits = 0
         cdef long long unplaced = 0
         cdef bytes line
@@ -213,13 +304,13 @@ cdef class LineCache:
         cdef const char *value
         cdef const char *bar
         cdef Py_ssize_t length, value_length, name_length, tail_length
-        cdef PyObject *found
+        cdef Py_ssize_t key_length
+        cdef Py_hash_t key_hash
+        cdef _Slot *slot
         cdef _Entry entry
         cdef list cells
         cdef array values
         cdef double number, total, moved, level
-        cdef bytes shape_key
-        cdef char *write
         cdef object cell
         cdef object member
         cdef object missed = None
@@ -240,16 +331,13 @@ cdef class LineCache:
                 else:
                     value_length = bar - value
                     tail_length = length - name_length - 2 - value_length
-                shape_key = PyBytes_FromStringAndSize(NULL, name_length + 1 + tail_length)
-                write = PyBytes_AS_STRING(shape_key)
-                memcpy(write, start, name_length + 1)
-                if tail_length:
-                    memcpy(write + name_length + 1, bar + 1, tail_length)
-                found = PyDict_GetItemWithError(shapes, shape_key)
-                if found is NULL:  # (an error, a MemoryError, Cython raises)
+                key_length = self._shape_key(start, name_length, bar + 1, tail_length)
+                key_hash = _Py_HashBytes(self._scratch, key_length)
+                slot = self._find(self._scratch, key_length, key_hash)
+                if slot.key is NULL:
                     missed = line
                     break
-                entry = <_Entry>found
+                entry = <_Entry>slot.entry
                 if entry.kind == _SET:
                     if value_length == 0:
                         missed = line
@@ -330,26 +418,22 @@ cdef class LineCache:
         cdef const char *start = PyBytes_AS_STRING(line)
         cdef Py_ssize_t length = PyBytes_GET_SIZE(line)
         cdef const char *colon = <const char *>memchr(start, 58, length)
-        cdef const char *bar
-        cdef Py_ssize_t name_length, tail_length
-        cdef bytes shape_key
+        cdef const char *bar = NULL
+        cdef Py_ssize_t name_length, tail_length = 0
+        cdef Py_ssize_t key_length
+        cdef Py_hash_t key_hash
+        cdef _Slot *slot
+        cdef char *key
+        cdef int code
         if colon is NULL:  # as partition does: the whole line is the name, the tail empty
             name_length = length
-            tail_length = 0
-            shape_key = line + b":"
         else:
             name_length = colon - start
             bar = <const char *>memchr(colon + 1, 124, length - name_length - 1)
-            if bar is NULL:
-                tail_length = 0
-            else:
+            if bar is not NULL:
                 tail_length = length - (bar + 1 - start)
-            shape_key = start[:name_length + 1]
-            if tail_length:
-                shape_key += (bar + 1)[:tail_length]
         kind = sample.type
         weight = 1.0 / sample.rate
-        cdef int code
         if kind == COUNTER:
             code = _COUNTER
         elif kind == GAUGE:
@@ -360,15 +444,33 @@ cdef class LineCache:
             code = _DISTRIBUTION
         else:
             code = _OTHER
-        if self._size >= aggregation.CACHE_ENTRIES or self.bytes >= aggregation.CACHE_BYTES:
-            self.clear()
-        if shape_key not in self._shapes:
-            self._size += 1
-            self.bytes += name_length + tail_length + aggregation._ENTRY_OVERHEAD
         cdef _Entry entry = _Entry.__new__(_Entry)
         entry.kind = code
         entry.epoch = -1
         entry.cell = None
         entry.weight = weight
         entry.key = (sample.name, kind, sample.tags)
-        self._shapes[shape_key] = entry
+        if self._size >= aggregation.CACHE_ENTRIES or self.bytes >= aggregation.CACHE_BYTES:
+            self.clear()
+        key_length = self._shape_key(start, name_length, bar + 1 if bar is not NULL else NULL,
+                                     tail_length)
+        key_hash = _Py_HashBytes(self._scratch, key_length)
+        slot = self._find(self._scratch, key_length, key_hash)
+        Py_INCREF(entry)
+        if slot.key is not NULL:  # the same shape again (remembered after a refused value)
+            Py_DECREF(<object>slot.entry)
+            slot.entry = <PyObject *>entry
+            return
+        key = <char *>PyMem_Malloc(key_length if key_length else 1)
+        if key is NULL:
+            Py_DECREF(entry)
+            raise MemoryError()
+        memcpy(key, self._scratch, key_length)
+        slot.key = key
+        slot.length = key_length
+        slot.hash = key_hash
+        slot.entry = <PyObject *>entry
+        self._size += 1
+        self.bytes += name_length + tail_length + aggregation._ENTRY_OVERHEAD
+        if <size_t>(self._size * 2) > self._mask + 1:
+            self._grow()
