@@ -194,6 +194,11 @@ cdef class LineCache:
     cdef Py_ssize_t _scratch_size
     cdef object _memory_generation
     cdef double _distribution_limit
+    # Of the apply under way:
+    cdef long long _epoch
+    cdef Py_ssize_t _exact_limit
+    cdef long long _hits_now
+    cdef long long _unplaced_now
 
     def __cinit__(self):
         self._slots = NULL
@@ -289,129 +294,153 @@ cdef class LineCache:
         self._new_table(_FIRST_SLOTS)
         self.bytes = 0
 
-    def apply(self, lines):
+    cdef int _begin(self) except -1:
+        """Read what one apply needs from the manager (once per payload, not per line)."""
         manager = self._manager
         if manager.memory_generation != self._memory_generation:  # a burst is gone: let go
             self._memory_generation = manager.memory_generation
             self.clear()
-        cdef long long epoch = manager.epoch
-        cdef Py_ssize_t exact_limit = manager.exact_limit
-        cdef long long hits = 0
-        cdef long long unplaced = 0
-        cdef bytes line
-        cdef const char *start
-        cdef const char *colon
+        self._epoch = manager.epoch
+        self._exact_limit = manager.exact_limit
+        self._hits_now = 0
+        self._unplaced_now = 0
+        return 0
+
+    cdef int _end(self) except -1:
+        self.hits += self._hits_now
+        self.unplaced += self._unplaced_now
+        return 0
+
+    cdef int _apply_line(self, const char *start, Py_ssize_t length) except -1:
+        """Apply one line (its bytes, without the newline): 1 if taken (applied, or dropped
+        and counted by the manager), 0 if refused, for the slow path."""
+        cdef const char *colon = <const char *>memchr(start, 58, length)  # ":"
         cdef const char *value
         cdef const char *bar
-        cdef Py_ssize_t length, value_length, name_length, tail_length
-        cdef Py_ssize_t key_length
+        cdef Py_ssize_t value_length, name_length, tail_length, key_length
         cdef Py_hash_t key_hash
         cdef _Slot *slot
         cdef _Entry entry
         cdef list cells
         cdef array values
-        cdef double number, total, moved, level
-        cdef object cell
-        cdef object member
-        cdef object missed = None
+        cdef double number = 0.0, total, moved, level
+        cdef object member = None
+        if colon is NULL:  # no value: the Python class refuses it too
+            return 0
+        name_length = colon - start
+        value = colon + 1
+        bar = <const char *>memchr(value, 124, length - name_length - 1)  # "|"
+        if bar is NULL:
+            value_length = length - name_length - 1
+            tail_length = 0
+        else:
+            value_length = bar - value
+            tail_length = length - name_length - 2 - value_length
+        key_length = self._shape_key(start, name_length, bar + 1, tail_length)
+        key_hash = _Py_HashBytes(self._scratch, key_length)
+        slot = self._find(self._scratch, key_length, key_hash)
+        if slot.key is NULL:
+            return 0
+        entry = <_Entry>slot.entry
+        if entry.kind == _SET:
+            if value_length == 0:
+                return 0
+            try:
+                member = value[:value_length].decode("utf-8")
+            except UnicodeDecodeError:
+                return 0
+        elif not _parse_number(value, value_length, &number):
+            return 0
+        manager = self._manager
+        if entry.epoch != self._epoch:
+            cell = manager.cell(entry.key)
+            if cell is None:  # too many series: rejected and counted by the manager
+                self._unplaced_now += 1
+                return 1
+            if entry.kind == _DISTRIBUTION:
+                cell = cell.values
+                entry.is_array = type(cell) is array and cell.typecode == "d"
+            entry.epoch = self._epoch
+            entry.cell = cell
+        # MetricMgr.update, inlined, as in the Python class.
+        if entry.kind == _COUNTER:
+            cells = <list>entry.cell
+            total = <double>cells[0] + number * entry.weight
+            if total - total != 0.0:
+                manager.overflow(entry.key, number, entry.weight)
+                self._unplaced_now += 1
+                return 1
+            cells[0] = total
+        elif entry.kind == _DISTRIBUTION:  # unit rate only
+            if number > self._distribution_limit or number < -self._distribution_limit:
+                manager.overflow(entry.key, number, entry.weight)
+                self._unplaced_now += 1
+                self._epoch = manager.epoch  # the cell may have left the table
+                return 1
+            if entry.is_array:
+                values = <array>entry.cell
+                extend_buffer(values, <char *>&number, 1)
+                if Py_SIZE(values) > self._exact_limit:
+                    manager.fold(entry.key)
+            else:
+                entry.cell.append(number)
+                if len(entry.cell) > self._exact_limit:
+                    manager.fold(entry.key)
+        elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+            cells = <list>entry.cell
+            if value[0] == 43 or value[0] == 45:  # "+" or "-"
+                moved = <double>cells[1] + number
+                if cells[0] is None:
+                    level = moved
+                else:
+                    level = <double>cells[0] + moved
+                if level - level != 0.0:
+                    manager.overflow(entry.key, number, entry.weight)
+                    self._unplaced_now += 1
+                    return 1
+                cells[1] = moved
+            else:
+                cells[0] = number
+                cells[1] = 0.0
+        elif entry.kind == _SET:
+            entry.cell[member] = None
+        elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
+            manager.overflow(entry.key, number, entry.weight)
+            self._unplaced_now += 1
+            self._epoch = manager.epoch
+            return 1
+        self._hits_now += 1
+        return 1
+
+    def apply(self, lines):
+        cdef bytes line
+        self._begin()
         try:
             for line in lines:
-                start = PyBytes_AS_STRING(line)
-                length = PyBytes_GET_SIZE(line)
-                colon = <const char *>memchr(start, 58, length)  # ":"
-                if colon is NULL:  # no value: the Python class refuses it too
-                    missed = line
-                    break
-                name_length = colon - start
-                value = colon + 1
-                bar = <const char *>memchr(value, 124, length - name_length - 1)  # "|"
-                if bar is NULL:
-                    value_length = length - name_length - 1
-                    tail_length = 0
-                else:
-                    value_length = bar - value
-                    tail_length = length - name_length - 2 - value_length
-                key_length = self._shape_key(start, name_length, bar + 1, tail_length)
-                key_hash = _Py_HashBytes(self._scratch, key_length)
-                slot = self._find(self._scratch, key_length, key_hash)
-                if slot.key is NULL:
-                    missed = line
-                    break
-                entry = <_Entry>slot.entry
-                if entry.kind == _SET:
-                    if value_length == 0:
-                        missed = line
-                        break
-                    try:
-                        member = value[:value_length].decode("utf-8")
-                    except UnicodeDecodeError:
-                        missed = line
-                        break
-                elif not _parse_number(value, value_length, &number):
-                    missed = line
-                    break
-                if entry.epoch != epoch:
-                    cell = manager.cell(entry.key)
-                    if cell is None:  # too many series: rejected and counted by the manager
-                        unplaced += 1
-                        continue
-                    if entry.kind == _DISTRIBUTION:
-                        cell = cell.values
-                        entry.is_array = type(cell) is array and cell.typecode == "d"
-                    entry.epoch = epoch
-                    entry.cell = cell
-                # MetricMgr.update, inlined, as in the Python class.
-                if entry.kind == _COUNTER:
-                    cells = <list>entry.cell
-                    total = <double>cells[0] + number * entry.weight
-                    if total - total != 0.0:
-                        manager.overflow(entry.key, number, entry.weight)
-                        unplaced += 1
-                        continue
-                    cells[0] = total
-                elif entry.kind == _DISTRIBUTION:  # unit rate only
-                    if number > self._distribution_limit or number < -self._distribution_limit:
-                        manager.overflow(entry.key, number, entry.weight)
-                        unplaced += 1
-                        epoch = manager.epoch  # the cell may have left the table
-                        continue
-                    if entry.is_array:
-                        values = <array>entry.cell
-                        extend_buffer(values, <char *>&number, 1)
-                        if Py_SIZE(values) > exact_limit:
-                            manager.fold(entry.key)
-                    else:
-                        entry.cell.append(number)
-                        if len(entry.cell) > exact_limit:
-                            manager.fold(entry.key)
-                elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
-                    cells = <list>entry.cell
-                    if value[0] == 43 or value[0] == 45:  # "+" or "-"
-                        moved = <double>cells[1] + number
-                        if cells[0] is None:
-                            level = moved
-                        else:
-                            level = <double>cells[0] + moved
-                        if level - level != 0.0:
-                            manager.overflow(entry.key, number, entry.weight)
-                            unplaced += 1
-                            continue
-                        cells[1] = moved
-                    else:
-                        cells[0] = number
-                        cells[1] = 0.0
-                elif entry.kind == _SET:
-                    entry.cell[member] = None
-                elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
-                    manager.overflow(entry.key, number, entry.weight)
-                    unplaced += 1
-                    epoch = manager.epoch
-                    continue
-                hits += 1
+                if not self._apply_line(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line)):
+                    return line
         finally:
-            self.hits += hits
-            self.unplaced += unplaced
-        return missed
+            self._end()
+        return None
+
+    def apply_payload(self, bytes payload):
+        cdef const char *start = PyBytes_AS_STRING(payload)
+        cdef const char *end = start + PyBytes_GET_SIZE(payload)
+        cdef const char *newline
+        cdef Py_ssize_t taken = 0
+        self._begin()
+        try:
+            while start < end:  # as split(b"\n") with the empty piece after a last "\n" dropped
+                newline = <const char *>memchr(start, 10, end - start)
+                if newline is NULL:
+                    newline = end
+                if not self._apply_line(start, newline - start):
+                    return taken, start[:newline - start]
+                taken += 1
+                start = newline + 1
+        finally:
+            self._end()
+        return taken, None
 
     def remember(self, bytes line, sample):
         from pystatsd import aggregation

@@ -827,6 +827,17 @@ class PythonLineCache:
         self.hits += hits
         return line  # the first line not taken
 
+    def apply_payload(self, payload: bytes) -> tuple[int, bytes | None]:
+        """:meth:`apply` to the lines of ``payload`` (split at ``\\n`` as the pipeline splits
+        it: no empty line after a last newline): how many were taken before the first not
+        taken, and that line; ``(number of lines, None)`` if all were. The compiled twin walks
+        the payload's bytes and makes no line object unless one is not taken."""
+        lines = payload.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        missed = self.apply(lines)
+        return (len(lines), None) if missed is None else (lines.index(missed), missed)
+
     def remember(self, line: bytes, sample: Sample) -> None:
         """Cache the shape of ``line`` with what the slow path made of it: ``sample``, the one
         sample it decoded to, tagged, without a client timestamp. Sound because decoding and
