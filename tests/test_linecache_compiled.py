@@ -208,3 +208,30 @@ def test_without_the_compiled_module_the_python_one_runs_unless_compiled_is_requ
     bogus = version_with("fast")
     assert bogus.returncode != 0
     assert "PYSTATSD_LINE_CACHE='fast': expected python, compiled or auto" in bogus.stderr
+
+
+@needs_compiled
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.one_of(st.tuples(st.sampled_from(SHAPES), VALUES),
+                                   st.just((b"%s", b""))), max_size=8), max_size=6),
+       st.booleans())
+def test_both_walk_a_payload_as_the_pipeline_splits_it(payloads: list, trailing: bool) -> None:
+    # Empty lines, a last newline or not, lines the cache refuses in the middle: the same count
+    # taken and the same line handed back, payload after payload.
+    results = []
+    for line_cache in (PythonLineCache, CompiledLineCache):
+        manager = MetricMgr(build_config({"forwarders": {}}), SelfStats())
+        cache = line_cache(manager)
+        for seed in SEEDS:
+            try:
+                cache.remember(seed, parse_statsd_line(seed)[0])
+            except DecodeError:  # the shapes of no metric type: never remembered
+                pass
+        returned = []
+        for lines in payloads:
+            payload = b"\n".join(shape % value for shape, value in lines) + (
+                b"\n" if trailing else b"")
+            returned.append(cache.apply_payload(payload))
+        results.append((returned, cache.hits, cache.unplaced,
+                        {key: cell_state(cell) for key, cell in manager.swap().series.items()}))
+    assert results[0] == results[1]
