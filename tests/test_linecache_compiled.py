@@ -120,7 +120,7 @@ VALUES = st.one_of(GRAMMAR, NUMBER_BYTES, SPECIAL, st.binary(max_size=12),
 
 @needs_compiled
 @pytest.mark.parametrize("absolute", [False, True], ids=["signed-gauges", "absolute-gauges"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(SHAPES), VALUES), min_size=1, max_size=40))
 def test_the_compiled_cache_takes_and_refuses_what_the_reference_does(absolute: bool,
                                                                       lines: list) -> None:
@@ -211,7 +211,7 @@ def test_without_the_compiled_module_the_python_one_runs_unless_compiled_is_requ
 
 
 @needs_compiled
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.one_of(st.tuples(st.sampled_from(SHAPES), VALUES),
                                    st.just((b"%s", b""))), max_size=8), max_size=6),
        st.booleans())
