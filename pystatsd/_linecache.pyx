@@ -360,6 +360,12 @@ cdef class LineCache:
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
                 entry.is_array = type(cell) is array and cell.typecode == "d"
+            elif (entry.kind == _COUNTER or entry.kind == _GAUGE) and not (
+                    type(cell) is list and len(cell) >= (1 if entry.kind == _COUNTER else 2)):
+                # The loop below indexes these cells unchecked: a cell of another shape (a
+                # change to new_cell) must be an error here, never a crash.
+                raise TypeError(f"line cache: a {entry.key[1]} cell is {type(cell).__name__} "
+                                f"{cell!r:.40}, not [value]/[value, delta]")
             entry.epoch = self._epoch
             entry.cell = cell
         # MetricMgr.update, inlined, as in the Python class.

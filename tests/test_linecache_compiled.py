@@ -235,3 +235,18 @@ def test_both_walk_a_payload_as_the_pipeline_splits_it(payloads: list, trailing:
         results.append((returned, cache.hits, cache.unplaced,
                         {key: cell_state(cell) for key, cell in manager.swap().series.items()}))
     assert results[0] == results[1]
+
+
+@needs_compiled
+def test_a_cell_of_another_shape_is_an_error_not_a_crash() -> None:
+    # The compiled loop indexes counter and gauge cells unchecked once bound: a change to the
+    # cells' shape (new_cell) must fail loudly at binding, as the Python class would.
+    class TupleCells(MetricMgr):
+        def cell(self, key: Any) -> Any:
+            return (0.0,)
+
+    manager = TupleCells(build_config({"forwarders": {}}), SelfStats())
+    cache = CompiledLineCache(manager)
+    cache.remember(b"n:1|c", parse_statsd_line(b"n:1|c")[0])
+    with pytest.raises(TypeError, match="counter cell is tuple"):
+        cache.apply_payload(b"n:2|c")
