@@ -2,9 +2,12 @@
 """The compiled line cache: :class:`pystatsd.aggregation.PythonLineCache` in C, rule for rule.
 
 The Python class is the reference; this one must take exactly the lines it takes, refuse
-exactly the lines it refuses and leave exactly the cells it leaves (tests/test_linecache_compiled.py
-and the fast == slow property tests run both). What differs is only how:
+exactly the lines it refuses and leave exactly the cells it leaves
+(tests/test_linecache_compiled.py and the fast == slow property tests run both). What differs
+is only how:
 
+- ``apply_payload`` walks a payload's newlines with ``memchr`` and makes a line object only
+  for the line it hands back;
 - a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape (``name:tail``,
   copied into a scratch buffer) looked up in a table of its own: one hash, the one Python's
   dicts use (SipHash, seeded per process, so clients cannot make names that collide), and no
@@ -14,8 +17,10 @@ and the fast == slow property tests run both). What differs is only how:
   less than hashing every line once more to look it up there (measured: the second hash was
   the largest single cost, ~190 instructions a line);
 - the value is parsed in C: digits only (the usual case) up to 15 of them exactly as an
-  integer, anything else through ``PyOS_string_to_double``, what ``float()`` calls, after
-  the same byte check the Python class makes, so the grammar is the decoder's;
+  integer, ``[+-]digits.digits`` up to 15 digits by Clinger's fast path (exact integer over
+  an exact power of ten, one correctly rounded division: what strtod returns), anything else
+  through ``PyOS_string_to_double``, what ``float()`` calls, after the same byte check the
+  Python class makes, so the grammar is the decoder's;
 - entries are C structs behind small extension types instead of lists, so reading the kind,
   the epoch and the weight costs no Python objects.
 
