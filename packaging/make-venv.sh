@@ -30,8 +30,11 @@ mkdir -p "$wheelhouse"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 
-# 1. Wheels: pystatsd itself (built from SOURCE_DIR) and its install_requires, resolved by pip
-#    from setup.cfg so the dependency list lives in one place.
+# 1. Wheels: pystatsd itself (built from SOURCE_DIR, with its compiled line cache: Cython from
+#    the build requirements, the C compiler and python3.11's headers from the build
+#    dependencies) and its install_requires, resolved by pip from setup.cfg so the dependency
+#    list lives in one place. An older build's pystatsd wheel must not be the one installed.
+rm -f "$wheelhouse"/pystatsd-*.whl
 "$venv/bin/python" -I -m pip wheel --quiet --wheel-dir "$wheelhouse" --prefer-binary "$src"
 
 # 2. Install offline from the wheelhouse only: proves the wheel set is complete.
@@ -39,6 +42,10 @@ version=$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$src/p
 "$venv/bin/python" -I -m pip install --quiet --no-index --find-links "$wheelhouse" --no-compile \
     "pystatsd==$version"
 "$venv/bin/python" -I -m pip uninstall --quiet --yes pip setuptools
+# setup.py builds the compiled line cache optionally (a developer without a compiler still gets
+# an install); a package without it would run the slower Python one unnoticed: refuse.
+PYSTATSD_LINE_CACHE=compiled "$venv/bin/python" -I -c "import pystatsd.aggregation" || {
+    echo "make-venv: the compiled line cache was not built (gcc, python3.11-dev?)" >&2; exit 1; }
 # Some wheels (protobuf 7.x) mark plain modules and metadata executable; nothing under lib/ is
 # run directly, so only shared objects keep their modes.
 find "$venv/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +

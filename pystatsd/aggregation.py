@@ -34,9 +34,10 @@ import ctypes
 import ctypes.util
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.global_tier.partial_state import cell_partial, load_set_sketches
@@ -702,7 +703,7 @@ _PLUS, _MINUS = ord("+"), ord("-")
 _NO_ENTRIES: dict[bytes, list[Any]] = {}
 
 
-class LineCache:
+class PythonLineCache:
     """Statsd lines whose *shape* (the line's bytes minus its value) was decoded before,
     applied straight to their series' cells.
 
@@ -717,7 +718,10 @@ class LineCache:
     line it does not know or whose value is out of the ordinary (not a plain number, too
     long, an empty or non-UTF-8 set member), and the pipeline takes that line through the
     decoders, the tagger and :meth:`MetricMgr.add`. One instance per pipeline: its entries
-    hold series keys with the pipeline's agent tags."""
+    hold series keys with the pipeline's agent tags.
+
+    This class is the reference and the fallback: :data:`LineCache` is the compiled twin
+    (``pystatsd/_linecache.pyx``) when it is built, which must behave exactly as this one."""
 
     def __init__(self, manager: MetricMgr, absolute_gauges: bool = False) -> None:
         self._manager = manager
@@ -858,6 +862,17 @@ class LineCache:
         self.hits += hits
         return line  # the first line not taken
 
+    def apply_payload(self, payload: bytes) -> tuple[int, bytes | None]:
+        """:meth:`apply` to the lines of ``payload`` (split at ``\\n`` as the pipeline splits
+        it: no empty line after a last newline): how many were taken before the first not
+        taken, and that line; ``(number of lines, None)`` if all were. The compiled twin walks
+        the payload's bytes and makes no line object unless one is not taken."""
+        lines = payload.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        missed = self.apply(lines)
+        return (len(lines), None) if missed is None else (lines.index(missed), missed)
+
     def remember(self, line: bytes, sample: Sample) -> None:
         """Cache the shape of ``line`` with what the slow path made of it: ``sample``, the one
         sample it decoded to, tagged, without a client timestamp. Sound because decoding and
@@ -887,3 +902,37 @@ class LineCache:
             self._size += 1
             self.bytes += len(name) + len(tail) + _ENTRY_OVERHEAD
         by_name[name] = [code, -1, None, weight, (sample.name, kind, sample.tags)]
+
+
+# -- which line cache runs -------------------------------------------------------------------
+LINE_CACHE_ENV = "PYSTATSD_LINE_CACHE"
+"""``python`` runs the pure-Python line cache even where the compiled one is built (for tests,
+and for an operator who suspects the compiled one); ``compiled`` refuses to start without the
+compiled one (the packages' tests); unset or ``auto``: the compiled one if it imports."""
+
+
+def _select_line_cache() -> tuple[type[PythonLineCache], str]:
+    """The line cache class the pipeline uses, and a phrase saying which and why."""
+    wanted = os.environ.get(LINE_CACHE_ENV, "auto").strip().lower() or "auto"
+    if wanted == "python":
+        return PythonLineCache, f"python ({LINE_CACHE_ENV}=python)"
+    if wanted not in ("auto", "compiled"):
+        raise RuntimeError(f"{LINE_CACHE_ENV}={wanted!r}: expected python, compiled or auto")
+    try:
+        from pystatsd._linecache import LineCache as CompiledLineCache
+    except ImportError as exc:
+        if wanted == "compiled":
+            raise RuntimeError(f"{LINE_CACHE_ENV}=compiled but the compiled line cache does "
+                               f"not import: {exc}") from exc
+        return PythonLineCache, f"python (the compiled line cache does not import: {exc})"
+    return CompiledLineCache, "compiled"
+
+
+if TYPE_CHECKING:
+    LineCache = PythonLineCache
+    LINE_CACHE: str
+else:
+    LineCache, LINE_CACHE = _select_line_cache()
+    """The line cache the pipeline makes: the compiled one when it is built, else
+    :class:`PythonLineCache`; :data:`LINE_CACHE` says which (the daemon logs it at start and
+    ``pystatsd --version`` prints it)."""

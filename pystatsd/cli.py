@@ -65,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _version_text() -> str:
     from forwarders import known_forwarder_names
+    from pystatsd.aggregation import LINE_CACHE
 
-    return f"pystatsd {__version__} (forwarders: {', '.join(known_forwarder_names())})"
+    return (f"pystatsd {__version__} (forwarders: {', '.join(known_forwarder_names())}; "
+            f"line cache: {LINE_CACHE})")
 
 
 def _report(error: ConfigError) -> None:

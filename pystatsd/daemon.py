@@ -36,7 +36,7 @@ from forwarders import (
 from pystatsd import __version__, forked_snapshot, systemd
 from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.admin_runtime import AdminRuntime
-from pystatsd.aggregation import IntervalTable, MetricMgr
+from pystatsd.aggregation import LINE_CACHE, IntervalTable, MetricMgr
 from pystatsd.config import Config, listeners, load_config
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
@@ -144,9 +144,9 @@ class Daemon:
             self._take_over(successor)
         self._start_admin()
         self._start_admin_interfaces()
-        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s",
+        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s; line cache: %s",
                  self.config["mode"], self.config["flush_interval"],
-                 ", ".join(self.forwarders) or "none")
+                 ", ".join(self.forwarders) or "none", LINE_CACHE)
         systemd.notify("READY=1")
 
     def _warn_about_clashes(self) -> None:

@@ -103,17 +103,21 @@ class Pipeline:
         self._datagrams += 1
         if self._relaying and self._relay(payload):
             return
-        if payload[:1] in _SLOW_START:
+        # An int in bytes, not payload[:1] in bytes: that tries the slice as an int first and
+        # raises and clears a TypeError each payload (measured: ~600 instructions).
+        if not payload or payload[0] in _SLOW_START:
             self._ingest_decoded(payload, absolute_gauges)
+            return
+        cache = self._absolute_cache if absolute_gauges else self._cache
+        taken, missed = cache.apply_payload(payload)  # no line split unless one is not taken
+        if missed is None:
+            self._lines += taken
             return
         lines = payload.split(b"\n")
         if not lines[-1]:
             lines.pop()
         self._lines += len(lines)
-        cache = self._absolute_cache if absolute_gauges else self._cache
-        missed = cache.apply(lines)
-        if missed is not None:
-            self._ingest_from(lines, missed, cache)
+        self._ingest_from(lines, missed, cache)
 
     def _relay(self, payload: bytes) -> bool:
         """Hand the payload's lines to every relay forwarder, split once; True in relay mode,

@@ -28,6 +28,7 @@ from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import ETSY_TIMER_STATS
+from tests.line_caches import LINE_CACHES
 
 
 def manager(**overrides: Any) -> MetricMgr:
@@ -463,7 +464,8 @@ def test_timer_stats_match_a_plain_reference_for_many_sizes_and_shapes(offset: f
 
 # -- LineCache: the fast path applies MetricMgr.update's rules, inlined ------------------------
 # A rule changed in MetricMgr.update but not in LineCache.apply (or the reverse) makes these
-# fail: both are fed the same lines and must leave the very same cells.
+# fail: both are fed the same lines and must leave the very same cells. Each runs against both
+# line caches, the pure-Python reference and the compiled one.
 
 def cell_state(cell: Any) -> Any:
     """What a cell holds, comparable with ==."""
@@ -476,12 +478,13 @@ def cell_state(cell: Any) -> Any:
     return list(cell)
 
 
-def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]:
-    """The cells after ``lines`` through the line cache (the first line of each shape is
+def cells_both_ways(lines: list[bytes], line_cache: Any = LineCache,
+                    **config: Any) -> tuple[dict, dict, int]:
+    """The cells after ``lines`` through ``line_cache`` (the first line of each shape is
     decoded and remembered, the rest served by the cache) and through MetricMgr.add alone."""
     built = build_config({"forwarders": {}, **config})
     fast, slow = MetricMgr(built, SelfStats()), MetricMgr(built, SelfStats())
-    cache = LineCache(fast)
+    cache = line_cache(fast)
     served = 0
     for line in lines:
         missed = cache.apply([line])
@@ -502,14 +505,15 @@ def cells_both_ways(lines: list[bytes], **config: Any) -> tuple[dict, dict, int]
             {key: cell_state(cell) for key, cell in slow.swap().series.items()}, served)
 
 
-def test_line_cache_and_metric_mgr_update_reject_the_same_overflows() -> None:
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_line_cache_and_metric_mgr_update_reject_the_same_overflows(line_cache: Any) -> None:
     lines = [
         b"hits:1e308|c", b"hits:1e308|c", b"hits:1|c", b"hits:1|c|@5e-324", b"hits:1e308|c",
         b"big:9|c", b"big:9|c", b"big:1e308|c", b"big:1e308|c",  # whole-line counters too
         b"load:1e308|g", b"load:+1e308|g", b"load:-1|g", b"drift:+1e308|g", b"drift:+1e308|g",
         b"db:1e200|ms", b"db:-1e101|ms", b"db:5|ms", b"db:1|ms|@1e-200", b"db:6|h",
     ]
-    fast, slow, served = cells_both_ways(lines * 3)
+    fast, slow, served = cells_both_ways(lines * 3, line_cache)
     assert served > len(lines)
     assert fast == slow
     assert fast[("hits", COUNTER, ())] == [1e308 + 3.0]
@@ -517,7 +521,9 @@ def test_line_cache_and_metric_mgr_update_reject_the_same_overflows() -> None:
     assert fast[("load", GAUGE, ())] == [1e308, -1.0]  # each repeat sets 1e308 again
 
 
-def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -> None:
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type(
+        line_cache: Any) -> None:
     lines = [
         b"hits:1|c", b"hits:1|c", b"hits:2|c", b"hits:0.5|c|@0.5", b"hits:3|c|@0.5",
         b"hits:-4|c", b"hits:1e2|c|#a:1",
@@ -528,7 +534,7 @@ def test_line_cache_leaves_the_cells_metric_mgr_update_leaves_for_every_type() -
         b"users:alice|s", b"users:bob|s", b"users:alice|s", b"users:caf\xc3\xa9|s",
         b"users:1|s", b"users:1.0|s",  # members are strings: 1 and 1.0 are two members
     ]
-    fast, slow, served = cells_both_ways(lines * 3, timer_exact_samples=5)
+    fast, slow, served = cells_both_ways(lines * 3, line_cache, timer_exact_samples=5)
     assert served >= 2 * len(lines)  # all but the first of each shape came from the cache
     assert fast == slow
     assert {kind for _, kind, _ in fast} == {COUNTER, GAUGE, TIMER, HISTOGRAM, SET}
@@ -543,11 +549,13 @@ NUMBERS = st.sampled_from([b"1", b"0", b"-1", b"+1", b"2.5", b"-0.5", b"+0.25", 
                            b"-3", b"+10", b"42", b"1e308", b"-1e308", b"+1e308", b"1e200"])
 
 
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(SHAPES, NUMBERS), min_size=1, max_size=60))
-def test_line_cache_and_metric_mgr_update_agree_on_any_sequence(lines: list) -> None:
+def test_line_cache_and_metric_mgr_update_agree_on_any_sequence(line_cache: Any,
+                                                                 lines: list) -> None:
     payload = [shape % value for shape, value in lines]
-    fast, slow, _ = cells_both_ways(payload * 2, timer_exact_samples=7)
+    fast, slow, _ = cells_both_ways(payload * 2, line_cache, timer_exact_samples=7)
     assert fast == slow
 
 

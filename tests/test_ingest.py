@@ -23,6 +23,7 @@ from pystatsd.ingest import Pipeline
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats
 from pystatsd.tagging import Tagger
+from tests.line_caches import LINE_CACHES, pipelines_using
 
 BASE = {"forwarders": {}, "agent": {"tags": {"host": "h1", "env": "prod"}},
         "timer_exact_samples": 4, "percentiles": [50, 90, 99.9]}
@@ -47,12 +48,17 @@ def by_slow_path(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[
     return snapshots, rejects(stats)
 
 
-def by_pipeline(config: dict, intervals: list[list[bytes]]) -> tuple[list[list[SeriesStats]],
-                                                                      dict, Pipeline]:
+def by_pipeline(config: dict, intervals: list[list[bytes]], line_cache: Any = None
+                ) -> tuple[list[list[SeriesStats]], dict, Pipeline]:
+    """Through the pipeline, with ``line_cache`` if given, else the one selected."""
     built = build_config(config)
     stats = SelfStats()
     manager = MetricMgr(built)
-    pipeline = Pipeline(built, manager, stats)
+    if line_cache is None:
+        pipeline = Pipeline(built, manager, stats)
+    else:
+        with pipelines_using(line_cache):
+            pipeline = Pipeline(built, manager, stats)
     snapshots = []
     for payloads in intervals:
         for payload in payloads:
@@ -95,9 +101,10 @@ CORPUS = [
 ]
 
 
-def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> None:
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals(line_cache: Any) -> None:
     intervals = [CORPUS, CORPUS[::-1], CORPUS[:4], []]
-    fast, fast_rejects, pipeline = by_pipeline(BASE, intervals)
+    fast, fast_rejects, pipeline = by_pipeline(BASE, intervals, line_cache)
     slow, slow_rejects = by_slow_path(BASE, intervals)
     assert pipeline.cached_shapes > 10  # the fast path did run
     assert fast == slow
@@ -107,11 +114,12 @@ def test_fast_path_equals_slow_path_on_the_corpus_over_several_intervals() -> No
     assert len(fast[3]) > 0  # gauges carried into the empty interval
 
 
-def test_fast_path_equals_slow_path_with_client_precedence_and_sketches() -> None:
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_fast_path_equals_slow_path_with_client_precedence_and_sketches(line_cache: Any) -> None:
     config = {**BASE, "tag_precedence": "client", "timer_exact_samples": 2}
     payload = b"\n".join(f"db:{i % 17}.{i}|ms|#host:c{i % 3}".encode() for i in range(60))
     intervals = [[payload, payload], [payload]]
-    fast, fast_rejects, _ = by_pipeline(config, intervals)
+    fast, fast_rejects, _ = by_pipeline(config, intervals, line_cache)
     slow, slow_rejects = by_slow_path(config, intervals)
     assert fast == slow and fast_rejects == slow_rejects
     assert {s.tags for s in fast[0]} == {
@@ -146,10 +154,12 @@ def workloads(draw: Any) -> list[list[bytes]]:
     return intervals
 
 
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads())
-def test_fast_path_equals_slow_path_on_generated_lines(intervals: list[list[bytes]]) -> None:
-    fast, fast_rejects, _ = by_pipeline(BASE, intervals)
+def test_fast_path_equals_slow_path_on_generated_lines(line_cache: Any,
+                                                       intervals: list[list[bytes]]) -> None:
+    fast, fast_rejects, _ = by_pipeline(BASE, intervals, line_cache)
     slow, slow_rejects = by_slow_path(BASE, intervals)
     assert fast == slow
     assert fast_rejects == slow_rejects

@@ -16,7 +16,8 @@ out=$(mkdir -p "${1:-$here/dist}" && cd "${1:-$here/dist}" && pwd)
 export PYSTATSD_WHEELHOUSE=${PYSTATSD_WHEELHOUSE:-$here/build/wheelhouse}
 maintainer=${PYSTATSD_MAINTAINER:-pystatsd maintainers <pystatsd@example.com>}
 
-ensure_debs build-essential debhelper dpkg-dev fakeroot help2man lintian python3.11 python3.11-venv
+ensure_debs build-essential debhelper dpkg-dev fakeroot help2man lintian python3.11 python3.11-venv \
+    python3.11-dev
 
 upstream=$(python_version "$here")
 version="$(package_version "$upstream" +)-1"

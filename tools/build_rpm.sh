@@ -20,7 +20,7 @@ maintainer=${PYSTATSD_MAINTAINER:-pystatsd maintainers <pystatsd@example.com>}
 url=${PYSTATSD_URL:-https://github.com/pystatsd/pystatsd}
 
 if command -v dpkg-query >/dev/null; then
-    ensure_debs rpm rpmlint help2man python3.11 python3.11-venv
+    ensure_debs rpm rpmlint help2man python3.11 python3.11-venv python3.11-dev gcc
     # rpm's database is empty on Debian: BuildRequires cannot be checked there (they are
     # installed above as Debian packages instead).
     nodeps=--nodeps

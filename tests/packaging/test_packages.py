@@ -267,6 +267,9 @@ def test_rpm_payload_runs(built: Built, tmp_path: Path) -> None:
     assert "ok" in checked.stdout
     assert (tmp_path / "opt/pystatsd/bin/pystatsd").read_text().startswith(
         "#!/opt/pystatsd/bin/python\n")
+    # The package's build compiled the line cache, and the daemon runs it.
+    version = run(str(python), "-I", "-m", "pystatsd", "--version").stdout
+    assert version.rstrip().endswith("; line cache: compiled)"), version
 
 
 def test_rpm_scripts(built: Built) -> None:
@@ -380,7 +383,9 @@ def test_deb_uses_only_its_own_prefix(installed: Installed) -> None:
     assert probe[0] == "/usr/bin/python3.11"
     site_dirs = [p for p in probe[1:] if "-packages" in p]
     assert site_dirs == ["/opt/pystatsd/lib/python3.11/site-packages"]
-    assert run("/usr/bin/pystatsd", "--version").stdout.startswith(f"pystatsd {upstream_version()}")
+    version = run("/usr/bin/pystatsd", "--version").stdout
+    assert version.startswith(f"pystatsd {upstream_version()}")
+    assert version.rstrip().endswith("; line cache: compiled)"), version  # built in the package
 
 
 def test_installed_check_config(installed: Installed, tmp_path: Path) -> None:
@@ -429,6 +434,8 @@ def test_receive_and_flush_as_pystatsd_user(installed: Installed) -> None:
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
         assert returncode == 0, err
+        started = [line for line in err if "pystatsd started" in line]
+        assert started and "; line cache: compiled" in started[0], err
     finally:
         shutil.rmtree(workdir)
 

@@ -1,0 +1,516 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled line cache: :class:`pystatsd.aggregation.PythonLineCache` in C, rule for rule.
+
+The Python class is the reference; this one must take exactly the lines it takes, refuse
+exactly the lines it refuses and leave exactly the cells it leaves
+(tests/test_linecache_compiled.py and the fast == slow property tests run both). What differs
+is only how:
+
+- ``apply_payload`` walks a payload's newlines with ``memchr`` and makes a line object only
+  for the line it hands back;
+- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape (``name:tail``,
+  copied into a scratch buffer) looked up in a table of its own: one hash, the one Python's
+  dicts use (SipHash, seeded per process, so clients cannot make names that collide), and no
+  object made for the key; a dict keyed by bytes cost an allocation, a free and a compare
+  through the object protocol on every line;
+- no whole-line cache of counter lines: in C the shape's lookup and the value's parse cost
+  less than hashing every line once more to look it up there (measured: the second hash was
+  the largest single cost, ~190 instructions a line);
+- the value is parsed in C: digits only (the usual case) up to 15 of them exactly as an
+  integer, ``[+-]digits.digits`` up to 15 digits by Clinger's fast path (exact integer over
+  an exact power of ten, one correctly rounded division: what strtod returns), anything else
+  through ``PyOS_string_to_double``, what ``float()`` calls, after the same byte check the
+  Python class makes, so the grammar is the decoder's;
+- entries are C structs behind small extension types instead of lists, so reading the kind,
+  the epoch and the weight costs no Python objects.
+
+It imports nothing from pystatsd.aggregation at import time (that module imports this one);
+its limits are read from there when an instance is made, and on each ``remember``, so a test
+that patches them sees them honoured as by the Python class.
+"""
+
+from cpython.array cimport array, extend_buffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
+from cpython.object cimport PyObject, Py_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.string cimport memchr, memcmp, memcpy
+
+from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
+
+
+cdef extern from "Python.h":
+    Py_hash_t _Py_HashBytes(const void *data, Py_ssize_t length) noexcept
+    # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
+
+
+# Entry kinds, as in the Python class.
+cdef enum:
+    _COUNTER = 0
+    _GAUGE = 1
+    _DISTRIBUTION = 2
+    _SET = 3
+    _OTHER = 4
+
+cdef enum:
+    _EXACT_DIGITS = 15  # up to 15 decimal digits an int64 and a double hold exactly
+    _MAX_DIGITS = 300   # a longer run of digits goes to the decoder (as in the Python class)
+    _STACK_VALUE = 64   # values up to this long are parsed from a buffer on the stack
+
+
+cdef struct _Slot:
+    char *key  # NULL: an empty slot; else name ":" tail, owned by the table
+    Py_ssize_t length
+    Py_hash_t hash
+    PyObject *entry  # a reference to its _Entry, owned by the table
+
+cdef enum:
+    _FIRST_SLOTS = 64  # a power of two; the table doubles when half full (linear probing)
+
+
+cdef class _Entry:
+    """One line shape: what the slow path made of it, and its cell in the bound epoch."""
+    cdef int kind
+    cdef long long epoch
+    cdef object cell
+    cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
+    cdef double weight
+    cdef object key
+
+
+cdef inline bint _is_number_byte(unsigned char c) noexcept:
+    # The bytes of _NUMBER_BYTES in pystatsd.aggregation: "0123456789.eE+-".
+    return (48 <= c <= 57) or c == 46 or c == 101 or c == 69 or c == 43 or c == 45
+
+
+cdef double[23] _POWERS_OF_TEN = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+
+cdef inline bint _parse_decimal(const char *value, Py_ssize_t length, double *out) noexcept:
+    """``[+-]digits[.digits]`` with at most 15 digits in all, the usual timer or gauge value,
+    to the double ``float()`` gives: the digits as an exact integer divided by an exact power
+    of ten, which IEEE division rounds correctly (Clinger's fast path, as strtod takes it).
+    False for anything else (an exponent, more digits, no digit): the caller asks strtod."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t digits = 0
+    cdef Py_ssize_t decimals = -1  # digits after the point; -1 while no point seen
+    cdef long long whole = 0
+    cdef bint negative = False
+    cdef unsigned char c
+    cdef double number
+    if value[0] == 43 or value[0] == 45:  # "+" or "-"
+        negative = value[0] == 45
+        i = 1
+    while i < length:
+        c = <unsigned char>value[i]
+        if 48 <= c <= 57:
+            whole = whole * 10 + (c - 48)
+            digits += 1
+            if digits > _EXACT_DIGITS:
+                return False
+            if decimals >= 0:
+                decimals += 1
+        elif c == 46 and decimals < 0:  # the one "."
+            decimals = 0
+        else:
+            return False
+        i += 1
+    if digits == 0:
+        return False
+    number = <double>whole
+    if decimals > 0:
+        number = number / _POWERS_OF_TEN[decimals]
+    out[0] = -number if negative else number
+    return True
+
+
+cdef int _parse_number(const char *value, Py_ssize_t length, double *out) except -1:
+    """1 and ``*out`` set if ``value`` is a number the Python class takes, 0 if it refuses it
+    (the decoder then says why). The Python class's rules, in its order."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef bint digits = length > 0
+    cdef long long whole = 0
+    cdef double number
+    cdef char buffer[_STACK_VALUE + 1]
+    cdef char *end
+    for i in range(length):
+        c = <unsigned char>value[i]
+        if c < 48 or c > 57:
+            digits = False
+            break
+    if digits:  # bytes.isdigit(): the usual integer
+        if length > _MAX_DIGITS:  # float() would overflow to inf: let the decoder say so
+            return 0
+        if length <= _EXACT_DIGITS:
+            for i in range(length):
+                whole = whole * 10 + (value[i] - 48)
+            out[0] = <double>whole
+            return 1
+    else:
+        if length == 0:  # float(b"") refuses it
+            return 0
+        for i in range(length):
+            if not _is_number_byte(<unsigned char>value[i]):
+                return 0
+        if _parse_decimal(value, length, out):
+            return 1
+    if length > _STACK_VALUE:  # rare and long: float() itself on a bytes object
+        try:
+            # PyFloat_FromString, not float(): Cython would inline its own parser for that.
+            number = PyFloat_AS_DOUBLE(PyFloat_FromString(PyBytes_FromStringAndSize(value, length)))
+        except ValueError:
+            return 0
+    else:
+        memcpy(buffer, value, length)
+        buffer[length] = 0
+        # float(bytes) is this call on the bytes (no whitespace or "_" can be in them here)
+        # and a ValueError unless it read them all.
+        number = PyOS_string_to_double(buffer, &end, NULL)
+        if number == -1.0 and PyErr_Occurred():
+            PyErr_Clear()
+            return 0
+        if end != buffer + length:
+            return 0
+    if number - number != 0.0:  # inf or nan, from an exponent
+        return 0
+    out[0] = number
+    return 1
+
+
+cdef class LineCache:
+    """The compiled twin of :class:`pystatsd.aggregation.PythonLineCache`: the same
+    constructor, attributes and methods (see there for what each means)."""
+
+    cdef object _manager
+    cdef public bint absolute_gauges
+    cdef public long long hits  # C integers: Python ints cost ~150 instructions a payload
+    cdef public long long unplaced
+    cdef public Py_ssize_t bytes
+    cdef _Slot *_slots
+    cdef size_t _mask  # slots - 1
+    cdef Py_ssize_t _size
+    cdef char *_scratch  # where a line's shape key is put together
+    cdef Py_ssize_t _scratch_size
+    cdef object _memory_generation
+    cdef double _distribution_limit
+    # Of the apply under way:
+    cdef long long _epoch
+    cdef Py_ssize_t _exact_limit
+    cdef long long _hits_now
+    cdef long long _unplaced_now
+
+    def __cinit__(self):
+        self._slots = NULL
+        self._scratch = NULL
+        self._scratch_size = 0
+        self._new_table(_FIRST_SLOTS)
+
+    def __dealloc__(self):
+        self._free_table()
+        PyMem_Free(self._scratch)
+
+    cdef int _new_table(self, size_t slots) except -1:
+        cdef _Slot *table = <_Slot *>PyMem_Malloc(slots * sizeof(_Slot))
+        cdef size_t i
+        if table is NULL:
+            raise MemoryError()
+        for i in range(slots):
+            table[i].key = NULL
+        self._slots = table
+        self._mask = slots - 1
+        self._size = 0
+        return 0
+
+    cdef void _free_table(self) noexcept:
+        cdef size_t i
+        if self._slots is NULL:
+            return
+        for i in range(self._mask + 1):
+            if self._slots[i].key is not NULL:
+                PyMem_Free(self._slots[i].key)
+                Py_DECREF(<object>self._slots[i].entry)
+        PyMem_Free(self._slots)
+        self._slots = NULL
+
+    cdef _Slot *_find(self, const char *key, Py_ssize_t length, Py_hash_t hash) noexcept:
+        """The slot holding ``key``, or the empty one where it would go."""
+        cdef size_t i = <size_t>hash & self._mask
+        cdef _Slot *slot
+        while True:
+            slot = &self._slots[i]
+            if slot.key is NULL or (slot.hash == hash and slot.length == length
+                                    and memcmp(slot.key, key, length) == 0):
+                return slot
+            i = (i + 1) & self._mask
+
+    cdef int _grow(self) except -1:
+        cdef _Slot *old = self._slots
+        cdef size_t old_slots = self._mask + 1
+        cdef Py_ssize_t size = self._size
+        cdef size_t i
+        cdef _Slot *slot
+        self._new_table(old_slots * 2)
+        self._size = size
+        for i in range(old_slots):
+            if old[i].key is not NULL:
+                slot = self._find(old[i].key, old[i].length, old[i].hash)
+                slot[0] = old[i]
+        PyMem_Free(old)
+        return 0
+
+    cdef Py_ssize_t _shape_key(self, const char *name, Py_ssize_t name_length,
+                               const char *tail, Py_ssize_t tail_length) except -1:
+        """Put ``name:tail`` in the scratch buffer; its length."""
+        cdef Py_ssize_t length = name_length + 1 + tail_length
+        cdef char *grown
+        if length > self._scratch_size:
+            grown = <char *>PyMem_Realloc(self._scratch, length)
+            if grown is NULL:
+                raise MemoryError()
+            self._scratch = grown
+            self._scratch_size = length
+        memcpy(self._scratch, name, name_length)
+        self._scratch[name_length] = 58  # ":"
+        if tail_length:
+            memcpy(self._scratch + name_length + 1, tail, tail_length)
+        return length
+
+    def __init__(self, manager, absolute_gauges=False):
+        from pystatsd import aggregation
+        self._manager = manager
+        self.absolute_gauges = absolute_gauges
+        self.hits = 0
+        self.unplaced = 0
+        self.bytes = 0
+        self._memory_generation = manager.memory_generation
+        self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
+
+    def __len__(self):
+        return self._size
+
+    def clear(self):
+        self._free_table()
+        self._new_table(_FIRST_SLOTS)
+        self.bytes = 0
+
+    cdef int _begin(self) except -1:
+        """Read what one apply needs from the manager (once per payload, not per line)."""
+        manager = self._manager
+        if manager.memory_generation != self._memory_generation:  # a burst is gone: let go
+            self._memory_generation = manager.memory_generation
+            self.clear()
+        self._epoch = manager.epoch
+        self._exact_limit = manager.exact_limit
+        self._hits_now = 0
+        self._unplaced_now = 0
+        return 0
+
+    cdef int _end(self) except -1:
+        self.hits += self._hits_now
+        self.unplaced += self._unplaced_now
+        return 0
+
+    cdef int _apply_line(self, const char *start, Py_ssize_t length) except -1:
+        """Apply one line (its bytes, without the newline): 1 if taken (applied, or dropped
+        and counted by the manager), 0 if refused, for the slow path."""
+        cdef const char *colon = <const char *>memchr(start, 58, length)  # ":"
+        cdef const char *value
+        cdef const char *bar
+        cdef Py_ssize_t value_length, name_length, tail_length, key_length
+        cdef Py_hash_t key_hash
+        cdef _Slot *slot
+        cdef _Entry entry
+        cdef list cells
+        cdef array values
+        cdef double number = 0.0, total, moved, level
+        cdef object member = None
+        if colon is NULL:  # no value: the Python class refuses it too
+            return 0
+        name_length = colon - start
+        value = colon + 1
+        bar = <const char *>memchr(value, 124, length - name_length - 1)  # "|"
+        if bar is NULL:
+            value_length = length - name_length - 1
+            tail_length = 0
+        else:
+            value_length = bar - value
+            tail_length = length - name_length - 2 - value_length
+        key_length = self._shape_key(start, name_length, bar + 1, tail_length)
+        key_hash = _Py_HashBytes(self._scratch, key_length)
+        slot = self._find(self._scratch, key_length, key_hash)
+        if slot.key is NULL:
+            return 0
+        entry = <_Entry>slot.entry
+        if entry.kind == _SET:
+            if value_length == 0:
+                return 0
+            try:
+                member = value[:value_length].decode("utf-8")
+            except UnicodeDecodeError:
+                return 0
+        elif not _parse_number(value, value_length, &number):
+            return 0
+        manager = self._manager
+        if entry.epoch != self._epoch:
+            cell = manager.cell(entry.key)
+            if cell is None:  # too many series: rejected and counted by the manager
+                self._unplaced_now += 1
+                return 1
+            if entry.kind == _DISTRIBUTION:
+                cell = cell.values
+                entry.is_array = type(cell) is array and cell.typecode == "d"
+            elif (entry.kind == _COUNTER or entry.kind == _GAUGE) and not (
+                    type(cell) is list and len(cell) >= (1 if entry.kind == _COUNTER else 2)):
+                # The loop below indexes these cells unchecked: a cell of another shape (a
+                # change to new_cell) must be an error here, never a crash.
+                raise TypeError(f"line cache: a {entry.key[1]} cell is {type(cell).__name__} "
+                                f"{cell!r:.40}, not [value]/[value, delta]")
+            entry.epoch = self._epoch
+            entry.cell = cell
+        # MetricMgr.update, inlined, as in the Python class.
+        if entry.kind == _COUNTER:
+            cells = <list>entry.cell
+            total = <double>cells[0] + number * entry.weight
+            if total - total != 0.0:
+                manager.overflow(entry.key, number, entry.weight)
+                self._unplaced_now += 1
+                return 1
+            cells[0] = total
+        elif entry.kind == _DISTRIBUTION:  # unit rate only
+            if number > self._distribution_limit or number < -self._distribution_limit:
+                manager.overflow(entry.key, number, entry.weight)
+                self._unplaced_now += 1
+                self._epoch = manager.epoch  # the cell may have left the table
+                return 1
+            if entry.is_array:
+                values = <array>entry.cell
+                extend_buffer(values, <char *>&number, 1)
+                if Py_SIZE(values) > self._exact_limit:
+                    manager.fold(entry.key)
+            else:
+                entry.cell.append(number)
+                if len(entry.cell) > self._exact_limit:
+                    manager.fold(entry.key)
+        elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+            cells = <list>entry.cell
+            if value[0] == 43 or value[0] == 45:  # "+" or "-"
+                moved = <double>cells[1] + number
+                if cells[0] is None:
+                    level = moved
+                else:
+                    level = <double>cells[0] + moved
+                if level - level != 0.0:
+                    manager.overflow(entry.key, number, entry.weight)
+                    self._unplaced_now += 1
+                    return 1
+                cells[1] = moved
+            else:
+                cells[0] = number
+                cells[1] = 0.0
+        elif entry.kind == _SET:
+            entry.cell[member] = None
+        elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
+            manager.overflow(entry.key, number, entry.weight)
+            self._unplaced_now += 1
+            self._epoch = manager.epoch
+            return 1
+        self._hits_now += 1
+        return 1
+
+    def apply(self, lines):
+        cdef bytes line
+        self._begin()
+        try:
+            for line in lines:
+                if not self._apply_line(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line)):
+                    return line
+        finally:
+            self._end()
+        return None
+
+    def apply_payload(self, bytes payload):
+        cdef const char *start = PyBytes_AS_STRING(payload)
+        cdef const char *end = start + PyBytes_GET_SIZE(payload)
+        cdef const char *newline
+        cdef Py_ssize_t taken = 0
+        self._begin()
+        try:
+            while start < end:  # as split(b"\n") with the empty piece after a last "\n" dropped
+                newline = <const char *>memchr(start, 10, end - start)
+                if newline is NULL:
+                    newline = end
+                if not self._apply_line(start, newline - start):
+                    return taken, start[:newline - start]
+                taken += 1
+                start = newline + 1
+        finally:
+            self._end()
+        return taken, None
+
+    def remember(self, bytes line, sample):
+        from pystatsd import aggregation
+        cdef const char *start = PyBytes_AS_STRING(line)
+        cdef Py_ssize_t length = PyBytes_GET_SIZE(line)
+        cdef const char *colon = <const char *>memchr(start, 58, length)
+        cdef const char *bar = NULL
+        cdef Py_ssize_t name_length, tail_length = 0
+        cdef Py_ssize_t key_length
+        cdef Py_hash_t key_hash
+        cdef _Slot *slot
+        cdef char *key
+        cdef int code
+        if colon is NULL:  # as partition does: the whole line is the name, the tail empty
+            name_length = length
+        else:
+            name_length = colon - start
+            bar = <const char *>memchr(colon + 1, 124, length - name_length - 1)
+            if bar is not NULL:
+                tail_length = length - (bar + 1 - start)
+        kind = sample.type
+        weight = 1.0 / sample.rate
+        if kind == COUNTER:
+            code = _COUNTER
+        elif kind == GAUGE:
+            code = _OTHER if self.absolute_gauges else _GAUGE
+        elif kind == SET:
+            code = _SET
+        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
+            code = _DISTRIBUTION
+        else:
+            code = _OTHER
+        cdef _Entry entry = _Entry.__new__(_Entry)
+        entry.kind = code
+        entry.epoch = -1
+        entry.cell = None
+        entry.weight = weight
+        entry.key = (sample.name, kind, sample.tags)
+        if self._size >= aggregation.CACHE_ENTRIES or self.bytes >= aggregation.CACHE_BYTES:
+            self.clear()
+        key_length = self._shape_key(start, name_length, bar + 1 if bar is not NULL else NULL,
+                                     tail_length)
+        key_hash = _Py_HashBytes(self._scratch, key_length)
+        slot = self._find(self._scratch, key_length, key_hash)
+        Py_INCREF(entry)
+        if slot.key is not NULL:  # the same shape again (remembered after a refused value)
+            Py_DECREF(<object>slot.entry)
+            slot.entry = <PyObject *>entry
+            return
+        key = <char *>PyMem_Malloc(key_length if key_length else 1)
+        if key is NULL:
+            Py_DECREF(entry)
+            raise MemoryError()
+        memcpy(key, self._scratch, key_length)
+        slot.key = key
+        slot.length = key_length
+        slot.hash = key_hash
+        slot.entry = <PyObject *>entry
+        self._size += 1
+        self.bytes += name_length + tail_length + aggregation._ENTRY_OVERHEAD
+        if <size_t>(self._size * 2) > self._mask + 1:
+            self._grow()

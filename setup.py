@@ -1,0 +1,50 @@
+"""Builds pystatsd's one optional C extension, the compiled line cache (pystatsd/_linecache.pyx).
+
+Everything else is in setup.cfg. The extension is optional: without Cython or a C compiler,
+or if it fails to build, the install goes on without it (saying so loudly in the build log)
+and the daemon runs the pure-Python line cache, which is the reference anyway.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+BANNER = "*" * 78
+
+
+def warn(message: str) -> None:
+    print(f"{BANNER}\npystatsd: {message}\npystatsd: the daemon will run the pure-Python line "
+          f"cache (slower, same results)\n{BANNER}", file=sys.stderr, flush=True)
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that turns a failed compile into a warning."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # any failure: fall back, loudly
+            warn(f"the compiled line cache was not built: {exc}")
+
+    def build_extension(self, ext: object) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            warn(f"the compiled line cache failed to build: {exc}")
+
+
+def extensions() -> list:
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        warn("Cython is not installed, so the compiled line cache is not built")
+        return []
+    from setuptools import Extension
+    return cythonize([Extension("pystatsd._linecache", ["pystatsd/_linecache.pyx"])],
+                     compiler_directives={"language_level": "3"}, quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,33 @@
+"""Both line caches, for the tests that must hold for each: the pure-Python reference and the
+compiled twin (skipped where it is not built; tests/test_linecache_compiled.py fails then)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from pystatsd import ingest as ingest_module
+from pystatsd.aggregation import PythonLineCache
+
+try:
+    from pystatsd._linecache import LineCache as CompiledLineCache
+except ImportError:  # not built: the tests of it are skipped, and one test says so
+    CompiledLineCache = None
+
+LINE_CACHES = [
+    pytest.param(PythonLineCache, id="python"),
+    pytest.param(CompiledLineCache, id="compiled",
+                 marks=pytest.mark.skipif(CompiledLineCache is None,
+                                          reason="the compiled line cache is not built")),
+]
+
+
+@contextmanager
+def pipelines_using(line_cache: Any) -> Iterator[None]:
+    """Pipelines made inside use ``line_cache`` (as the daemon would with it selected)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest_module, "LineCache", line_cache)
+        yield

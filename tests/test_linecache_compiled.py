@@ -1,0 +1,252 @@
+"""The compiled line cache (pystatsd/_linecache.pyx) against its reference, the pure-Python
+PythonLineCache: on any bytes, both take the same lines, refuse the same lines and leave the
+same cells, which are the cells the decoders and MetricMgr.add leave; and the daemon runs the
+compiled one unless told not to, or unless it is not built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pystatsd import aggregation
+from pystatsd.aggregation import MetricMgr, PythonLineCache
+from pystatsd.config import build_config
+from pystatsd.decoders import DecodeError, parse_statsd_line
+from pystatsd.distribution import Distribution
+from pystatsd.selfstats import SelfStats
+from tests.conftest import REPO
+from tests.line_caches import CompiledLineCache
+
+needs_compiled = pytest.mark.skipif(CompiledLineCache is None,
+                                    reason="the compiled line cache is not built")
+
+
+def test_the_compiled_line_cache_is_built_and_runs_by_default() -> None:
+    # setup_venv's editable install and the packages build it; a failed build installs
+    # without it (the daemon then runs the reference), which this makes visible.
+    assert CompiledLineCache is not None, (
+        "pystatsd._linecache does not import: rebuild it (bash tools/setup_venv.sh, or "
+        "pip install -v -e . to see why the compile failed)")
+    if os.environ.get(aggregation.LINE_CACHE_ENV, "auto") in ("auto", "", "compiled"):
+        assert aggregation.LineCache is CompiledLineCache
+        assert aggregation.LINE_CACHE == "compiled"
+
+
+# -- the same lines taken, the same cells, on any value --------------------------------------
+
+def cell_state(cell: Any) -> Any:
+    """What a cell holds, comparable with == (-0.0 and 0.0 told apart, nan equal to nan)."""
+    if isinstance(cell, Distribution):
+        return ("distribution", [repr(v) for v in cell.values], cell.weighted, cell.count,
+                cell.total, cell.sketch is not None)
+    if isinstance(cell, dict):
+        return ("set", list(cell))
+    return [repr(v) for v in cell]
+
+
+def run_lines(line_cache: Any, lines: list[bytes], absolute: bool,
+              **config: Any) -> tuple[dict, list[bool], dict]:
+    """The cells after ``lines`` (each the first of its shape decoded and remembered, as the
+    pipeline does), which lines the cache took, and the manager's counts."""
+    manager = MetricMgr(build_config({"forwarders": {}, **config}), SelfStats())
+    cache = line_cache(manager, absolute_gauges=absolute)
+    taken = []
+    for line in lines:
+        missed = cache.apply([line])
+        taken.append(missed is None)
+        if missed is not None:
+            assert missed is line
+            try:
+                samples = parse_statsd_line(line, absolute)
+            except DecodeError:
+                continue
+            for sample in samples:
+                manager.add(sample)
+            if len(samples) == 1 and samples[0].timestamp is None:
+                cache.remember(line, samples[0])
+    cells = {key: cell_state(cell) for key, cell in manager.swap().series.items()}
+    return cells, taken, dict(manager.stats.counters)
+
+
+def by_decoder(lines: list[bytes], absolute: bool, **config: Any) -> dict:
+    manager = MetricMgr(build_config({"forwarders": {}, **config}), SelfStats())
+    for line in lines:
+        try:
+            samples = parse_statsd_line(line, absolute)
+        except DecodeError:
+            continue
+        for sample in samples:
+            manager.add(sample)
+    return {key: cell_state(cell) for key, cell in manager.swap().series.items()}
+
+
+def assert_twins(lines: list[bytes], absolute: bool = False, **config: Any) -> list[bool]:
+    reference = run_lines(PythonLineCache, lines, absolute, **config)
+    compiled = run_lines(CompiledLineCache, lines, absolute, **config)
+    assert compiled[1] == reference[1]  # the same lines taken and refused, one by one
+    assert compiled[0] == reference[0]
+    assert compiled[2] == reference[2]  # the same rejects (overflow, too_many_series)
+    assert compiled[0] == by_decoder(lines, absolute, **config)
+    return compiled[1]
+
+
+SHAPES = [b"n:%s|c", b"n:%s|c|@0.5", b"n:%s|c|#k:v", b"g:%s|g", b"g:%s|g|#k:v", b"t:%s|ms",
+          b"t:%s|ms|@0.5", b"h:%s|h", b"d:%s|d", b"s:%s|s", b"s:%s|s|#k:v", b"n:%s|c|@5e-324",
+          b"t:%s|ms|@1e-200", b"x:%s|q", b"n:%s", b"n:%s|"]
+SEEDS = [shape % (b"a" if b"|s" in shape else b"1") for shape in SHAPES]
+
+GRAMMAR = st.from_regex(rb"\A[+-]?[0-9]{0,22}(\.[0-9]{0,22})?([eE][+-]?[0-9]{0,4})?\Z")
+NUMBER_BYTES = st.text("0123456789.eE+-", max_size=30).map(str.encode)
+SPECIAL = st.sampled_from([
+    b"", b"nan", b"NaN", b"inf", b"-inf", b"+inf", b"infinity", b"1e308", b"1.7976931348623157e308",
+    b"1.7976931348623159e308", b"1e309", b"-1e309", b"1e-400", b"4.9e-324", b"2e-324",
+    b"9" * 300, b"9" * 301, b"9" * 400, b"0" * 400 + b"1", b"1" + b"0" * 308, b"1" * 15,
+    b"1" * 16, b"9007199254740993", b"0.1", b"0.3", b"123456789012345", b"1234567890.12345",
+    b"0.000000000000001", b"1" * 64, b"1" * 65, b"0." + b"1" * 62, b"0." + b"1" * 63,
+    b"1_0", b" 1", b"1 ", b"0x10", b"1.2.3", b"+", b"-", b".", b"+.", b"-.5", b"5.", b"+-1",
+    b"--1", b"1e", b"1e+", b"e5", b".e1", b"-0", b"+0", b"-0.0", b"00", b"007", b"\xd9\xa3",
+    b"\xff\xfe", b"caf\xc3\xa9", b"\xed\xa0\x80", b"1\x00", b"1:2", b"1|2", b"1\n2", b"+1e308",
+])
+VALUES = st.one_of(GRAMMAR, NUMBER_BYTES, SPECIAL, st.binary(max_size=12),
+                   st.floats().map(lambda f: repr(f).encode()),
+                   st.integers(-10**20, 10**20).map(lambda i: str(i).encode()))
+
+
+@needs_compiled
+@pytest.mark.parametrize("absolute", [False, True], ids=["signed-gauges", "absolute-gauges"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(SHAPES), VALUES), min_size=1, max_size=40))
+def test_the_compiled_cache_takes_and_refuses_what_the_reference_does(absolute: bool,
+                                                                      lines: list) -> None:
+    assert_twins(SEEDS + [shape % value for shape, value in lines] * 2, absolute,
+                 timer_exact_samples=5)
+
+
+@needs_compiled
+def test_odd_values_are_refused_by_both_and_the_usual_ones_taken() -> None:
+    odd = [b"nan", b"inf", b"1e309", b"9" * 301, b"1_0", b" 1", b"0x10", b"", b"+", b"1e",
+           b"\xff"]
+    usual = [b"1", b"-2", b"+3", b"2.5", b".5", b"5.", b"1e3", b"1E-2", b"-0", b"9" * 300,
+             b"0." + b"1" * 70, b"12345678901234567890"]
+    lines = [b"n:1|c", b"t:1|ms", b"s:a|s"]
+    lines += [b"n:%s|c" % value for value in odd + usual]
+    lines += [b"t:%s|ms" % value for value in odd + usual]
+    lines += [b"s:\xff\xfe|s", b"s:|s", b"s:caf\xc3\xa9|s", b"s:1.0|s"]
+    taken = assert_twins(lines)
+    assert taken[3:] == ([False] * len(odd) + [True] * len(usual)) * 2 + [
+        False, False, True, True]
+
+
+@needs_compiled
+def test_both_reject_the_same_overflows_and_the_same_new_series_past_max_series() -> None:
+    lines = [b"hits:1|c", b"hits:1e308|c", b"hits:1e308|c", b"load:1|g", b"load:+1e308|g",
+             b"load:+1e308|g", b"db:1|ms", b"db:1e200|ms", b"db:-1e101|ms", b"db:5|ms",
+             b"u:a|s", b"v:1|c", b"w:1|c"] * 3
+    assert_twins(lines, max_series=4)
+
+
+@needs_compiled
+def test_the_compiled_cache_folds_timers_and_rebinds_cells_each_interval() -> None:
+    config = build_config({"forwarders": {}, "timer_exact_samples": 10})
+    states = []
+    for line_cache in (PythonLineCache, CompiledLineCache):
+        manager = MetricMgr(config, SelfStats())
+        cache = line_cache(manager)
+        seed = b"db:0|ms"
+        cache.apply([seed])
+        cache.remember(seed, parse_statsd_line(seed)[0])
+        manager.add(parse_statsd_line(seed)[0])
+        intervals = []
+        for interval in range(3):
+            assert cache.apply([b"db:%d|ms" % v for v in range(interval, 100, 3)]) is None
+            intervals.append(cell_state(manager.swap().series[("db", "timer", ())]))
+        states.append((intervals, cache.hits, len(cache)))
+    assert states[0] == states[1]
+    assert states[1][0][0][-1]  # past timer_exact_samples: a sketch
+
+
+# -- which one runs --------------------------------------------------------------------------
+
+def version_with(value: str | None, block_compiled: bool = False) -> subprocess.CompletedProcess:
+    """``pystatsd --version`` with PYSTATSD_LINE_CACHE set to ``value``; ``block_compiled``:
+    as where the extension is not built (its import fails)."""
+    env = {k: v for k, v in os.environ.items() if k != aggregation.LINE_CACHE_ENV}
+    if value is not None:
+        env[aggregation.LINE_CACHE_ENV] = value
+    code = "import sys\n"
+    if block_compiled:
+        code += "sys.modules['pystatsd._linecache'] = None\n"  # how a missing module imports
+    code += "sys.argv = ['pystatsd', '--version']\nfrom pystatsd.cli import main\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+
+
+@needs_compiled
+def test_version_says_which_line_cache_runs_and_the_switch_forces_the_python_one() -> None:
+    assert version_with(None).stdout.rstrip().endswith("; line cache: compiled)")
+    assert version_with("compiled").stdout.rstrip().endswith("; line cache: compiled)")
+    forced = version_with("python")
+    assert forced.returncode == 0
+    assert forced.stdout.rstrip().endswith(
+        "; line cache: python (PYSTATSD_LINE_CACHE=python))")
+
+
+def test_without_the_compiled_module_the_python_one_runs_unless_compiled_is_required() -> None:
+    fallback = version_with(None, block_compiled=True)
+    assert fallback.returncode == 0
+    assert "line cache: python (the compiled line cache does not import" in fallback.stdout
+    required = version_with("compiled", block_compiled=True)
+    assert required.returncode != 0
+    assert required.stderr.rstrip().splitlines()[-1].startswith(
+        "RuntimeError: PYSTATSD_LINE_CACHE=compiled but the compiled line cache does not import")
+    bogus = version_with("fast")
+    assert bogus.returncode != 0
+    assert "PYSTATSD_LINE_CACHE='fast': expected python, compiled or auto" in bogus.stderr
+
+
+@needs_compiled
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.one_of(st.tuples(st.sampled_from(SHAPES), VALUES),
+                                   st.just((b"%s", b""))), max_size=8), max_size=6),
+       st.booleans())
+def test_both_walk_a_payload_as_the_pipeline_splits_it(payloads: list, trailing: bool) -> None:
+    # Empty lines, a last newline or not, lines the cache refuses in the middle: the same count
+    # taken and the same line handed back, payload after payload.
+    results = []
+    for line_cache in (PythonLineCache, CompiledLineCache):
+        manager = MetricMgr(build_config({"forwarders": {}}), SelfStats())
+        cache = line_cache(manager)
+        for seed in SEEDS:
+            try:
+                cache.remember(seed, parse_statsd_line(seed)[0])
+            except DecodeError:  # the shapes of no metric type: never remembered
+                pass
+        returned = []
+        for lines in payloads:
+            payload = b"\n".join(shape % value for shape, value in lines) + (
+                b"\n" if trailing else b"")
+            returned.append(cache.apply_payload(payload))
+        results.append((returned, cache.hits, cache.unplaced,
+                        {key: cell_state(cell) for key, cell in manager.swap().series.items()}))
+    assert results[0] == results[1]
+
+
+@needs_compiled
+def test_a_cell_of_another_shape_is_an_error_not_a_crash() -> None:
+    # The compiled loop indexes counter and gauge cells unchecked once bound: a change to the
+    # cells' shape (new_cell) must fail loudly at binding, as the Python class would.
+    class TupleCells(MetricMgr):
+        def cell(self, key: Any) -> Any:
+            return (0.0,)
+
+    manager = TupleCells(build_config({"forwarders": {}}), SelfStats())
+    cache = CompiledLineCache(manager)
+    cache.remember(b"n:1|c", parse_statsd_line(b"n:1|c")[0])
+    with pytest.raises(TypeError, match="counter cell is tuple"):
+        cache.apply_payload(b"n:2|c")
