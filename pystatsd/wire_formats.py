@@ -167,11 +167,15 @@ def relay_accepts(relay: object, fmt: str) -> bool:
     return wanted == ("graphite" if fmt == "graphite_pickle" else fmt)
 
 
-def relay_items(fmt: str, payload: bytes) -> list[bytes]:
-    """What relays get from one payload: graphite lines, or whole statsite commands."""
+def relay_items(fmt: str, payload: bytes, stats: SelfStats | None = None) -> list[bytes]:
+    """What relays get from one payload: graphite lines, or whole statsite commands. A pickle
+    frame's refusals are counted into ``stats`` when given; without it :func:`decode` of the
+    same payload counts them."""
     if fmt == "graphite":
         return [line for line in payload.split(b"\n") if line.strip()]
     if fmt == "graphite_pickle":
+        if stats is not None:
+            return [_graphite_line(sample) for sample in decode_pickle_frame(payload, stats)]
         try:
             samples, _ = parse_pickle_frame(payload)
         except ValueError:
