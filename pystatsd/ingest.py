@@ -109,11 +109,11 @@ class Pipeline:
         listener of another ``format`` hands whole units of it (pystatsd.wire_formats).
         ``absolute_gauges`` is the listener's ``gauge_sign: absolute``; ``graphite`` what a
         graphite listener does with its datapoints (pystatsd.graphite_ingest)."""
-        if graphite is not None:
-            self._ingest_graphite(payload, fmt, graphite)
-            return
-        if fmt != "statsd":
-            self._ingest_format(payload, fmt)
+        if fmt != "statsd":  # first: the statsd path pays one comparison, as before
+            if graphite is not None:
+                self._ingest_graphite(payload, fmt, graphite)
+            else:
+                self._ingest_format(payload, fmt)
             return
         self._datagrams += 1
         if self._relaying and self._relay(payload):
