@@ -8,7 +8,9 @@ machine, as bench/ingest_cpu.py counts them).
 
 The choices: ``before`` (a graphite payload as the pipeline took every one before listeners
 chose: relayed and aggregated as a gauge), ``relay+aggregate``, ``relay``, ``aggregate`` and
-``rules`` (aggregate by a four-rule list making paths counters, timers and sets). The relay is
+``rules`` (aggregate by a four-rule list making three paths in four counters, timers and sets:
+the cost of the rules and of those types' aggregation), ``unmatched`` (the same four rules,
+which match no path here: the rules' own cost, every datapoint still a gauge). The relay is
 a stand-in that takes the lines and keeps nothing, so what is measured is the pipeline's own
 work, not carbon_routes' routing (bench/carbon_routes.py measures that)."""
 
@@ -35,7 +37,7 @@ from pystatsd.graphite_ingest import GraphiteSource  # noqa: E402
 from pystatsd.ingest import Pipeline  # noqa: E402
 from pystatsd.selfstats import SelfStats  # noqa: E402
 
-CHOICES = ("before", "relay+aggregate", "relay", "aggregate", "rules")
+CHOICES = ("before", "relay+aggregate", "relay", "aggregate", "rules", "unmatched")
 RULES = [{"regex": r"^bench\.svc\d+\.(requests)\d+$", "type": "counter"},
          {"sub": ".latency", "type": "timer"},
          {"prefix": "bench.users", "type": "set"},
@@ -71,14 +73,16 @@ def make_payloads(count: int, lines: int, names: int, seed: int = 1) -> list[byt
 
 def pipeline_for(choice: str) -> tuple[Pipeline, MetricMgr, Any]:
     """The pipeline and the ``ingest`` call of one choice."""
-    config = build_config({"forwarders": {}, "graphite_rules": {"bench": RULES},
+    unmatched = [{**rule, "prefix": "elsewhere."} for rule in RULES]
+    config = build_config({"forwarders": {}, "graphite_rules": {"bench": RULES, "none": unmatched},
                            "flush_interval": 3600, "timestamp_window_seconds": 7200})
     manager = MetricMgr(config)
     pipeline = Pipeline(config, manager, SelfStats(), [_Discard()])  # type: ignore[list-item]
     uses = {"relay+aggregate": ("relay", "aggregate"), "relay": ("relay",),
-            "aggregate": ("aggregate",), "rules": ("aggregate",)}.get(choice)
-    source = GraphiteSource("listener.tcp.bench", uses,
-                            "bench" if choice == "rules" else None)
+            "aggregate": ("aggregate",), "rules": ("aggregate",),
+            "unmatched": ("aggregate",)}.get(choice)
+    source = GraphiteSource("listener.tcp.bench", uses, {"rules": "bench",
+                                                         "unmatched": "none"}.get(choice))
     ingest = pipeline.ingest
 
     def run(payload: bytes) -> None:

@@ -105,7 +105,8 @@ class GraphiteRules:
         if kind == SET:
             assert isinstance(value, float)
             value = str(int(value)) if value.is_integer() else repr(value)
-        return sample._replace(name=name, type=kind, value=value)
+        # built whole: NamedTuple._replace costs three times as much, once per datapoint
+        return Sample(name, kind, value, sample.rate, sample.tags, False, sample.timestamp)
 
     def _decide(self, path: str) -> tuple[str, str]:
         for rule in self._rules:
