@@ -14,13 +14,19 @@ the same statistics and the same cells.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
 from pystatsd.decoders.events import is_event_line, parse_event_line
-from pystatsd.graphite_ingest import GraphiteRules, GraphiteSource, load_graphite_rules
+from pystatsd.graphite_ingest import (
+    GraphiteRules,
+    GraphiteSource,
+    graphite_config_errors,
+    load_graphite_rules,
+)
 from pystatsd.mapping import load_mapper
 from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
@@ -28,6 +34,8 @@ from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import Event
 from pystatsd.tagging import Tagger
 from pystatsd.wire_formats import decode, relay_accepts, relay_items
+
+log = logging.getLogger("pystatsd.ingest")
 
 _SLOW_START = b"{[ \t\r\n\x0b\x0c"
 """A payload starting with one of these goes whole to ``decode_payload``: JSON (which it
@@ -73,6 +81,11 @@ class Pipeline:
         self._relaying = self._relay_only or bool(self._relays)
         self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
         self._graphite_rules: dict[str, GraphiteRules] = load_graphite_rules(config)
+        # A reload keeps the running listeners (they change on restart), checked above only
+        # against the new file's: say when the new rule lists do not fit the running ones.
+        for line in graphite_config_errors(config, config.get("listeners") or []):
+            log.warning("the running listeners do not fit the reloaded graphite_rules: %s; "
+                        "their datapoints are aggregated as gauges until a restart", line)
         self._manager.reconfigure(config)
         self._cache.clear()
         self._absolute_cache.clear()

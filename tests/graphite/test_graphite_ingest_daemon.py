@@ -195,7 +195,7 @@ def test_rules_make_datapoints_counters_timers_sets_or_nothing_and_relaying_keep
         carbon.close()
 
 
-def test_a_reload_changes_the_rules(start_daemon: Any, tmp_path: Path) -> None:
+def test_a_reload_changes_the_rules_and_says_when_they_no_longer_fit(start_daemon: Any, tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "metrics.jsonl"
     config = {"flush_interval": 1,
@@ -212,6 +212,16 @@ def test_a_reload_changes_the_rules(start_daemon: Any, tmp_path: Path) -> None:
     daemon.wait_for_log("reloaded")
     daemon.send_udp(b"hits 2 %d\n" % time.time(), port=port)
     wait_for(lambda: ("took", "timer") in series(out, "took"), what="the new rule's timer")
+    # A file whose listeners name another list: valid on its own, but the running listener
+    # (listeners change on restart) names a list the reload took away. Said, and a gauge.
+    written["listeners"][0]["graphite_rules"] = "renamed"
+    written["graphite_rules"] = {"renamed": written["graphite_rules"]["app"]}
+    daemon.config_path.write_text(yaml.safe_dump(written))
+    daemon.signal(signal.SIGHUP)
+    line = daemon.wait_for_log("do not fit the reloaded graphite_rules")
+    assert "listeners[0].graphite_rules: no list 'app'" in line
+    daemon.send_udp(b"hits 2 %d\n" % time.time(), port=port)
+    wait_for(lambda: ("hits", "gauge") in series(out, "hits"), what="the default gauge")
     assert daemon.stop() == 0
 
 
