@@ -195,7 +195,8 @@ def test_rules_make_datapoints_counters_timers_sets_or_nothing_and_relaying_keep
         carbon.close()
 
 
-def test_a_reload_changes_the_rules_and_says_when_they_no_longer_fit(start_daemon: Any, tmp_path: Path) -> None:
+def test_a_reload_changes_the_rules_and_says_when_they_no_longer_fit(
+        start_daemon: Any, tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "metrics.jsonl"
     config = {"flush_interval": 1,
