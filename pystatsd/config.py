@@ -157,6 +157,7 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
                 errors += _forwarder_errors(name, section)
     if not errors:
         errors += _mapping_errors(config)
+        errors += _graphite_errors(config)
     if errors:
         raise ConfigError(source, errors)
     return config
@@ -172,6 +173,14 @@ def _mapping_errors(config: Config) -> list[str]:
     except MappingError as exc:
         return [str(exc)]
     return []
+
+
+def _graphite_errors(config: Config) -> list[str]:
+    """Graphite listeners' ``graphite_datapoints`` and ``graphite_rules``, checked against
+    the mode and the rule lists, so a listener asking for what cannot be stops the start."""
+    from pystatsd.graphite_ingest import graphite_config_errors
+
+    return graphite_config_errors(config, config.get("listeners") or [])
 
 
 def listeners(config: Config) -> list[dict[str, Any]]:

@@ -89,6 +89,9 @@ def _rows(schema: dict[str, Any], prefix: str) -> list[str]:
         items = sub.get("items")
         if isinstance(items, dict) and "properties" in items:
             rows += _rows(items, path + "[].")
+        named = sub.get("additionalProperties")  # a map of names to lists of objects
+        if isinstance(named, dict) and "properties" in (named.get("items") or {}):
+            rows += _rows(named["items"], path + ".<name>[].")
     return rows
 
 

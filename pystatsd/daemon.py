@@ -38,6 +38,7 @@ from pystatsd.admin import SOCKET_NAME, AdminServer
 from pystatsd.admin_runtime import AdminRuntime
 from pystatsd.aggregation import LINE_CACHE, IntervalTable, MetricMgr
 from pystatsd.config import Config, listeners, load_config
+from pystatsd.graphite_ingest import GraphiteSource
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
@@ -237,11 +238,11 @@ class Daemon:
     def _relays(self) -> list[RelayForwarder]:
         return [f for f in self.forwarders.values() if isinstance(f, RelayForwarder)]
 
-    def _deliver(self, payload: bytes, fmt: str = "statsd",
-                 absolute_gauges: bool = False) -> None:
+    def _deliver(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
+                 graphite: GraphiteSource | None = None) -> None:
         with self.lock:
             assert self.pipeline is not None
-            self.pipeline.ingest(payload, fmt, absolute_gauges)
+            self.pipeline.ingest(payload, fmt, absolute_gauges, graphite)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -14,12 +14,19 @@ the same statistics and the same cells.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
 from pystatsd.decoders import DecodeError, decode_payload, parse_statsd_line
 from pystatsd.decoders.events import is_event_line, parse_event_line
+from pystatsd.graphite_ingest import (
+    GraphiteRules,
+    GraphiteSource,
+    graphite_config_errors,
+    load_graphite_rules,
+)
 from pystatsd.mapping import load_mapper
 from pystatsd.relay_input import RelayInput
 from pystatsd.sample import Sample
@@ -27,6 +34,8 @@ from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import Event
 from pystatsd.tagging import Tagger
 from pystatsd.wire_formats import decode, relay_accepts, relay_items
+
+log = logging.getLogger("pystatsd.ingest")
 
 _SLOW_START = b"{[ \t\r\n\x0b\x0c"
 """A payload starting with one of these goes whole to ``decode_payload``: JSON (which it
@@ -45,6 +54,7 @@ class Pipeline:
         manager.stats = stats
         self._relays = tuple(r for r in relays if relay_accepts(r, "statsd"))
         self._all_relays = tuple(relays)
+        self._graphite_relays = tuple(r for r in relays if relay_accepts(r, "graphite"))
         # Counted in plain ints (a Counter update per payload would cost more than a line)
         # and published into ``stats`` by publish_counts, which the daemon calls before each
         # swap.
@@ -52,6 +62,9 @@ class Pipeline:
         self._lines = 0
         self._decoded = 0
         self._aggregated = 0
+        self._graphite_counts: dict[str, int] = {}
+        """Per graphite listener: ``<prefix>.datapoints.relayed`` and the rest, published
+        with the other counts."""
         self._cache = LineCache(manager)
         self._absolute_cache = LineCache(manager, absolute_gauges=True)
         """For the lines of ``gauge_sign: absolute`` listeners: the same shape means another
@@ -67,6 +80,12 @@ class Pipeline:
         self._relay_only = config["mode"] == "relay"
         self._relaying = self._relay_only or bool(self._relays)
         self._relay_input = RelayInput(self._stats, count_decode_rejects=self._relay_only)
+        self._graphite_rules: dict[str, GraphiteRules] = load_graphite_rules(config)
+        # A reload keeps the running listeners (they change on restart), checked above only
+        # against the new file's: say when the new rule lists do not fit the running ones.
+        for line in graphite_config_errors(config, config.get("listeners") or []):
+            log.warning("the running listeners do not fit the reloaded graphite_rules: %s; "
+                        "their datapoints are aggregated as gauges until a restart", line)
         self._manager.reconfigure(config)
         self._cache.clear()
         self._absolute_cache.clear()
@@ -90,15 +109,24 @@ class Pipeline:
             if amount:
                 stats.incr(name, amount)
         self._datagrams = self._lines = self._decoded = self._aggregated = 0
+        for name, amount in self._graphite_counts.items():
+            if amount:
+                stats.incr(name, amount)
+        self._graphite_counts = {}
         for cache in (self._cache, self._absolute_cache):
             cache.hits = cache.unplaced = 0
 
-    def ingest(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False) -> None:
+    def ingest(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
+               graphite: GraphiteSource | None = None) -> None:
         """Handle one UDP datagram, or a chunk of complete TCP lines joined by ``\\n``; a
         listener of another ``format`` hands whole units of it (pystatsd.wire_formats).
-        ``absolute_gauges`` is the listener's ``gauge_sign: absolute``."""
-        if fmt != "statsd":
-            self._ingest_format(payload, fmt)
+        ``absolute_gauges`` is the listener's ``gauge_sign: absolute``; ``graphite`` what a
+        graphite listener does with its datapoints (pystatsd.graphite_ingest)."""
+        if fmt != "statsd":  # first: the statsd path pays one comparison, as before
+            if graphite is not None:
+                self._ingest_graphite(payload, fmt, graphite)
+            else:
+                self._ingest_format(payload, fmt)
             return
         self._datagrams += 1
         if self._relaying and self._relay(payload):
@@ -151,6 +179,43 @@ class Pipeline:
         samples = decode(fmt, payload, self._stats)
         self._lines += len(samples)
         self._aggregate(samples)
+
+    def _ingest_graphite(self, payload: bytes, fmt: str, source: GraphiteSource) -> None:
+        """A payload of a graphite listener: relayed raw, aggregated by its rules, or both,
+        as the listener's ``graphite_datapoints`` (or else the mode) says."""
+        self._datagrams += 1
+        uses = source.uses if source.uses is not None else (
+            ("relay",) if self._relay_only else ("relay", "aggregate"))
+        aggregate = "aggregate" in uses and not self._relay_only
+        counts = self._graphite_counts
+        if "relay" in uses:
+            # Without aggregation nobody else decodes the payload: a refused pickle is counted
+            # here then.
+            items = relay_items(fmt, payload, None if aggregate else self._stats)
+            if items and self._graphite_relays:
+                for relay in self._graphite_relays:
+                    relay.submit_lines(items)
+                name = source.prefix + ".datapoints.relayed"
+                counts[name] = counts.get(name, 0) + len(items)
+            if not aggregate:
+                self._lines += len(items)
+        if not aggregate:
+            return
+        samples = decode(fmt, payload, self._stats)
+        self._lines += len(samples)
+        rules = self._graphite_rules.get(source.rules) if source.rules is not None else None
+        if rules is not None:
+            decided = [rules.apply(sample) for sample in samples]
+            kept = [sample for sample in decided if sample is not None]
+            if len(kept) < len(samples):
+                name = source.prefix + ".datapoints.refused_by_rule"
+                counts[name] = counts.get(name, 0) + len(samples) - len(kept)
+            samples = kept
+        before = self._aggregated
+        self._aggregate(samples)
+        if self._aggregated > before:
+            name = source.prefix + ".datapoints.aggregated"
+            counts[name] = counts.get(name, 0) + self._aggregated - before
 
     # -- the slow path: the decoders' rules, then the tagger and MetricMgr.add ----------------
     def _ingest_from(self, lines: list[bytes], missed: bytes, cache: LineCache) -> None:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pystatsd.graphite_ingest import GraphiteSource, graphite_source
 from pystatsd.inherited_sockets import inherited_socket
 from pystatsd.selfstats import SelfStats
 from pystatsd.wire_formats import Framer, make_framer
@@ -37,11 +38,11 @@ log = logging.getLogger("pystatsd.listeners")
 
 class Deliver(Protocol):
     """Where a listener hands each payload: the daemon's ingest, told the listener's
-    ``format`` and ``gauge_sign`` (each listener binds its own with a partial, so the receive
-    loops keep their one-argument call)."""
+    ``format``, ``gauge_sign`` and, for graphite, what its datapoints mean (each listener binds
+    its own with a partial, so the receive loops keep their one-argument call)."""
 
-    def __call__(self, payload: bytes, fmt: str = "statsd",
-                 absolute_gauges: bool = False) -> None: ...
+    def __call__(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
+                 graphite: GraphiteSource | None = None) -> None: ...
 
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
@@ -141,6 +142,9 @@ class _Listener:
         self.address: tuple[str, int] = (host, port)
         """Where it is bound (the real port when the spec asked for 0); kept after a close."""
         self.prefix = metric_prefix(spec["protocol"], host, port)
+        graphite = graphite_source(spec, self.prefix)
+        if graphite is not None:  # what its datapoints mean, counted under its prefix
+            self._deliver = functools.partial(self._deliver, graphite=graphite)
         self.bytes_received = 0
         """Payload bytes read since start (lyft statsrelay's bytes_recv_udp/tcp)."""
         self.last_alive = time.monotonic()

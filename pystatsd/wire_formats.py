@@ -10,7 +10,8 @@ A listener's ``format`` says what its clients speak:
 Everything format-specific is here so that the listeners, the pipeline and the daemon only
 dispatch on the name: :func:`make_framer` cuts a TCP stream into payloads of whole units (a
 UDP datagram is one payload as it is), :func:`decode` turns a payload into samples (a graphite
-datapoint is a gauge that keeps the client's timestamp), and :func:`relay_items` into what a
+datapoint is a gauge that keeps the client's timestamp; what a graphite listener does with it
+is pystatsd.graphite_ingest), and :func:`relay_items` into what a
 relay of the matching input takes (:func:`relay_accepts`): graphite plaintext lines for a relay
 whose ``INPUT_FORMAT`` is ``graphite`` (``carbon_routes``; pickle datapoints become plaintext
 lines, timestamps kept), statsite commands for one whose ``INPUT_FORMAT`` is ``statsite``
@@ -167,11 +168,15 @@ def relay_accepts(relay: object, fmt: str) -> bool:
     return wanted == ("graphite" if fmt == "graphite_pickle" else fmt)
 
 
-def relay_items(fmt: str, payload: bytes) -> list[bytes]:
-    """What relays get from one payload: graphite lines, or whole statsite commands."""
+def relay_items(fmt: str, payload: bytes, stats: SelfStats | None = None) -> list[bytes]:
+    """What relays get from one payload: graphite lines, or whole statsite commands. A pickle
+    frame's refusals are counted into ``stats`` when given; without it :func:`decode` of the
+    same payload counts them."""
     if fmt == "graphite":
         return [line for line in payload.split(b"\n") if line.strip()]
     if fmt == "graphite_pickle":
+        if stats is not None:
+            return [_graphite_line(sample) for sample in decode_pickle_frame(payload, stats)]
         try:
             samples, _ = parse_pickle_frame(payload)
         except ValueError:
