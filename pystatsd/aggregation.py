@@ -39,7 +39,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
-from pystatsd.global_tier.partial_state import cell_partial
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import Event, SeriesStats
@@ -185,6 +184,8 @@ class MetricMgr:
         self.keep_partials: bool = any(
             isinstance(section, dict) and section.get("format") == "partials"
             for section in config.get("forwarders", {}).values())
+        if self.keep_partials:  # imported here, not again in every flush's forked child
+            import pystatsd.global_tier.partial_state  # noqa: F401
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
         self.flush_interval: float = float(config["flush_interval"])
         self.timestamp_window: float = float(config["timestamp_window_seconds"])
@@ -410,6 +411,8 @@ class MetricMgr:
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         keep_partials = self.keep_partials
+        if keep_partials:  # the global tier's sketches: protobuf (~4 MB) loaded only for it
+            from pystatsd.global_tier.partial_state import cell_partial
         partial = None
         buckets = self.histogram_buckets
         clock = time.perf_counter if pace else _never_late
