@@ -64,12 +64,13 @@ CHILD_TIMEOUT = 300.0
 100,000-series table took 4-37 s here, at nice 10 on a busy machine)."""
 
 HUGE_PAGES = True
-"""Before each fork, ask the kernel to back the heap with 2 MiB pages (``madvise``
-``MADV_HUGEPAGE`` then ``MADV_COLLAPSE`` on every private writable anonymous mapping). ``fork()``
+"""Before each fork, ask the kernel to back the dense parts of the heap with 2 MiB pages
+(``madvise`` ``MADV_HUGEPAGE`` then ``MADV_COLLAPSE``, see :func:`collapse_heap`). ``fork()``
 holds the GIL while the kernel copies the page tables: one entry per 4 KiB page otherwise, one
-per 2 MiB here. Measured at 100,000 series (424 MB): 49.9 ms -> 1.4 ms (load ~9), see
-docs/performance.md. The collapse runs without the GIL (ctypes releases it). Nothing happens
-where THP is ``never`` or the kernel has no ``MADV_COLLAPSE`` (Linux < 6.1)."""
+per 2 MiB here. Measured (bench/fork_cost.py, load ~10): fork() 20.5 -> 1.3 ms at 100,000
+series (278 MB), 10.6 -> 2.9 ms at 10,000 (51 MB); the first collapse of 278 MB took 1.9 s of
+kernel time, later ones 2-12 ms. ctypes releases the GIL for each call. Nothing happens where
+THP is ``never`` or the kernel has no ``MADV_COLLAPSE`` (Linux < 6.1)."""
 
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
@@ -190,7 +191,7 @@ def dense_heap_ranges() -> list[tuple[int, int]]:
         return []
     ranges: list[tuple[int, int]] = []
     per_huge = _HUGE // _PAGE
-    need = per_huge - int(per_huge * _DENSE)  # pages a dense 2 MiB page may lack
+    may_lack = per_huge - int(per_huge * _DENSE)  # absent 4 KiB pages in a dense 2 MiB one
     for line in maps.splitlines():
         fields = line.split()
         if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
@@ -205,7 +206,7 @@ def dense_heap_ranges() -> list[tuple[int, int]]:
         pages = resident.raw
         run_start = None
         for at in range(0, len(pages), per_huge):
-            dense = pages.count(0, at, at + per_huge) <= need
+            dense = pages.count(0, at, at + per_huge) <= may_lack
             if dense and run_start is None:
                 run_start = at
             elif not dense and run_start is not None:
