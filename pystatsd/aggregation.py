@@ -176,6 +176,7 @@ class MetricMgr:
         self.percentiles: Percentiles = [(float(p), percentile_key(p)) for p in
                                          config["percentiles"]]
         self.exact_limit: int = config["timer_exact_samples"]
+        self.set_member_limit: int = config["partial_set_members"]
         self.accuracy: float = config["sketch_relative_accuracy"]
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
@@ -184,8 +185,11 @@ class MetricMgr:
         self.keep_partials: bool = any(
             isinstance(section, dict) and section.get("format") == "partials"
             for section in config.get("forwarders", {}).values())
-        if self.keep_partials:  # imported here, not again in every flush's forked child
-            import pystatsd.global_tier.partial_state  # noqa: F401
+        if self.keep_partials:  # protobuf and the sketches (~4 MB) only for it; imported
+            # here, not again in every flush's forked child
+            from pystatsd.global_tier.partial_state import load_set_sketches
+
+            load_set_sketches()
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
         self.flush_interval: float = float(config["flush_interval"])
         self.timestamp_window: float = float(config["timestamp_window_seconds"])
@@ -450,7 +454,7 @@ class MetricMgr:
             elif kind == SET:
                 stats = {"count": float(len(cell))}
                 if keep_partials:
-                    partial = cell_partial(kind, cell, 0.0)
+                    partial = cell_partial(kind, cell, 0.0, self.set_member_limit)
                 cell.clear()
             else:  # trace
                 count = cell[0]
