@@ -1,8 +1,9 @@
 /* UDP statsd load generator for bench/ingest.py: sends pre-built datagrams at a fixed rate.
  *
- * usage: loadgen HOST PORT RATE SECONDS LINES_PER_DATAGRAM NAMES SEED
+ * usage: loadgen HOST PORT RATE SECONDS LINES_PER_DATAGRAM NAMES SEED [TAGS]
  * RATE is datagrams per second. Name i always has type i % 4 (counter, gauge, timer, set)
- * and, for odd i, DogStatsD tags, so NAMES names make NAMES series.
+ * and, for odd i, DogStatsD tags (unless TAGS is 0: statsite rejects a line with tags), so
+ * NAMES names make NAMES series.
  * Prints "sent_datagrams sent_lines" on stdout when done.
  * Written in C because a Python sender cannot outrun the Python receiver it measures. */
 #define _GNU_SOURCE
@@ -19,6 +20,7 @@
 #define BATCH 32
 
 static uint64_t rng_state;
+static int with_tags = 1;
 static uint32_t rnd(void) {
     rng_state ^= rng_state << 13;
     rng_state ^= rng_state >> 7;
@@ -34,7 +36,7 @@ static double now(void) {
 
 static int append_line(char *out, int names) {
     int i = rnd() % names;
-    const char *tags = (i & 1) ? "|#region:eu-1,shard:7" : "";
+    const char *tags = (i & 1) && with_tags ? "|#region:eu-1,shard:7" : "";
     switch (i % 4) {
     case 0:
         return sprintf(out, "bench.svc%d.requests%d:1|c%s", i % 100, i, tags);
@@ -49,10 +51,11 @@ static int append_line(char *out, int names) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: %s HOST PORT RATE SECONDS LINES NAMES SEED\n", argv[0]);
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: %s HOST PORT RATE SECONDS LINES NAMES SEED [TAGS]\n", argv[0]);
         return 2;
     }
+    if (argc == 9) with_tags = atoi(argv[8]);
     double rate = atof(argv[3]), seconds = atof(argv[4]);
     int lines = atoi(argv[5]), names = atoi(argv[6]);
     rng_state = strtoull(argv[7], NULL, 10) * 2654435761u + 1;

@@ -11,7 +11,6 @@ from pystatsd import systemd
 from pystatsd.admin_auth import TokenGuard
 from pystatsd.admin_console import tcp_console, unix_console
 from pystatsd.admin_control import AdminControl
-from pystatsd.admin_http import http_admin
 from pystatsd.bounded_server import ServingThread
 from pystatsd.watchdog import Watchdog
 
@@ -42,6 +41,9 @@ class AdminRuntime:
                 self.servers["console tcp"] = tcp_console(
                     self.control, guard, console["address"], console["port"], limit, timeout)
             if http["enabled"]:
+                # prometheus_client and http.server (~8 MB RSS) only when it is enabled
+                from pystatsd.admin_http import http_admin
+
                 self.servers["http"] = http_admin(self.control, guard, http["address"],
                                                   http["port"], limit, timeout)
         except OSError as exc:

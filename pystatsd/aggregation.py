@@ -40,7 +40,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
-from pystatsd.global_tier.partial_state import cell_partial, load_set_sketches
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import ETSY_TIMER_STATS, Event, ExtendedSeriesStats, SeriesStats
@@ -190,7 +189,10 @@ class MetricMgr:
         self.keep_partials: bool = any(
             isinstance(section, dict) and section.get("format") == "partials"
             for section in config.get("forwarders", {}).values())
-        if self.keep_partials:
+        if self.keep_partials:  # protobuf and the sketches (~4 MB) only for it; imported
+            # here, not again in every flush's forked child
+            from pystatsd.global_tier.partial_state import load_set_sketches
+
             load_set_sketches()
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
         self.flush_interval: float = float(config["flush_interval"])
@@ -417,6 +419,8 @@ class MetricMgr:
         percentiles, accuracy = self.percentiles, self.accuracy
         cumulative, idle_expiry = self.trace_cumulative, self.idle_expiry
         keep_partials = self.keep_partials
+        if keep_partials:  # the global tier's sketches: protobuf (~4 MB) loaded only for it
+            from pystatsd.global_tier.partial_state import cell_partial
         partial = None
         etsy = ETSY_TIMER_STATS in self.extra_stats
         extra: dict[str, float] | None = None

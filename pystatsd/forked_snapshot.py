@@ -20,6 +20,7 @@ finishes the same table in process (counted).
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import marshal
 import math
@@ -29,6 +30,7 @@ import struct
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from pystatsd.aggregation import (
@@ -61,12 +63,35 @@ CHILD_TIMEOUT = 300.0
 """Seconds a child may take before it is killed and the interval is finished in process (a
 100,000-series table took 4-37 s here, at nice 10 on a busy machine)."""
 
+HUGE_PAGES = True
+"""Before each fork, ask the kernel to back the dense parts of the heap with 2 MiB pages
+(``madvise`` ``MADV_HUGEPAGE`` then ``MADV_COLLAPSE``, see :func:`collapse_heap`). ``fork()``
+holds the GIL while the kernel copies the page tables: one entry per 4 KiB page otherwise, one
+per 2 MiB here. Measured (bench/fork_cost.py, load ~10): fork() 20.5 -> 1.3 ms at 100,000
+series (278 MB), 10.6 -> 2.9 ms at 10,000 (51 MB); the first collapse of 278 MB took 1.9 s of
+kernel time, later ones 2-12 ms. ctypes releases the GIL for each call. Nothing happens where
+THP is ``never`` or the kernel has no ``MADV_COLLAPSE`` (Linux < 6.1)."""
+
+_MADV_HUGEPAGE = 14
+_MADV_COLLAPSE = 25
+_HUGE = 2 << 20
+_DENSE = 0.9
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
 _PRCTL: Any
+_MADVISE: Any
+_MINCORE: Any
 try:  # looked up in the daemon, not in the child
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _PRCTL = _LIBC.prctl
+    _MADVISE, _MINCORE = _LIBC.madvise, _LIBC.mincore
+    _MADVISE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _MINCORE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 except (OSError, AttributeError):  # not Linux
-    _PRCTL = None
+    _PRCTL = _MADVISE = _MINCORE = None
 _PR_SET_PDEATHSIG = 1
+_collapse_works = True  # until the kernel says otherwise (EINVAL: no MADV_COLLAPSE)
 
 _HEADER = struct.Struct("<BI")  # frame kind, payload length
 _SERIES, _GAUGES, _TRACES, _MARKED, _END = range(5)
@@ -84,6 +109,8 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     fork, so that no :meth:`MetricMgr.forget` is half done in the child's copy, and for the
     adoption). ``table`` is left as it was: the caller frees it (see :func:`release`)."""
     manager.start_finish(len(table.series))
+    if HUGE_PAGES:
+        collapse_heap()
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     try:
@@ -132,6 +159,62 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
                               shrunk)
     manager.report_non_finite(non_finite)
     return series
+
+
+def collapse_heap() -> int:
+    """Back the heap with huge pages where the kernel can (see :data:`HUGE_PAGES`); the bytes
+    now in huge-page ranges. Ranges already collapsed cost the kernel a check; pages split by
+    copy-on-write during the last flush's child, or new since, are collapsed again."""
+    global _collapse_works
+    if _MADVISE is None or not _collapse_works:
+        return 0
+    done = 0
+    for low, high in dense_heap_ranges():
+        if _MADVISE(low, high - low, _MADV_HUGEPAGE) != 0:
+            continue
+        if _MADVISE(low, high - low, _MADV_COLLAPSE) == 0:
+            done += high - low
+        elif ctypes.get_errno() == errno.EINVAL:  # no MADV_COLLAPSE, or THP "never"
+            _collapse_works = False
+            break
+    return done
+
+
+def dense_heap_ranges() -> list[tuple[int, int]]:
+    """Runs of whole 2 MiB pages, in the private writable anonymous mappings (Python's arenas,
+    the brk heap), that are at least :data:`_DENSE` resident (``mincore``, without the GIL):
+    collapsing a sparse one (a thread's stack, a fresh arena) would fault in memory nobody
+    uses. /proc/self/maps, not smaps: smaps walks every page table and its text is long."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    ranges: list[tuple[int, int]] = []
+    per_huge = _HUGE // _PAGE
+    may_lack = per_huge - int(per_huge * _DENSE)  # absent 4 KiB pages in a dense 2 MiB one
+    for line in maps.splitlines():
+        fields = line.split()
+        if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue
+        low, high = (int(end, 16) for end in fields[0].split("-"))
+        low, high = (low + _HUGE - 1) & ~(_HUGE - 1), high & ~(_HUGE - 1)
+        if high <= low:
+            continue
+        resident = ctypes.create_string_buffer((high - low) // _PAGE)
+        if _MINCORE(low, high - low, resident) != 0:
+            continue
+        pages = resident.raw
+        run_start = None
+        for at in range(0, len(pages), per_huge):
+            dense = pages.count(0, at, at + per_huge) <= may_lack
+            if dense and run_start is None:
+                run_start = at
+            elif not dense and run_start is not None:
+                ranges.append((low + run_start * _PAGE, low + at * _PAGE))
+                run_start = None
+        if run_start is not None:
+            ranges.append((low + run_start * _PAGE, high))
+    return ranges
 
 
 def _kill(pid: int) -> None:

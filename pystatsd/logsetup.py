@@ -11,8 +11,6 @@ import sys
 import time
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
-
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _JSON_NAMES = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
@@ -76,6 +74,8 @@ def _handler(target: str, form: str = "text") -> logging.Handler:
     else:
         handler = _LogFileHandler(target)
     if form == "json":
+        from pythonjsonlogger.json import JsonFormatter  # ~3 MB RSS: only when asked for
+
         handler.setFormatter(JsonFormatter(_JSON_FIELDS, rename_fields=_JSON_NAMES,
                                            prefix=syslog_prefix))
     elif handler.formatter is None:
