@@ -63,14 +63,18 @@ CHILD_TIMEOUT = 300.0
 """Seconds a child may take before it is killed and the interval is finished in process (a
 100,000-series table took 4-37 s here, at nice 10 on a busy machine)."""
 
-HUGE_PAGES = True
-"""Before each fork, ask the kernel to back the dense parts of the heap with 2 MiB pages
-(``madvise`` ``MADV_HUGEPAGE`` then ``MADV_COLLAPSE``, see :func:`collapse_heap`). ``fork()``
-holds the GIL while the kernel copies the page tables: one entry per 4 KiB page otherwise, one
-per 2 MiB here. Measured (bench/fork_cost.py, load ~10): fork() 20.5 -> 1.3 ms at 100,000
-series (278 MB), 10.6 -> 2.9 ms at 10,000 (51 MB); the first collapse of 278 MB took 1.9 s of
-kernel time, later ones 2-12 ms. ctypes releases the GIL for each call. Nothing happens where
-THP is ``never`` or the kernel has no ``MADV_COLLAPSE`` (Linux < 6.1)."""
+HUGE_PAGES = False
+"""Whether to ask the kernel, before each fork, to back the dense parts of the heap with 2 MiB
+pages (``madvise`` ``MADV_HUGEPAGE`` then ``MADV_COLLAPSE``, see :func:`collapse_heap`), so that
+``fork()``, which holds the GIL while the kernel copies the page tables, copies one entry per
+2 MiB instead of one per 4 KiB. ``fork()`` alone gets faster (bench/fork_cost.py, load ~10:
+20.5 -> 1.3 ms at 100,000 series, 10.6 -> 2.9 ms at 10,000), but the receive thread does not:
+in bench/flush_pause.py at 100,000 series and 100k datagrams/s (two runs each, order swapped,
+load 1.2-1.9) the longest receive gap was 28.8-30.2 ms with the collapse and 17.4-21.4 ms
+without, and the kernel dropped 28,629-64,282 datagrams during the flush with it, 0 without:
+the collapse competes with the receive thread's page faults for the process's memory map.
+Off until that is understood; nothing happens where THP is ``never`` or the kernel has no
+``MADV_COLLAPSE`` (Linux < 6.1)."""
 
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
