@@ -40,6 +40,7 @@ from pystatsd.aggregation import IntervalTable, MetricMgr
 from pystatsd.config import Config, listeners, load_config
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
+from pystatsd.inherited_sockets import close_unclaimed
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
@@ -48,6 +49,10 @@ from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
 from pystatsd.tagging import Tagger
+from pystatsd.workers import worker_count
+from pystatsd.workers.gauge_order import TimedMetricMgr
+from pystatsd.workers.merge import TableMerge
+from pystatsd.workers.pool import WorkerPool
 
 log = logging.getLogger("pystatsd.daemon")
 
@@ -95,7 +100,12 @@ class Daemon:
         self.stats = SelfStats()
         self.lock = threading.Lock()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.manager = MetricMgr(config)
+        self.worker_count = worker_count(config)
+        # With receive workers the daemon's own cells (Unix sockets, a hot restart's hand-over)
+        # merge with theirs by arrival time too.
+        self.manager = TimedMetricMgr(config) if self.worker_count > 1 else MetricMgr(config)
+        self.workers: WorkerPool | None = None
+        """The receive workers (pystatsd.workers) with ``workers`` > 1; None with 1."""
         self.forwarders: dict[str, Forwarder] = {}
         self.pipeline: Pipeline | None = None
         self.listeners: list[UdpListener | TcpListener] = []
@@ -125,7 +135,20 @@ class Daemon:
                 forwarder.start()
         self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
-        self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
+        specs = listeners(self.config)
+        if self.worker_count > 1:  # UDP and TCP go to the workers; Unix sockets stay here
+            pooled = [spec for spec in specs if spec["protocol"] in ("udp", "tcp")]
+            specs = [spec for spec in specs if spec not in pooled]
+            self.workers = WorkerPool(self.worker_count, pooled, self.config, self.stats)
+        self.listeners = open_listeners(specs, self._deliver, self.stats)
+        if self.workers is not None:
+            self.workers.start()
+            for address in self.workers.addresses:
+                log.info("listening on %s in %d receive workers", address, self.worker_count)
+        unclaimed = close_unclaimed()
+        if unclaimed:
+            log.warning("hot restart: closed %d inherited sockets no listener takes (fewer "
+                        "workers): datagrams they held are lost", unclaimed)
         interval = float(self.config["flush_interval"])
         self._interval_started = math.floor(self.clock() / interval) * interval
         for listener in self.listeners:
@@ -218,7 +241,9 @@ class Daemon:
             "last_flush": self._last_flush,
             "listeners": [f"{listener.spec['protocol']} {host}:{port}"
                           for listener in self.listeners
-                          for host, port in [listener.address]],
+                          for host, port in [listener.address]]
+            + (self.workers.addresses if self.workers is not None else []),
+            "workers": self.workers.describe() if self.workers is not None else None,
             "listener_state": [listener.describe() for listener in self.listeners],
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
@@ -315,12 +340,19 @@ class Daemon:
         aligned deadline (the flush interval, or a multiple of it after missed deadlines), or
         to now for the final flush at stop; counter rates are per second of that length."""
         interval = float(self.config["flush_interval"])
+        merge = None
+        if self.workers is not None:  # their counters join this interval's, taken below
+            merge = TableMerge(self.manager)
+            self.workers.collect(merge, final=final)
         with self.lock:
             assert self.pipeline is not None
             self.pipeline.publish_counts()
             table = self.manager.swap()
             now = self.clock()
             counts = self.stats.take()
+        if merge is not None:
+            merge.add_table(table)
+            table = merge.table(self.manager, self.stats)
         start = self._interval_started
         end = now if final else math.floor(now / interval) * interval
         if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
@@ -381,6 +413,12 @@ class Daemon:
                               {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
+        if self.workers is not None:  # summed above; each worker's own share here
+            gauges["workers.running"] = float(self.workers.running())
+            for slot in self.workers.slots:
+                series.extend(SeriesStats(f"{prefix}worker.{slot.index}.{name}", COUNTER, tags,
+                                          {"count": float(n), "rate": n / elapsed})
+                              for name, n in sorted(slot.interval_counts.items()))
         gauges.update(self.manager.series_levels())  # held, carried, limit: max_series' view
         for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
@@ -459,7 +497,7 @@ class Daemon:
     def _swap_config(self, new: Config, context: ForwarderContext,
                      built: dict[str, Forwarder]) -> None:
         needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode",
-                                         "state_dir")
+                                         "state_dir", "workers")
                          if new.get(key) != self.config.get(key)]
         old_config, old_forwarders = self.config, self.forwarders
         forwarders = {name: built.get(name) or old_forwarders[name]
@@ -473,6 +511,8 @@ class Daemon:
             self._tagger = Tagger(new["agent"]["tags"], new["tag_precedence"])
             self.manager.reconfigure(self.config)
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
+        if self.workers is not None:
+            self.workers.reconfigure(self.config)
         # The receive path no longer reaches the old instances: close them.
         for name, forwarder in old_forwarders.items():
             if forwarders.get(name) is not forwarder:
@@ -586,6 +626,8 @@ def _run(config: Config, config_path: str | None) -> int:
     except Exception as exc:  # a listener that cannot bind, a forwarder that cannot open
         log.error("cannot start: %s", exc)
         daemon._stop_admin_interfaces()
+        if daemon.workers is not None:
+            daemon.workers.kill()
         close_all(daemon.forwarders.values())
         return 1
     # Everything built so far lives as long as the process: keep it out of the collector's

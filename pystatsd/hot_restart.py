@@ -233,6 +233,8 @@ class Predecessor:
         fds = {socket_key(listener.spec["protocol"], listener.spec["address"],
                           listener.spec["port"]): listener._sock.fileno()
                for listener in daemon.listeners}
+        if daemon.workers is not None:  # every member of the receive workers' groups
+            fds.update(daemon.workers.inherited_fds())
         env = {**os.environ, SOCKETS_ENV: orjson.dumps(fds).decode(),
                CHANNEL_ENV: str(theirs.fileno()), PREDECESSOR_ENV: str(os.getpid())}
         env.pop("WATCHDOG_PID", None)  # systemd's names this process; the successor pings too
@@ -277,6 +279,21 @@ class Predecessor:
         log.error("hot restart failed, still serving here: %s", why)
         return False
 
+    def _collect_workers(self, table: Any, counts: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        """The receive workers stop (the successor's read the same sockets meanwhile, and
+        what is buffered stays for them) and their intervals join the one handed over."""
+        from pystatsd.workers.merge import TableMerge
+
+        daemon = self.daemon
+        assert daemon.workers is not None
+        merge = TableMerge(daemon.manager)
+        daemon.workers.collect(merge, final=True, drain=False)
+        merge.add_table(table)
+        merged = merge.table(daemon.manager, daemon.stats)
+        for name, count in daemon.stats.take().items():
+            counts[name] = counts.get(name, 0) + count
+        return merged, counts
+
     def _hand_over(self, channel: Channel, child: subprocess.Popen[bytes]) -> None:
         daemon = self.daemon
         systemd.notify(f"MAINPID={child.pid}")
@@ -290,6 +307,8 @@ class Predecessor:
             table = daemon.manager.swap()
             counts = daemon.stats.take()
             daemon.pipeline = cast(Pipeline, forward)
+        if daemon.workers is not None:
+            table, counts = self._collect_workers(table, counts)
         state = export_state(daemon.manager, table, daemon._interval_started, counts)
         channel.send(STATE, state)
         for listener in daemon.listeners:

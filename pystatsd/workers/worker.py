@@ -1,0 +1,165 @@
+"""One receive worker: ``python -m pystatsd.workers.worker INDEX CONTROL_FD HELD_FD``, started
+by the daemon's :class:`~pystatsd.workers.pool.WorkerPool` with its share of the listening
+sockets as inherited descriptors (``PYSTATSD_INHERITED_SOCKETS``, as a hot restart's successor
+takes them).
+
+It runs today's receive path (listeners, ``Pipeline``, ``LineCache``, a ``MetricMgr`` with
+timed gauges) and no forwarder. On the control connection (``multiprocessing.connection``
+framing over a socketpair) the parent sends pickled commands:
+
+  ("config", config)    first: build and start receiving, answer b"ready"
+  ("flush",)            swap the table, answer its partials (``merge.encode_table``)
+  ("reload", config)    take a reloaded config (limits, tags, mapping), answer b"ok"
+  ("stop", drain)       stop reading (``drain``: also what the socket still buffers, at the
+                        daemon's stop; not at a hot restart, whose successor reads it), answer
+                        the last partials and exit
+
+After each payload it writes into ``HELD_FD`` (a memfd the parent maps) how many payloads and
+series it holds since the last flush: what the parent reports as lost if this process dies.
+Signals from outside are ignored (a stop of the service's whole cgroup must not lose the
+interval): the parent decides, and the kernel kills a worker whose parent died."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pystatsd.hot_restart import stop_shared_udp
+from pystatsd.ingest import Pipeline
+from pystatsd.listeners import UdpListener, open_listeners
+from pystatsd.logsetup import configure_logging
+from pystatsd.selfstats import SelfStats
+from pystatsd.workers.gauge_order import TimedMetricMgr
+from pystatsd.workers.merge import encode_table
+
+log = logging.getLogger("pystatsd.workers")
+
+HELD = struct.Struct("<QQ")
+"""Payloads and series held since the last flush, at offset 0 of the shared page."""
+_CRASHED = 70
+
+
+class Worker:
+    def __init__(self, index: int, control: Connection, held: mmap.mmap) -> None:
+        self.index = index
+        self.control = control
+        self.held = held
+        self.lock = threading.Lock()
+        self.stats = SelfStats()
+        self.payloads = 0
+
+    def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+        self.config = config
+        self.manager = TimedMetricMgr(config, self.stats)
+        self.pipeline = Pipeline(config, self.manager, self.stats)
+        self.listeners = open_listeners(specs, self.deliver, self.stats)
+        for listener in self.listeners:
+            listener.start()
+
+    def deliver(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False) -> None:
+        with self.lock:
+            self.pipeline.ingest(payload, fmt, absolute_gauges)
+            self.payloads += 1
+            HELD.pack_into(self.held, 0, self.payloads, self.manager.series_count())
+
+    def flush(self) -> bytes:
+        with self.lock:
+            self.pipeline.publish_counts()
+            table = self.manager.swap()
+            counts = self.stats.take()
+            self.payloads = 0
+            HELD.pack_into(self.held, 0, 0, 0)
+        return encode_table(table, counts, self.manager.accuracy)
+
+    def reload(self, config: dict[str, Any]) -> None:
+        with self.lock:
+            self.pipeline.publish_counts()
+            self.config = config
+            self.pipeline = Pipeline(config, self.manager, self.stats)
+
+    def stop(self, drain: bool) -> None:
+        """Stop every receive thread at a payload boundary without touching what the sockets'
+        other holders (the parent, a hot restart's successor) share."""
+        for listener in self.listeners:
+            if not isinstance(listener, UdpListener):
+                listener.stop()
+                continue
+            shared = socket.socket(fileno=os.dup(listener._sock.fileno()))
+            if not stop_shared_udp(listener, 5.0):
+                log.error("worker %d: a udp receive thread did not stop", self.index)
+            if drain:  # per call, not O_NONBLOCK: that flag would be the parent's too
+                size = listener.spec["max_datagram_bytes"]
+                while True:
+                    try:
+                        payload = shared.recv(size, socket.MSG_DONTWAIT)
+                    except OSError:
+                        break
+                    if payload:
+                        self.deliver(payload)
+            listener.report_kernel_drops()
+            shared.close()
+
+    def serve(self) -> int:
+        while True:
+            try:
+                command = pickle.loads(self.control.recv_bytes())  # from our parent only
+            except (EOFError, OSError):
+                return 0  # the parent is gone: nothing to hand the interval to
+            if command[0] == "flush":
+                self.control.send_bytes(self.flush())
+            elif command[0] == "reload":
+                self.reload(command[1])
+                self.control.send_bytes(b"ok")
+            elif command[0] == "stop":
+                self.stop(drain=command[1])
+                self.control.send_bytes(self.flush())
+                return 0
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the control connection's end stops it
+        pass
+
+
+def _crashed(args: threading.ExceptHookArgs) -> None:
+    log.critical("receive worker thread %s died: %s", args.thread.name if args.thread else "?",
+                 args.exc_value, exc_info=args.exc_value or True)
+    os._exit(_CRASHED)  # the parent restarts this worker and counts what it held
+
+
+def main(argv: list[str]) -> int:
+    index, control_fd, held_fd = (int(arg) for arg in argv[:3])
+    _die_with_parent()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+    threading.excepthook = _crashed
+    control = Connection(control_fd)
+    held = mmap.mmap(held_fd, HELD.size)
+    kind, config, specs = pickle.loads(control.recv_bytes())
+    assert kind == "config"
+    configure_logging(config["logging"])
+    worker = Worker(index, control, held)
+    try:
+        worker.start(config, specs)
+    except Exception as exc:
+        log.error("receive worker %d cannot start: %s", index, exc)
+        return 1
+    control.send_bytes(b"ready")
+    return worker.serve()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
