@@ -190,7 +190,8 @@ def stop_shared_udp(listener: UdpListener, timeout: float) -> bool:
     (``dup2``): its next ``recv`` reads that one, where an empty datagram ends the loop; a
     ``recv`` already waiting on the shared socket returns with the next datagram, which is
     forwarded like every other. Empty datagrams to the shared port hurry that along (the
-    successor takes those that reach it as the watchdog's probes). True when it ended."""
+    successor takes those that reach it as the watchdog's probes), each from a new source port
+    so that one reaches this socket of a ``SO_REUSEPORT`` group. True when it ended."""
     shared = listener._sock
     loopback = "127.0.0.1" if shared.family == socket.AF_INET else "::1"
     private = socket.socket(shared.family, socket.SOCK_DGRAM)
@@ -200,15 +201,17 @@ def stop_shared_udp(listener: UdpListener, timeout: float) -> bool:
     target = ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
     thread = listener._thread
     deadline = time.monotonic() + timeout
-    with socket.socket(shared.family, socket.SOCK_DGRAM) as waker:
-        os.dup2(private.fileno(), shared.fileno())
-        while thread.is_alive() and time.monotonic() < deadline:
-            private.sendto(b"", private.getsockname())
+    os.dup2(private.fileno(), shared.fileno())
+    while thread.is_alive() and time.monotonic() < deadline:
+        private.sendto(b"", private.getsockname())
+        # A new source port each time: in a receive workers' SO_REUSEPORT group the kernel
+        # picks the member by it, and only this member's datagram wakes this thread.
+        with socket.socket(shared.family, socket.SOCK_DGRAM) as waker:
             try:
                 waker.sendto(b"", target)
             except OSError:
                 pass
-            thread.join(0.02)
+        thread.join(0.02)
     private.close()
     return not thread.is_alive()
 

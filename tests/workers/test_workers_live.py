@@ -225,6 +225,9 @@ def test_reload_and_hot_restart_with_workers_lose_nothing(start_daemon: Any) -> 
     records = flushed(daemon)
     log = "".join(daemon.stderr)
     assert "died" not in log and "may be lost" not in log, log[-3000:]
+    assert "did not stop" not in log and "no listener takes" not in log, log[-3000:]
+    # the successor's own workers read the very sockets the first ones did
+    assert log.count(f"listening on udp 127.0.0.1:{daemon.port} in 2 receive workers") == 2
     for name, total in load.sent.items():
         intervals = sorted(records[name])
         assert sum(count for _, _, count in intervals) == total, (name, intervals)
