@@ -109,6 +109,9 @@ _NEVER = -1
 """``at`` of a gauge part with no absolute value: before every time (times are >= 0)."""
 
 
+_UNUSED_DISTRIBUTION = Distribution()
+
+
 class SeriesMerge:
     """The partials of one series in one interval, merged as they arrive."""
 
@@ -119,7 +122,10 @@ class SeriesMerge:
         self.total = 0.0
         self.gauge: tuple[bool, float, str, float] | None = None  # (fresh, at, host, value)
         self.members: dict[str, None] = {}
-        self.distribution = Distribution()
+        # Only a distribution's own: the others share one that nothing writes (a merge of
+        # 100,000 series spent a fifth of its time making empty ones).
+        self.distribution = (Distribution() if kind == TIMER or kind == HISTOGRAM
+                             else _UNUSED_DISTRIBUTION)
         self.ordered: list[Any] | None = None
         """Ordered gauge parts merged so far: [at, base, moved, times, deltas]."""
 

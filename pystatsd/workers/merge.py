@@ -11,8 +11,11 @@ gauges it alone holds, exactly as with one process."""
 
 from __future__ import annotations
 
+import gc
 import marshal
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pystatsd.aggregation import IntervalTable, MetricMgr
@@ -30,14 +33,28 @@ def cell_to_partial(kind: str, cell: Any, accuracy: float) -> dict[str, Any]:
     return cell_partial(kind, cell, 0.0)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Partials and merged cells are acyclic, and many: with the collector on, making them
+    set off collections that walked them all again (measured: half the merge's time)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def encode_table(table: IntervalTable, counts: dict[str, int], accuracy: float) -> bytes:
     """One worker's interval, for :meth:`TableMerge.add_encoded`."""
-    series = [(key, cell_to_partial(key[1], cell, accuracy))
-              for key, cell in table.series.items()]
-    stamped = [(key, cell_to_partial(key[0][1], cell, accuracy))
-               for key, cell in table.stamped.items()]
-    events = pickle.dumps(table.events, pickle.HIGHEST_PROTOCOL) if table.events else b""
-    return marshal.dumps((series, stamped, events, counts))
+    with collector_paused():
+        series = [(key, cell_to_partial(key[1], cell, accuracy))
+                  for key, cell in table.series.items()]
+        stamped = [(key, cell_to_partial(key[0][1], cell, accuracy))
+                   for key, cell in table.stamped.items()]
+        events = pickle.dumps(table.events, pickle.HIGHEST_PROTOCOL) if table.events else b""
+        return marshal.dumps((series, stamped, events, counts))
 
 
 class TableMerge:
@@ -53,17 +70,19 @@ class TableMerge:
     def add_table(self, table: IntervalTable) -> None:
         """The parent's own cells (Unix-socket listeners, a hot restart's hand-over)."""
         accuracy = self._accuracy
-        self._add(self.series, [(key, cell_to_partial(key[1], cell, accuracy))
-                                for key, cell in table.series.items()], 1)
-        self._add(self.stamped, [(key, cell_to_partial(key[0][1], cell, accuracy))
-                                 for key, cell in table.stamped.items()], 0)
+        with collector_paused():
+            self._add(self.series, [(key, cell_to_partial(key[1], cell, accuracy))
+                                    for key, cell in table.series.items()], 1)
+            self._add(self.stamped, [(key, cell_to_partial(key[0][1], cell, accuracy))
+                                     for key, cell in table.stamped.items()], 0)
         self.events.extend(table.events)
 
     def add_encoded(self, data: bytes) -> dict[str, int]:
         """One worker's :func:`encode_table`; its self-counters are returned."""
-        series, stamped, events, counts = marshal.loads(data)
-        self._add(self.series, series, 1)
-        self._add(self.stamped, stamped, 0)
+        with collector_paused():
+            series, stamped, events, counts = marshal.loads(data)
+            self._add(self.series, series, 1)
+            self._add(self.stamped, stamped, 0)
         if events:
             self.events.extend(pickle.loads(events))  # a worker of ours, never client bytes
         return dict(counts)
@@ -81,6 +100,10 @@ class TableMerge:
         """The merged interval as one table. ``max_series`` holds for the merged table as for
         one process: each worker enforced it on its own share, the union may pass it; series
         past it (new ones, not carried) are dropped and counted as ``too_many_series``."""
+        with collector_paused():
+            return self._table(manager, stats)
+
+    def _table(self, manager: MetricMgr, stats: SelfStats) -> IntervalTable:
         table = IntervalTable()
         gauges, traces = manager.carried()
         room = manager.max_series - len(gauges) - len(traces)
