@@ -233,3 +233,22 @@ def test_reload_and_hot_restart_with_workers_lose_nothing(start_daemon: Any) -> 
         assert sum(count for _, _, count in intervals) == total, (name, intervals)
         starts = [start for start, _, _ in intervals]
         assert len(starts) == len(set(starts)), f"an interval reported twice: {intervals}"
+
+
+def test_a_unix_socket_stays_in_the_daemon_and_merges_with_the_workers(
+        start_daemon: Any, tmp_path: Any) -> None:
+    gram = str(tmp_path / "dsd.sock")
+    daemon = start_daemon({"workers": 2, "flush_interval": 3600, "listeners": [
+        {"protocol": "udp"}, {"protocol": "unixgram", "path": gram}]})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+        unix.sendto(b"w.both:2|c\nw.bset:a|s\nw.bg:5|g", gram)
+    time.sleep(0.1)
+    for n in range(8):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"w.both:1|c\nw.bset:b%d|s\nw.bg:+1|g" % n, ("127.0.0.1", daemon.port))
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    found = snapshot(daemon)
+    assert found[("w.both", "counter", ())] == {"count": 10.0}
+    assert found[("w.bset", "set", ())] == {"count": 9.0}
+    assert found[("w.bg", "gauge", ())] == {"value": 13.0}  # set in the daemon, +1 × 8 after
