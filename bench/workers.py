@@ -5,7 +5,7 @@ line costs with the workers' timed gauge cells.
     python bench/workers.py --quick          # 2 s steps: a few minutes
     python bench/workers.py                  # 5 s steps
     python bench/workers.py --merge          # merge cost per series only (no sockets)
-    python bench/workers.py --instructions   # callgrind: a gauge line, plain cell vs timed
+    python bench/workers.py --instructions   # callgrind: per line, one process vs a worker
 
 The live part runs ``python -m pystatsd`` with ``workers`` 1 and 2 (no forwarder; counts from
 its admin socket) and bench/loadgen.c as the sender: ``--senders`` processes (each one socket,
@@ -236,41 +236,57 @@ def merge_cost(series: int, workers: int) -> None:
               f"{len(table)} series out; {load()}", flush=True)
 
 
-# -- instructions per gauge line ------------------------------------------------------------
-def count_only(lines: int, window: int, timed: bool) -> None:
-    """Under callgrind: warm up, then ingest ``window`` payloads of gauge lines (half absolute,
-    half deltas) through ``map``, with plain or timed gauge cells."""
+# -- instructions per line ----------------------------------------------------------------
+def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
+    """Under callgrind: warm up, then deliver ``window`` payloads through ``map``: to
+    ``Pipeline.ingest`` as one process does, or (``timed``) to a worker's ``deliver`` (timed
+    gauge cells, the shared page written per payload). ``mix``: ``gauges`` (a third absolute,
+    two thirds deltas) or ``loadgen`` (bench/loadgen.c's: counters, gauges, timers, sets)."""
+    import mmap
+
     from pystatsd.aggregation import MetricMgr
     from pystatsd.config import build_config
     from pystatsd.ingest import Pipeline
     from pystatsd.selfstats import SelfStats
     from pystatsd.workers.gauge_order import TimedMetricMgr
+    from pystatsd.workers.worker import Worker
 
     config = build_config({"forwarders": {}})
-    manager = (TimedMetricMgr if timed else MetricMgr)(config)
-    pipeline = Pipeline(config, manager, SelfStats())
-    rng = random.Random(1)
-
-    def line() -> bytes:
-        i = rng.randrange(NAMES)
-        sign = rng.choice([b"", b"+", b"-"])
-        return b"bench.g%d:%s%d|g" % (i, sign, rng.randrange(1000))
-
+    stats = SelfStats()
+    manager = (TimedMetricMgr if timed else MetricMgr)(config, stats)
+    pipeline = Pipeline(config, manager, stats)
+    deliver: Any = pipeline.ingest
+    if timed:
+        worker = Worker(0, None, mmap.mmap(-1, mmap.PAGESIZE))  # type: ignore[arg-type]
+        worker.manager, worker.pipeline = manager, pipeline  # what Worker.start builds
+        deliver = worker.deliver
     warm = max(NAMES, 200_000 // lines)
-    payloads = [b"\n".join(line() for _ in range(lines)) for _ in range(warm + window)]
+    if mix == "loadgen":
+        from bench.ingest_cpu import make_payloads
+
+        payloads = make_payloads(warm + window, lines, NAMES)
+    else:
+        rng = random.Random(1)
+
+        def line() -> bytes:
+            sign = rng.choice([b"", b"+", b"-"])
+            return b"bench.g%d:%s%d|g" % (rng.randrange(NAMES), sign, rng.randrange(1000))
+
+        payloads = [b"\n".join(line() for _ in range(lines)) for _ in range(warm + window)]
     for payload in payloads[:warm]:
-        pipeline.ingest(payload)
-    deque(map(pipeline.ingest, payloads[warm:]), maxlen=0)
+        deliver(payload)
+    deque(map(deliver, payloads[warm:]), maxlen=0)
 
 
-def instructions(lines: int, window: int, timed: bool) -> float:
+def instructions(lines: int, window: int, timed: bool, mix: str) -> float:
     with tempfile.TemporaryDirectory() as workdir:
         result = subprocess.run(
             ["setarch", platform.machine(), "-R", "valgrind", "--tool=callgrind",
              "--toggle-collect=map_next", f"--callgrind-out-file={workdir}/out",
              sys.executable, __file__, "--count-only", "--lines", str(lines),
-             "--window", str(window), *(["--timed"] if timed else [])],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+             "--window", str(window), "--mix", mix, *(["--timed"] if timed else [])],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)})
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None:
         raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
@@ -280,7 +296,7 @@ def instructions(lines: int, window: int, timed: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s steps")
-    parser.add_argument("--senders", type=int, default=4, help="loadgen processes (sockets)")
+    parser.add_argument("--senders", type=int, default=8, help="loadgen processes (sockets)")
     parser.add_argument("--merge", action="store_true", help="only the merge cost per series")
     parser.add_argument("--instructions", action="store_true",
                         help="only instructions per gauge line, plain vs timed (valgrind)")
@@ -288,16 +304,19 @@ def main() -> None:
     parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lines", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=2000, help=argparse.SUPPRESS)
+    parser.add_argument("--mix", default="loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_only:
-        count_only(args.lines, args.window, args.timed)
+        count_only(args.lines, args.window, args.timed, args.mix)
         return
     if args.instructions:
-        for timed in (False, True):
-            per_line = instructions(args.lines, args.window, timed)
-            print(f"gauge lines, {args.lines} per payload, "
-                  f"{'timed (workers)' if timed else 'plain (workers: 1)'} cells: "
-                  f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
+        for mix in ("loadgen", "gauges"):
+            for lines in (20, 1):
+                for timed in (False, True):
+                    per_line = instructions(lines, args.window, timed, mix)
+                    print(f"{mix} lines, {lines} per payload, "
+                          f"{'a worker (deliver)' if timed else 'one process (ingest)'}: "
+                          f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
         return
     for series in (10_000, 100_000):
         merge_cost(series, 2)

@@ -34,7 +34,7 @@ from pystatsd.inherited_sockets import SOCKETS_ENV, socket_key
 from pystatsd.listeners import bind_group
 from pystatsd.selfstats import SelfStats
 from pystatsd.workers.merge import TableMerge
-from pystatsd.workers.worker import HELD
+from pystatsd.workers.worker import held_counts
 
 log = logging.getLogger("pystatsd.workers")
 
@@ -53,7 +53,7 @@ class WorkerSlot:
         self.sockets = sockets
         self.held_fd = os.memfd_create(f"pystatsd-worker-{index}")
         os.ftruncate(self.held_fd, mmap.PAGESIZE)
-        self.held = mmap.mmap(self.held_fd, mmap.PAGESIZE)
+        self.held = held_counts(mmap.mmap(self.held_fd, mmap.PAGESIZE))
         self.process: subprocess.Popen[bytes] | None = None
         self.control: Connection | None = None
         self.lock = threading.Lock()
@@ -163,8 +163,8 @@ class WorkerPool:
                         time.sleep(RESTART_PAUSE)
 
     def _count_loss(self, slot: WorkerSlot, code: int) -> None:
-        payloads, series = HELD.unpack_from(slot.held, 0)
-        HELD.pack_into(slot.held, 0, 0, 0)
+        payloads, series = slot.held[0], slot.held[1]
+        slot.held[0] = slot.held[1] = 0
         if slot.control is not None:
             slot.control.close()
             slot.control = None

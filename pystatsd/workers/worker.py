@@ -22,13 +22,13 @@ interval): the parent decides, and the kernel kills a worker whose parent died."
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import mmap
 import os
 import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -44,19 +44,27 @@ from pystatsd.workers.merge import encode_table
 
 log = logging.getLogger("pystatsd.workers")
 
-HELD = struct.Struct("<QQ")
-"""Payloads and series held since the last flush, at offset 0 of the shared page."""
 _CRASHED = 70
+FROZEN_COLLECTION_FLUSHES = 360
+"""As the daemon's (``Daemon._collect_frozen_cycles``): the heap is frozen after each flush,
+and unfrozen and collected once in this many."""
+
+
+def held_counts(page: mmap.mmap) -> memoryview:
+    """The shared page as [payloads, series] held since the last flush (a memoryview store
+    costs half a ``struct.pack_into``, and is made per payload)."""
+    return memoryview(page).cast("Q")
 
 
 class Worker:
     def __init__(self, index: int, control: Connection, held: mmap.mmap) -> None:
         self.index = index
         self.control = control
-        self.held = held
+        self.held = held_counts(held)
         self.lock = threading.Lock()
         self.stats = SelfStats()
         self.payloads = 0
+        self._flushes = 0
 
     def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
         self.config = config
@@ -70,7 +78,9 @@ class Worker:
         with self.lock:
             self.pipeline.ingest(payload, fmt, absolute_gauges)
             self.payloads += 1
-            HELD.pack_into(self.held, 0, self.payloads, self.manager.series_count())
+            held = self.held
+            held[0] = self.payloads
+            held[1] = self.manager.series_count()
 
     def flush(self) -> bytes:
         with self.lock:
@@ -78,8 +88,21 @@ class Worker:
             table = self.manager.swap()
             counts = self.stats.take()
             self.payloads = 0
-            HELD.pack_into(self.held, 0, 0, 0)
-        return encode_table(table, counts, self.manager.accuracy)
+            self.held[0] = self.held[1] = 0
+        encoded = encode_table(table, counts, self.manager.accuracy)
+        del table
+        self._freeze()
+        return encoded
+
+    def _freeze(self) -> None:
+        """What lives now (the modules, the line cache, this interval's cells) stays out of the
+        collector's passes, which otherwise walk every series while the receive thread waits;
+        the daemon does the same after each flush."""
+        self._flushes += 1
+        if self._flushes % FROZEN_COLLECTION_FLUSHES == 0:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
 
     def reload(self, config: dict[str, Any]) -> None:
         with self.lock:
@@ -147,7 +170,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, signal.SIG_IGN)
     threading.excepthook = _crashed
     control = Connection(control_fd)
-    held = mmap.mmap(held_fd, HELD.size)
+    held = mmap.mmap(held_fd, mmap.PAGESIZE)
     kind, config, specs = pickle.loads(control.recv_bytes())
     assert kind == "config"
     configure_logging(config["logging"])
@@ -157,6 +180,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         log.error("receive worker %d cannot start: %s", index, exc)
         return 1
+    gc.freeze()  # everything made at start lives as long as the process
     control.send_bytes(b"ready")
     return worker.serve()
 
