@@ -116,6 +116,7 @@ class WorkerPool:
         return [f"{spec['protocol']} {spec['address']}:{spec['port']}" for spec in self.specs]
 
     def _spawn(self, slot: WorkerSlot) -> None:
+        began = time.monotonic()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {socket_key(spec["protocol"], spec["address"], spec["port"]): sock.fileno()
                for spec, sock in zip(self.specs, slot.sockets, strict=True)}
@@ -138,7 +139,8 @@ class WorkerPool:
             control.close()
             raise RuntimeError(f"receive worker {slot.index} did not start: {exc}") from exc
         slot.process, slot.control, slot.started_at = process, control, time.monotonic()
-        log.info("receive worker %d started: pid %d", slot.index, process.pid)
+        log.info("receive worker %d started: pid %d (ready in %.2f s)", slot.index, process.pid,
+                 time.monotonic() - began)
 
     def _supervise(self, slot: WorkerSlot) -> None:
         while not self._stopping.is_set():

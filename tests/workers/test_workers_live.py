@@ -166,7 +166,7 @@ def worker_pids(daemon: Any) -> dict[int, int]:
     for line in list(daemon.stderr):
         if "receive worker" in line and "started: pid" in line:
             index = int(line.split("receive worker ")[1].split()[0])
-            pids[index] = int(line.rsplit("pid ", 1)[1])
+            pids[index] = int(line.split("started: pid ")[1].split()[0])
     return pids
 
 
