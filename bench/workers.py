@@ -305,18 +305,21 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--mix", default="loadgen", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default="loadgen:20,loadgen:1,gauges:20",
+                        help="with --instructions: mix:lines per payload, comma-separated")
     args = parser.parse_args()
     if args.count_only:
         count_only(args.lines, args.window, args.timed, args.mix)
         return
     if args.instructions:
-        for mix in ("loadgen", "gauges"):
-            for lines in (20, 1):
-                for timed in (False, True):
-                    per_line = instructions(lines, args.window, timed, mix)
-                    print(f"{mix} lines, {lines} per payload, "
-                          f"{'a worker (deliver)' if timed else 'one process (ingest)'}: "
-                          f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
+        for case in args.cases.split(","):
+            mix, lines_text = case.split(":")
+            lines = int(lines_text)
+            for timed in (False, True):
+                per_line = instructions(lines, args.window, timed, mix)
+                print(f"{mix} lines, {lines} per payload, "
+                      f"{'a worker (deliver)' if timed else 'one process (ingest)'}: "
+                      f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
         return
     for series in (10_000, 100_000):
         merge_cost(series, 2)

@@ -50,7 +50,7 @@ from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
 from pystatsd.tagging import Tagger
 from pystatsd.workers import worker_count
-from pystatsd.workers.gauge_order import TimedMetricMgr
+from pystatsd.workers.gauge_order import TimedMetricMgr, stamp
 from pystatsd.workers.merge import TableMerge
 from pystatsd.workers.pool import WorkerPool
 
@@ -140,7 +140,8 @@ class Daemon:
             pooled = [spec for spec in specs if spec["protocol"] in ("udp", "tcp")]
             specs = [spec for spec in specs if spec not in pooled]
             self.workers = WorkerPool(self.worker_count, pooled, self.config, self.stats)
-        self.listeners = open_listeners(specs, self._deliver, self.stats)
+        self.listeners = open_listeners(specs, self._deliver if self.workers is None
+                                        else self._deliver_stamped, self.stats)
         if self.workers is not None:
             self.workers.start()
             for address in self.workers.addresses:
@@ -259,6 +260,12 @@ class Daemon:
         with self.lock:
             assert self.pipeline is not None
             self.pipeline.ingest(payload, fmt, absolute_gauges)
+
+    def _deliver_stamped(self, payload: bytes, fmt: str = "statsd",
+                         absolute_gauges: bool = False) -> None:
+        """With receive workers: this process's own gauges are ordered with theirs."""
+        stamp()
+        self._deliver(payload, fmt, absolute_gauges)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -22,7 +22,15 @@ from typing import Any, SupportsIndex
 from pystatsd.aggregation import MetricMgr, SeriesKey
 from pystatsd.sample import GAUGE
 
-_clock_ms = time.monotonic_ns
+_now = [0]
+"""The millisecond the payload being applied arrived: set once per payload by the receiver
+(:func:`stamp`), read by every gauge line in it (a clock read per line cost more than the
+rest of the line's bookkeeping)."""
+
+
+def stamp() -> None:
+    """Called by whoever delivers a payload to a :class:`TimedMetricMgr`, before it."""
+    _now[0] = time.monotonic_ns() // 1_000_000
 
 
 class TimedGauge(list):  # type: ignore[type-arg]
@@ -37,26 +45,29 @@ class TimedGauge(list):  # type: ignore[type-arg]
         self.times: list[int] = []
         self.deltas: list[float] = []
         if cell[1]:
-            self.times.append(_clock_ms() // 1_000_000)
+            self.times.append(_now[0])
             self.deltas.append(cell[1])
 
     def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
-        if index == 0:  # an absolute value: what came before it no longer counts
-            self.at = _clock_ms() // 1_000_000
-            self.times = []
-            self.deltas = []
-            list.__setitem__(self, 1, 0.0)
-        elif index == 1:
-            change = value - list.__getitem__(self, 1)
-            if change:
-                now = _clock_ms() // 1_000_000
+        # Kept short: it runs for every gauge line a worker takes (twice for an absolute one).
+        if index:
+            old = self[1]
+            if value != old:
+                now = _now[0]
                 times = self.times
                 if times and times[-1] == now:
-                    self.deltas[-1] += change
+                    self.deltas[-1] += value - old
                 else:
                     times.append(now)
-                    self.deltas.append(change)
-        list.__setitem__(self, index, value)
+                    self.deltas.append(value - old)
+                list.__setitem__(self, 1, value)
+        else:  # an absolute value: what came before it no longer counts
+            self.at = _now[0]
+            if self.times:
+                self.times = []
+                self.deltas = []
+            list.__setitem__(self, 1, 0.0)
+            list.__setitem__(self, 0, value)
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:  # a hot restart pickles cells
         return (_rebuild, (list(self), self.at, self.times, self.deltas))

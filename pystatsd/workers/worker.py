@@ -39,7 +39,7 @@ from pystatsd.ingest import Pipeline
 from pystatsd.listeners import UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.selfstats import SelfStats
-from pystatsd.workers.gauge_order import TimedMetricMgr
+from pystatsd.workers.gauge_order import TimedMetricMgr, stamp
 from pystatsd.workers.merge import encode_table
 
 log = logging.getLogger("pystatsd.workers")
@@ -75,6 +75,7 @@ class Worker:
             listener.start()
 
     def deliver(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False) -> None:
+        stamp()
         with self.lock:
             self.pipeline.ingest(payload, fmt, absolute_gauges)
             self.payloads += 1

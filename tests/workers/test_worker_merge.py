@@ -78,7 +78,8 @@ def ordered(monkeypatch: pytest.MonkeyPatch, steps: list[tuple[int, int, str]]) 
     that reads each line's millisecond; the merged value."""
     workers = [TimedMetricMgr(config()), TimedMetricMgr(config())]
     for at, worker, value in steps:
-        monkeypatch.setattr(gauge_order, "_clock_ms", lambda at=at: at * 1_000_000)
+        monkeypatch.setattr(gauge_order.time, "monotonic_ns", lambda at=at: at * 1_000_000)
+        gauge_order.stamp()  # as a worker does before each payload
         workers[worker].add(Sample("g", "gauge", float(value),
                                    delta=value[0] in "+-"))
     parent = TimedMetricMgr(config())
