@@ -26,7 +26,9 @@ unchanged keeps running, the same instance. A changed section is a new instance.
 forwarder's old instance is closed before the new one starts, so two instances of one section
 never overlap (no two producers over one spool); a relay forwarder's new instance starts first
 and the old one is closed after the receive path has switched, so no line arrives at a closed
-relay. That is the only overlap there is.
+relay. That is the only overlap there is, and a relay that holds a spool avoids it too
+(``RelayForwarder.close_before_successor``): its new instance is fed (and buffers) while the
+old one closes, and starts after it.
 
 Stats: :meth:`Forwarder.stats` returns numbers by key, and the class declares each key's kind
 in ``TOTALS`` (running totals since start, never decreasing: reported per flush as a counter of

@@ -24,6 +24,20 @@ raises ``ValueError`` (changing nothing) when it is wrong. It may be called befo
 :meth:`~forwarders.base.Forwarder.start` and from any thread; from the next datagram on, lines go
 the new way. The daemon keeps the operator's changes (the route overlay) and calls the hook at
 start-up, after a reload and on each admin command; a relay never needs the daemon's internals.
+The file's routes are the list under the section's :attr:`RelayForwarder.ROUTES_KEY`, each
+named by its :attr:`RelayForwarder.ROUTE_NAME_KEY` field (:meth:`RelayForwarder.config_routes`
+turns them into the hook's objects). A route change keeps every destination it does not change
+(its connection, queue and spool); lines routed before the change are still delivered.
+
+Reload order: by default a changed relay section's new instance starts before the old one is
+closed, so no datagram finds a relay closed. A relay that holds something only one instance may
+hold at a time (a disk spool's lock) answers True from
+:meth:`RelayForwarder.close_before_successor` (the class default is
+:attr:`RelayForwarder.RELOAD_CLOSE_FIRST`): the daemon then switches the receive path to the new
+instance *before* starting it, closes the old one (which drains, or spools what it cannot
+deliver), and only then starts the new one. Meanwhile the new instance's ``submit_lines`` only
+keeps the datagrams (bounded by ``queue_size``, counted ``dropped_queue_full`` past it), as
+:meth:`RelayForwarder.buffer_batch` does, and its first round sends them.
 """
 
 from __future__ import annotations
@@ -46,6 +60,12 @@ class RelayForwarder(Forwarder):
     KIND: ClassVar[str] = "relay"
     ROUND_INTERVAL: ClassVar[float] = 0.01
     """Seconds between send rounds unless the instance sets ``round_interval``."""
+    ROUTES_KEY: ClassVar[str] = ""
+    """The section key whose list the runtime routes are (empty: no runtime routes)."""
+    ROUTE_NAME_KEY: ClassVar[str] = "name"
+    """The field of one ``ROUTES_KEY`` entry that names it."""
+    RELOAD_CLOSE_FIRST: ClassVar[bool] = False
+    """At a reload, close the old instance before starting the new one (see the module)."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: ForwarderContext) -> None:
         super().__init__(name, config, context)
@@ -98,6 +118,31 @@ class RelayForwarder(Forwarder):
         """Replace the destinations by ``routes`` (validated here: ``ValueError`` names what is
         wrong and nothing changes); lines submitted after the return go the new way."""
         raise NotImplementedError(f"forwarder {self.name} has no runtime routes")
+
+    @classmethod
+    def config_routes(cls, section: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The routes a config ``section`` lists, as :meth:`routes` returns them: each entry
+        of ``ROUTES_KEY`` with its ``name`` (``group<i>`` when it has none)."""
+        entries = list(section.get(cls.ROUTES_KEY, [])) if cls.ROUTES_KEY else []
+        named = []
+        for index, entry in enumerate(entries):
+            route = {k: v for k, v in entry.items() if k != cls.ROUTE_NAME_KEY}
+            named.append({"name": str(entry.get(cls.ROUTE_NAME_KEY) or f"group{index}"),
+                          **route})
+        return named
+
+    def close_before_successor(self) -> bool:
+        """True when a reload must close this instance before its successor starts."""
+        return self.RELOAD_CLOSE_FIRST
+
+    def hand_over_buffered(self, successor: RelayForwarder) -> int:
+        """Move the datagrams :meth:`buffer_batch` kept (never started: a successor that
+        failed to start) to ``successor``; return how many lines it refused."""
+        refused = 0
+        for lines in self.take_batches():
+            if not successor.submit_lines(lines):
+                refused += len(lines)
+        return refused
 
     # -- helpers for subclasses -----------------------------------------------------------
     def admit(self, lines: int) -> bool:

@@ -61,6 +61,8 @@ _HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR
 FROZEN_COLLECTION_FLUSHES = 360
 """Flushes between full collections of the heap the forked snapshot freezes (see
 ``Daemon._collect_frozen_cycles``)."""
+RESTART_ONLY_KEYS = ("listeners", "bind_address", "bind_port", "mode", "state_dir", "workers")
+"""Config keys a reload reports but does not apply: the running values stay until restart."""
 _THREAD_DIED = -1
 """Queued like a signal number when a thread ends with an unexpected exception."""
 
@@ -130,10 +132,10 @@ class Daemon:
         self._warn_about_clashes()
         successor = Successor.from_environment()
         self.forwarders = build_forwarders(self.config, self.host)
+        self._load_route_overlay()  # before start: whether a relay waits may depend on it
         for forwarder in self.forwarders.values():
             if successor is None or successor.starts_now(forwarder):
                 forwarder.start()
-        self._load_route_overlay()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         specs = listeners(self.config)
         if self.worker_count > 1:  # UDP and TCP go to the workers; Unix sockets stay here
@@ -458,15 +460,21 @@ class Daemon:
         changes; a relay forwarder's new instance starts before the receive path switches to
         it, so no line finds a relay closed; an aggregate forwarder's old instance is closed
         before its new one starts (both may want one spool), which is safe because only this
-        thread hands out snapshots. A new instance that cannot start is closed and the old
-        section is started again in its place."""
+        thread hands out snapshots. A relay that says so (``close_before_successor``: it holds
+        a spool) is closed first too: the receive path switches to its new instance, which only
+        buffers datagrams (bounded, counted) until it starts after the old one has closed. A
+        new instance that cannot start is closed and the old section is started again in its
+        place (a relay's buffered datagrams handed to it)."""
         if self.config_path is None:
             log.warning("SIGHUP ignored: running on built-in defaults, no file to reload")
             return False
         systemd.notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
-            context = forwarder_context(new, self.host)
+            # state_dir changes only on restart (_swap_config keeps the running one): the
+            # forwarders are built, and compared, with the directory they would really use.
+            context = forwarder_context({**new, "state_dir": self.config["state_dir"]},
+                                        self.host)
             replacing = self._changed_sections(new, context)
             built = {name: build_forwarder(name, new["forwarders"][name], context)
                      for name in replacing}
@@ -479,7 +487,8 @@ class Daemon:
             systemd.notify("READY=1")
             return False
         started_first = [f for name, f in built.items()
-                         if isinstance(f, RelayForwarder) or name not in self.forwarders]
+                         if name not in self.forwarders or (isinstance(f, RelayForwarder)
+                                                            and not self._close_first(name, f))]
         try:
             for forwarder in started_first:
                 forwarder.start()
@@ -489,9 +498,15 @@ class Daemon:
                       "start: %s", self.config_path, forwarder.name, exc)
             systemd.notify("READY=1")
             return False
-        self._swap_config(new, context, built)
+        self._swap_config(new, context, built, [f.name for f in started_first])
         systemd.notify("READY=1")
         return True
+
+    def _close_first(self, name: str, successor: RelayForwarder) -> bool:
+        """Whether relay ``name``'s old instance must close before ``successor`` starts."""
+        running = self.forwarders.get(name)
+        return successor.close_before_successor() or (
+            isinstance(running, RelayForwarder) and running.close_before_successor())
 
     def _changed_sections(self, new: Config, context: ForwarderContext) -> list[str]:
         """The forwarder sections of ``new`` that need a new instance."""
@@ -502,10 +517,8 @@ class Daemon:
                 if name not in self.forwarders or running.get(name) != section]
 
     def _swap_config(self, new: Config, context: ForwarderContext,
-                     built: dict[str, Forwarder]) -> None:
-        needs_restart = [key for key in ("listeners", "bind_address", "bind_port", "mode",
-                                         "state_dir", "workers")
-                         if new.get(key) != self.config.get(key)]
+                     built: dict[str, Forwarder], started: list[str]) -> None:
+        needs_restart = [key for key in RESTART_ONLY_KEYS if new.get(key) != self.config.get(key)]
         old_config, old_forwarders = self.config, self.forwarders
         forwarders = {name: built.get(name) or old_forwarders[name]
                       for name in new["forwarders"]}
@@ -521,11 +534,16 @@ class Daemon:
         if self.workers is not None:
             self.workers.reconfigure(self.config)
         # The receive path no longer reaches the old instances: close them.
+        swapped = time.monotonic()
         for name, forwarder in old_forwarders.items():
             if forwarders.get(name) is not forwarder:
                 forwarder.close(timeout)
         for name, forwarder in built.items():
-            if isinstance(forwarder, AggregateForwarder) and name in old_forwarders:
+            if name not in started:  # closed first: an aggregate, or a relay with a spool
+                if isinstance(forwarder, RelayForwarder):
+                    log.info("forwarder %s: starting %.0f ms after the receive path reached "
+                             "it (its predecessor closed first); %d lines waited", name,
+                             (time.monotonic() - swapped) * 1000, forwarder.buffered_lines)
                 self._start_replacement(forwarder, old_config["forwarders"][name],
                                         forwarder_context(old_config, self.host))
         if not configure_logging(self.config["logging"]):
@@ -551,21 +569,44 @@ class Daemon:
             forwarder.start()
             return
         except Exception as exc:
-            forwarder.close(0)
             log.error("forwarder %s: the reloaded section cannot start (%s); starting its "
                       "previous section again", forwarder.name, exc)
         try:
-            previous = build_forwarder(forwarder.name, old_section, old_context)
+            previous: Forwarder | None = build_forwarder(forwarder.name, old_section,
+                                                         old_context)
+        except Exception as exc:
+            log.error("forwarder %s: its previous section cannot be built (%s)",
+                      forwarder.name, exc)
+            previous = None
+        self._put_forwarder(forwarder.name, previous, old_section)
+        if isinstance(forwarder, RelayForwarder) and isinstance(previous, RelayForwarder):
+            refused = forwarder.hand_over_buffered(previous)  # the receive path left it
+            if refused:
+                log.error("forwarder %s: %d buffered lines refused by its previous section",
+                          forwarder.name, refused)
+        forwarder.close(0)  # before the previous one starts: it may want the same spool
+        if previous is None:
+            return
+        try:
             previous.start()
         except Exception as exc:
             log.error("forwarder %s: its previous section cannot start either (%s); it is not "
                       "running", forwarder.name, exc)
-            with self.lock:
-                self.forwarders.pop(forwarder.name, None)
-            return
+            previous.close(0)
+            self._put_forwarder(forwarder.name, None, old_section)
+
+    def _put_forwarder(self, name: str, forwarder: Forwarder | None,
+                       section: dict[str, Any]) -> None:
+        """Run ``forwarder`` (None: nothing) as ``name``, with the receive path following."""
         with self.lock:
-            self.forwarders[forwarder.name] = previous
-            self.config["forwarders"][forwarder.name] = old_section
+            if forwarder is None:
+                self.forwarders.pop(name, None)
+            else:
+                self.forwarders[name] = forwarder
+                self.config["forwarders"][name] = section
+            assert self.pipeline is not None
+            self.pipeline.publish_counts()
+            self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
 
     def stop(self) -> int:
         """The shutdown sequence: stop listeners, final flush, drain forwarders by one deadline,

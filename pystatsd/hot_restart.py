@@ -362,7 +362,8 @@ class Successor:
         flock makes exclusive) start once the predecessor has closed its own. A relay waiting
         to start buffers what it is given, up to its ``queue_size``."""
         return isinstance(forwarder, RelayForwarder) and not forwarder.needed_paths(
-            forwarder.name, forwarder.config, forwarder.context)
+            forwarder.name, forwarder.config, forwarder.context) \
+            and not forwarder.close_before_successor()  # a spool added at runtime
 
     def take_over(self, daemon: Daemon, timeout: float) -> None:
         """Tell the predecessor we read; merge its interval; ingest what it still received;

@@ -1,7 +1,8 @@
 """Live routing: the operator's route changes, kept on top of the config file.
 
 A relay forwarder that supports runtime routes (:meth:`forwarders.RelayForwarder.routes`)
-has its destinations (for ``statsd_relay``: its destination groups) changed by the admin
+has its destinations (``statsd_relay``: its destination groups; ``carbon_routes``: its routes;
+``statsite_proxy``: its servers) changed by the admin
 commands (``route add|del|patt|mod|reset``, the HTTP ``/routes`` endpoints). The daemon never
 edits the config file: each change is recorded in the *overlay*, per forwarder and per route
 name: the route's whole new object, or ``null`` for a route the operator removed. The routes a
@@ -134,7 +135,7 @@ class RouteOverlay:
                         or forwarder.routes() is None:
                     continue
                 try:
-                    forwarder.apply_routes(merge(self._file_routes(forwarder.name, config),
+                    forwarder.apply_routes(merge(self._file_routes(forwarder, config),
                                                  edits))
                     log.info("forwarder %s: route overlay applied (%s)", forwarder.name,
                              ", ".join(sorted(edits)))
@@ -142,10 +143,12 @@ class RouteOverlay:
                     log.error("forwarder %s: route overlay not applied, running the config "
                               "file's routes: %s", forwarder.name, exc)
 
-    def _file_routes(self, forwarder: str,
+    def _file_routes(self, relay: RelayForwarder,
                      config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        section = (config or self.daemon.config)["forwarders"].get(forwarder, {})
-        return copy.deepcopy(list(section.get("groups", [])))
+        """The relay's routes as its section in ``config`` (default: the running one) lists
+        them, named (each relay class knows where its section keeps them)."""
+        section = (config or self.daemon.config)["forwarders"].get(relay.name, {})
+        return copy.deepcopy(type(relay).config_routes(section))
 
     # -- what the admin commands call -------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -174,6 +177,10 @@ class RouteOverlay:
                              f"FORWARDER/{route}; relays: {', '.join(relays) or 'none'}")
         return next(iter(relays)), route
 
+    def relay_of(self, key: str) -> RelayForwarder:
+        """The relay a route key names."""
+        return routable(self.daemon.forwarders)[self.resolve(key)[0]]
+
     def current(self, key: str) -> tuple[str, str, dict[str, Any] | None]:
         forwarder, name = self.resolve(key)
         relay = routable(self.daemon.forwarders)[forwarder]
@@ -186,8 +193,8 @@ class RouteOverlay:
         forwarder, name = self.resolve(key)
         with self._lock:
             edits = copy.deepcopy(self.edits.get(forwarder, {}))
-            file_routes = {route_name(r, i): r
-                           for i, r in enumerate(self._file_routes(forwarder))}
+            file_routes = {route_name(r, i): r for i, r in enumerate(
+                self._file_routes(routable(self.daemon.forwarders)[forwarder]))}
             if route is not None:
                 route = {**route, "name": name}
             edits[name] = route
@@ -212,7 +219,7 @@ class RouteOverlay:
         if relay is None:
             raise RouteError(f"no relay forwarder {forwarder!r} with runtime routes")
         try:
-            relay.apply_routes(merge(self._file_routes(forwarder), edits))
+            relay.apply_routes(merge(self._file_routes(relay), edits))
         except ValueError as exc:
             raise RouteError(str(exc)) from None
         if edits:

@@ -53,6 +53,7 @@ class Destination:
                  spool_max_bytes: int = 0, raw: bool = False) -> None:
         self.host = host
         self.port = port
+        self.identity: str | None = None  # set by the routes that name it (same one: kept)
         self.instance = instance
         self.pickle = pickle
         self.raw = raw  # items are whole commands, terminated by their sender (no spool then)
@@ -83,6 +84,16 @@ class Destination:
         """``host_port`` (and ``_instance``) with dots and colons made ``_``: a stats key."""
         raw = f"{self.host}_{self.port}" + (f"_{self.instance}" if self.instance else "")
         return raw.replace(".", "_").replace(":", "_")
+
+    @property
+    def label(self) -> str:
+        """``host:port`` (and ``:instance``), for logs."""
+        return f"{self.host}:{self.port}" + (f":{self.instance}" if self.instance else "")
+
+    @property
+    def down(self) -> bool:
+        """Neither connected nor connecting: waiting to retry, or not tried yet."""
+        return not self.connected and not self._connecting
 
     def open(self) -> None:
         if self.spool_dir is not None and self.spool_max_bytes > 0 and not self.raw:

@@ -16,16 +16,33 @@ refused and counted (``refused_lines``): nothing a client sends becomes a second
 
 The receive thread only queues each datagram's lines (``submit_lines``); routing, aggregation
 and sending run on the forwarder's own thread, each round.
+
+Runtime routes (the :class:`~forwarders.RelayForwarder` hook, carbon-relay-ng's ``addRoute``,
+``modRoute``, ``modDest``, ``delRoute``): a route is one ``routes`` entry with ``name`` for its
+``key``. A new list is validated against the section's schema and built, then swapped in under
+the lock every round holds, between two rounds: what earlier datagrams brought is routed the
+old way first. A destination named again (same address, instance and protocol) is the same
+object: its connection, queue, spool and counters stay. One no longer named is retired: it keeps
+sending what it holds; once it holds nothing it is closed, or, when it is down with lines in its
+spool, closed with the spool left on disk (logged, with its directory): a route naming it again
+sends them. Blocklist, rewriters and aggregators change by reload.
+
+Reload: a section whose destinations spool is closed before its successor starts (the spools'
+locks), see :meth:`CarbonRoutesForwarder.close_before_successor`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
+
+import jsonschema
 
 from forwarders import ForwarderContext, NeededPath, RelayForwarder
 from forwarders.carbon_routes.aggregation import Aggregator
@@ -33,6 +50,7 @@ from forwarders.carbon_routes.destination import Destination
 from forwarders.carbon_routes.matching import Matcher, Rewriter, blocklist_matcher
 from forwarders.carbon_routes.ring import CarbonRing
 from forwarders.carbon_routes.schema import CONFIG_SCHEMA
+from forwarders.schema import fill_defaults
 from forwarders.spool import SpoolInUse
 
 __all__ = ["CarbonRoutesConfigError", "CarbonRoutesForwarder"]
@@ -72,6 +90,8 @@ class CarbonRoutesForwarder(RelayForwarder):
     INPUT_FORMAT: ClassVar[str] = "graphite"
     """The listener format whose payloads this relay takes (pystatsd.wire_formats)."""
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
+    ROUTES_KEY: ClassVar[str] = "routes"
+    ROUTE_NAME_KEY: ClassVar[str] = "key"
     TOTALS: ClassVar[tuple[str, ...]] = (
         *RelayForwarder.TOTALS, "lines_in", "blocked", "refused_lines", "unrouted",
         "aggregated", "aggregator_dropped", "destination.*.enqueued", "destination.*.sent",
@@ -96,22 +116,48 @@ class CarbonRoutesForwarder(RelayForwarder):
                            for i, r in enumerate(config["rewriters"])]
         self._aggregators = [_aggregator(a, f"{where}.aggregators[{i}]")
                              for i, a in enumerate(config["aggregators"])]
-        spool_root = self.needed_paths(name, config, context).get("spool_dir")
-        self._destinations: dict[str, Destination] = {}
-        self._routes: list[_Route] = []
-        for r, route in enumerate(config["routes"]):
-            here = f"{where}.routes[{r}]"
-            destinations, matchers = [], []
-            for d, spec in enumerate(route["destinations"]):
-                destination = self._destination(spec, spool_root.path if spool_root else None,
-                                                 f"{here}.destinations[{d}]")
-                destinations.append(destination)
-                matchers.append(_build(Matcher, spec, f"{here}.destinations[{d}]"))
-            try:
-                self._routes.append(_Route(route, destinations, matchers))
-            except (ValueError, re.error) as exc:
-                raise CarbonRoutesConfigError(f"{here}: {exc}") from exc
+        self._spool_root = Path(config.get("spool_dir") or context.state_dir / "spool" / name)
+        self._routing = threading.Lock()  # held by each round and by a route change
+        self._opened = False
+        self._retired: list[Destination] = []  # removed at runtime, still sending
+        self._route_sections = [{"name": r["key"], **{k: v for k, v in r.items() if k != "key"}}
+                                for r in config["routes"]]
+        self._routes, self._destinations, _ = self._build_routes(config["routes"], {}, where)
         self._closing = False  # the next round emits every open aggregator bucket
+
+    def _build_routes(self, sections: list[dict[str, Any]], known: dict[str, Destination],
+                      where: str) -> tuple[list[_Route], dict[str, Destination],
+                                           list[Destination]]:
+        """Routes, every destination they name (by identity), and which of those are new;
+        ``known`` destinations are reused, unchanged."""
+        destinations: dict[str, Destination] = {}
+        fresh: list[Destination] = []
+        routes: list[_Route] = []
+        for r, route in enumerate(sections):
+            here = f"{where}.routes[{r}]"
+            targets, matchers = [], []
+            for d, spec in enumerate(route["destinations"]):
+                place = f"{here}.destinations[{d}]"
+                key = _identity(spec, place)
+                destination = destinations.get(key) or known.get(key)
+                if destination is None:
+                    destination = self._destination(spec, place)
+                    fresh.append(destination)
+                elif key in known and not _same_spool(destination, spec):
+                    raise CarbonRoutesConfigError(
+                        f"{place}: the spool of running destination {spec['address']} cannot "
+                        "change at runtime (reload the config for that)")
+                destinations[key] = destination
+                targets.append(destination)
+                matchers.append(_build(Matcher, spec, place))
+            try:
+                routes.append(_Route(route, targets, matchers))
+            except re.error as exc:
+                raise CarbonRoutesConfigError(f"{here}: bad regular expression: {exc}") \
+                    from exc
+            except ValueError as exc:
+                raise CarbonRoutesConfigError(f"{here}: {exc}") from exc
+        return routes, destinations, fresh
 
     @classmethod
     def needed_paths(cls, name: str, section: Mapping[str, Any],
@@ -123,54 +169,117 @@ class CarbonRoutesForwarder(RelayForwarder):
         directory = Path(section.get("spool_dir") or context.state_dir / "spool" / name)
         return {"spool_dir": NeededPath(directory, directory=True)}
 
-    def _destination(self, spec: Mapping[str, Any], spool_root: Path | None,
-                     where: str) -> Destination:
+    def _destination(self, spec: Mapping[str, Any], where: str) -> Destination:
         host, _, port = spec["address"].rpartition(":")
-        if not host or not port.isdigit():
-            raise CarbonRoutesConfigError(f"{where}.address: {spec['address']!r} is not "
-                                          "host:port")
         host = host.strip("[]")
-        key = f"{host}:{port}:{spec.get('instance') or ''}:{'pickle' if spec['pickle'] else ''}"
-        if key in self._destinations:  # one destination listed by several routes: one queue
-            return self._destinations[key]
         destination = Destination(
             host, int(port), instance=spec.get("instance"), pickle=bool(spec["pickle"]),
             queue_lines=int(spec["queue_lines"]), backoff_min=float(self.config["backoff_min"]),
             backoff_max=float(self.config["backoff_max"]),
             connect_timeout=float(self.config["connect_timeout"]))
-        if spec["spool"] and spool_root is not None:
-            destination.spool_dir = spool_root / destination.key
+        destination.identity = _identity(spec, where)
+        if spec["spool"]:
+            destination.spool_dir = self._spool_root / destination.key
             destination.spool_max_bytes = int(spec["spool_max_bytes"])
-        self._destinations[key] = destination
         return destination
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
-        for destination in self._destinations.values():
+        self._open_destinations(list(self._destinations.values()))
+        self._opened = True
+
+    def _open_destinations(self, destinations: list[Destination]) -> None:
+        """Open their spools; on failure close the ones opened and raise the config error."""
+        for index, destination in enumerate(destinations):
             try:
                 destination.open()
-            except SpoolInUse as exc:
-                raise CarbonRoutesConfigError(f"forwarders.{self.name}.spool_dir: {exc}") \
-                    from exc
             except OSError as exc:
-                raise CarbonRoutesConfigError(
-                    f"forwarders.{self.name}.spool_dir: cannot use {destination.spool_dir}: "
-                    f"{exc.strerror}") from exc
+                for opened in destinations[:index]:
+                    opened.close()
+                detail = str(exc) if isinstance(exc, SpoolInUse) else \
+                    f"cannot use {destination.spool_dir}: {exc.strerror}"
+                raise CarbonRoutesConfigError(f"forwarders.{self.name}.spool_dir: {detail}") \
+                    from exc
+
+    def close_before_successor(self) -> bool:
+        """A spooling section holds its spools' locks: its successor may start only after it
+        closed (and wrote to the spool what it could not deliver)."""
+        return self.RELOAD_CLOSE_FIRST or any(
+            d.spool_dir is not None for d in self._destinations.values())
 
     def close(self, timeout: float) -> int:
         self._closing = True  # read by the sender thread's last rounds
         return super().close(timeout)
 
     def shutdown(self, timeout: float) -> int:
-        for destination in self._destinations.values():
+        for destination in self._all_destinations():
             destination.close()
         return 0
+
+    def _all_destinations(self) -> list[Destination]:
+        return [*self._destinations.values(), *self._retired]
+
+    # -- runtime routes (the RelayForwarder hook) -----------------------------------------
+    def routes(self) -> list[dict[str, Any]]:
+        """The routes now in use: ``routes`` entries, each with ``name`` for its ``key``."""
+        return copy.deepcopy(self._route_sections)
+
+    def apply_routes(self, routes: list[dict[str, Any]]) -> None:
+        sections = _validated_routes(routes)
+        where = f"forwarders.{self.name}"
+        with self._routing:
+            for lines in self.take_batches():  # what came before the change goes the old way
+                for line in lines:
+                    self._route_line(line)
+            known = {key: d for d in self._all_destinations()
+                     if (key := d.identity) is not None}
+            built, destinations, fresh = self._build_routes(sections, known, where)
+            if self._opened and not self.context.debug_mode:
+                self._open_destinations(fresh)
+            for section in sections:  # a kept destination takes its new queue bound
+                for spec in section["destinations"]:
+                    destinations[_identity(spec, where)].queue_lines = int(spec["queue_lines"])
+            removed = [d for d in self._destinations.values()
+                       if d not in destinations.values()]
+            self._retired = [d for d in self._retired if d not in destinations.values()]
+            self._retired.extend(removed)
+            self._routes, self._destinations = built, destinations
+            self._route_sections = [{"name": r["key"], **{k: v for k, v in r.items()
+                                                          if k != "key"}} for r in sections]
+        self.log.info("carbon routes %s: routes now %s", self.name, "; ".join(
+            f"{r.key} ({r.kind}) -> {len(r.destinations)} destinations" for r in built))
+        for destination in removed:
+            unspooled = destination.spool_dir is None and not destination.connected
+            self.log.info("carbon routes %s: destination %s removed; it sends the %d lines it "
+                          "holds, then closes%s", self.name, destination.label,
+                          destination.pending(), " (not connected now and no spool: retried "
+                          "until it answers or the relay closes)" if unspooled else "")
+
+    def _pump_retired(self, now: float) -> None:
+        for destination in list(self._retired):
+            before = destination.counters["sent"]
+            destination.pump(now)
+            self.counters["sent"] += destination.counters["sent"] - before
+            if destination.pending():
+                continue
+            spooled = destination.spool is not None and bool(destination.spool)
+            if spooled and not destination.down:
+                continue  # still replaying its spool
+            if spooled:
+                assert destination.spool is not None
+                self.log.warning(
+                    "carbon routes %s: removed destination %s is unreachable; its spool (%d "
+                    "records, %d bytes) stays in %s and is sent when a route names it again",
+                    self.name, destination.label, destination.spool.records,
+                    destination.spool.bytes, destination.spool_dir)
+            destination.close()
+            self._retired.remove(destination)
 
     def stats(self) -> dict[str, float]:
         stats: dict[str, float] = {**super().stats()}
         stats["aggregator_dropped"] = sum(a.dropped for a in self._aggregators)
         stats["aggregator_buckets"] = sum(a.open_buckets() for a in self._aggregators)
-        for destination in self._destinations.values():
+        for destination in self._all_destinations():
             for key, value in destination.stats().items():
                 stats[f"destination.{destination.key}.{key}"] = value
         return stats
@@ -181,6 +290,10 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     # -- sender thread --------------------------------------------------------------------
     def send_round(self, now: float) -> None:
+        with self._routing:
+            self._send_round(now)
+
+    def _send_round(self, now: float) -> None:
         batches = self.take_batches()
         wall_clock = time.time()
         for lines in batches:
@@ -190,7 +303,7 @@ class CarbonRoutesForwarder(RelayForwarder):
             for path, value, stamp in aggregator.due(wall_clock, everything=self._closing):
                 self._route(path, f"{path} {value!r} {stamp}".encode())
         if self.context.debug_mode:
-            for destination in self._destinations.values():
+            for destination in self._all_destinations():
                 while destination.queue:
                     line = destination.queue.popleft()
                     self.log.info("debug_mode, not sent to %s:%d: %r", destination.host,
@@ -201,14 +314,15 @@ class CarbonRoutesForwarder(RelayForwarder):
             before = destination.counters["sent"]
             destination.pump(now)
             self.counters["sent"] += destination.counters["sent"] - before
+        self._pump_retired(now)
 
     def pending(self) -> int:
         buckets = sum(a.open_buckets() for a in self._aggregators) if self._closing else 0
         return (self.buffered_lines + buckets
-                + sum(d.pending() for d in self._destinations.values()))
+                + sum(d.pending() for d in self._all_destinations()))
 
     def discard(self) -> int:
-        return self.discard_buffered() + sum(d.discard() for d in self._destinations.values())
+        return self.discard_buffered() + sum(d.discard() for d in self._all_destinations())
 
     def _route_line(self, line: bytes) -> None:
         self.counters["lines_in"] += 1
@@ -256,6 +370,52 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     def _refuse(self) -> None:
         self.counters["refused_lines"] += 1
+
+
+_ROUTES_SCHEMA: dict[str, Any] = CONFIG_SCHEMA["properties"]["routes"]
+
+
+def _validated_routes(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hook's route objects (``name`` for ``key``) checked against the section's schema,
+    defaults filled: ``routes`` entries. ``ValueError`` names the first fault."""
+    sections = []
+    for index, route in enumerate(routes):
+        section = {k: v for k, v in copy.deepcopy(route).items() if k != "name"}
+        name = route.get("name", section.get("key"))
+        if "key" in section and section["key"] != name:
+            raise CarbonRoutesConfigError(f"routes[{index}]: key {section['key']!r} is not its "
+                                          f"name {name!r}")
+        if name is not None:
+            section["key"] = name
+        sections.append(section)
+    validator = jsonschema.Draft202012Validator(_ROUTES_SCHEMA)
+    errors = sorted(validator.iter_errors(sections), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "routes" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                   for p in first.path)
+        raise CarbonRoutesConfigError(f"{where}: {first.message}")
+    keys = [section["key"] for section in sections]
+    if len(set(keys)) != len(keys):
+        raise CarbonRoutesConfigError(f"routes: names must be unique, got {', '.join(keys)}")
+    fill_defaults(_ROUTES_SCHEMA, sections)
+    return sections
+
+
+def _identity(spec: Mapping[str, Any], where: str) -> str:
+    """What makes two destination entries one destination (one queue, connection, spool)."""
+    host, _, port = spec["address"].rpartition(":")
+    if not host or not port.isdigit():
+        raise CarbonRoutesConfigError(f"{where}.address: {spec['address']!r} is not host:port")
+    return (f"{host.strip('[]')}:{port}:{spec.get('instance') or ''}:"
+            f"{'pickle' if spec.get('pickle') else ''}")
+
+
+def _same_spool(destination: Destination, spec: Mapping[str, Any]) -> bool:
+    if not spec.get("spool"):
+        return destination.spool_dir is None
+    return destination.spool_dir is not None \
+        and destination.spool_max_bytes == int(spec["spool_max_bytes"])
 
 
 def _build(cls: Any, options: Mapping[str, Any], where: str) -> Any:

@@ -51,6 +51,7 @@ class StatsdRelayForwarder(RelayForwarder):
     """Relays raw statsd lines to backends chosen by consistent hash; see docs/relay.md."""
 
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = CONFIG_SCHEMA
+    ROUTES_KEY: ClassVar[str] = "groups"
     TOTALS: ClassVar[tuple[str, ...]] = (
         *RelayForwarder.TOTALS, "not_relayable", "json_converted", "internal_errors",
         "dead_backend_changes", "backend.*.enqueued_lines", "backend.*.relayed_lines",

@@ -12,16 +12,28 @@ A line without ``:`` or a frame too short for its own key is refused and counted
 (``refused``). Each server has a bounded queue, a TCP connection (as statsite-proxy's) with
 reconnect backoff; no spool (statsite-proxy has none, and counters or timers replayed late
 would land in the wrong interval anyway).
+
+Runtime routes (the :class:`~forwarders.RelayForwarder` hook): a route is one server, named by
+its address, ``{"name": "ip:port", "weight": N}``; a new list (in ring order) rebuilds the ring
+between two rounds, after what earlier datagrams brought has been placed on the old one. A
+server still listed keeps its connection and queue; a removed one keeps sending what it holds
+and then closes (while it cannot be reached it keeps retrying until the relay closes, then its
+lines are counted lost: there is no spool).
 """
 
 from __future__ import annotations
 
+import copy
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import jsonschema
+
 from forwarders import ForwarderContext, RelayForwarder
 from forwarders.carbon_routes.destination import Destination
+from forwarders.schema import fill_defaults
 from forwarders.statsd_relay.hashing import KetamaRouter
 
 __all__ = ["StatsiteProxyConfigError", "StatsiteProxyForwarder", "command_key"]
@@ -55,6 +67,8 @@ def command_key(command: bytes) -> bytes | None:
 class StatsiteProxyForwarder(RelayForwarder):
     INPUT_FORMAT: ClassVar[str] = "statsite"
     """The listener format whose payloads this relay takes (pystatsd.wire_formats)."""
+    ROUTES_KEY: ClassVar[str] = "servers"
+    ROUTE_NAME_KEY: ClassVar[str] = "address"
     CONFIG_SCHEMA: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["servers"],
@@ -103,35 +117,72 @@ class StatsiteProxyForwarder(RelayForwarder):
         super().__init__(name, config, context)
         config = self.config
         self.counters["refused"] = 0
-        self._servers: list[Destination] = []
-        addresses, weights = [], []
-        for index, server in enumerate(config["servers"]):
-            host, _, port = server["address"].rpartition(":")
+        self._routing = threading.Lock()  # held by each round and by a route change
+        self._retired: list[Destination] = []  # removed at runtime, still sending
+        self._sections: list[dict[str, Any]] = copy.deepcopy(list(config["servers"]))
+        self._servers, self._ring = self._build(self._sections, {}, f"forwarders.{name}")
+
+    def _build(self, sections: list[dict[str, Any]], known: dict[str, Destination],
+               where: str) -> tuple[list[Destination], KetamaRouter]:
+        """The servers (``known`` ones by address reused) and their ring."""
+        servers = []
+        for index, server in enumerate(sections):
+            address = server["address"]
+            host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
-                raise StatsiteProxyConfigError(f"forwarders.{name}.servers[{index}].address: "
-                                               f"{server['address']!r} is not ip:port")
-            self._servers.append(Destination(
+                raise StatsiteProxyConfigError(f"{where}.servers[{index}].address: "
+                                               f"{address!r} is not ip:port")
+            servers.append(known.get(address) or Destination(
                 host.strip("[]"), int(port), instance=None, pickle=False, raw=True,
-                queue_lines=int(config["queue_lines"]),
-                backoff_min=float(config["backoff_min"]),
-                backoff_max=float(config["backoff_max"]),
-                connect_timeout=float(config["connect_timeout"])))
-            addresses.append(server["address"])
-            weights.append(int(server["weight"]))
-        self._ring = KetamaRouter(range(len(addresses)), addresses, weights)
+                queue_lines=int(self.config["queue_lines"]),
+                backoff_min=float(self.config["backoff_min"]),
+                backoff_max=float(self.config["backoff_max"]),
+                connect_timeout=float(self.config["connect_timeout"])))
+            servers[-1].identity = address
+        addresses = [server["address"] for server in sections]
+        if len(set(addresses)) != len(addresses):
+            raise StatsiteProxyConfigError(f"{where}.servers: addresses must be unique, got "
+                                           f"{', '.join(addresses)}")
+        weights = [int(server["weight"]) for server in sections]
+        return servers, KetamaRouter(range(len(addresses)), addresses, weights)
 
     def owner(self, key: bytes) -> int:
         """The index (in ``servers``) of the server that owns ``key``."""
         return self._ring.owner(key)
 
     def shutdown(self, timeout: float) -> int:
-        for server in self._servers:
+        for server in [*self._servers, *self._retired]:
             server.close()
         return 0
 
+    # -- runtime routes (the RelayForwarder hook) -----------------------------------------
+    def routes(self) -> list[dict[str, Any]]:
+        """The servers now on the ring, in ring order: ``{"name": address, "weight": N}``."""
+        return [{"name": s["address"], "weight": s["weight"]} for s in self._sections]
+
+    def apply_routes(self, routes: list[dict[str, Any]]) -> None:
+        sections = _validated_servers(routes)
+        where = f"forwarders.{self.name}"
+        with self._routing:
+            self._place(self.take_batches())  # what came before the change: the old ring
+            known = {s.identity: s for s in [*self._servers, *self._retired]
+                     if s.identity is not None}
+            servers, ring = self._build(sections, known, where)
+            removed = [s for s in self._servers if s not in servers]
+            self._retired = [s for s in self._retired if s not in servers] + removed
+            self._servers, self._ring, self._sections = servers, ring, sections
+        self.log.info("statsite proxy %s: servers now %s", self.name,
+                      ", ".join(f"{s['address']} (weight {s['weight']})" for s in sections))
+        for server in removed:
+            self.log.info("statsite proxy %s: server %s:%d removed; it sends the %d commands "
+                          "it holds, then closes%s", self.name, server.host, server.port,
+                          server.pending(), "" if server.connected else
+                          " (not connected now: retried until it answers or the relay closes, "
+                          "no spool)")
+
     def stats(self) -> dict[str, float]:
         stats: dict[str, float] = {**super().stats()}
-        for server in self._servers:
+        for server in [*self._servers, *self._retired]:
             for key, value in server.stats().items():
                 stats[f"server.{server.key}.{key}"] = value
         return stats
@@ -140,7 +191,11 @@ class StatsiteProxyForwarder(RelayForwarder):
         return self.buffer_batch(lines)
 
     def send_round(self, now: float) -> None:
-        batches = self.take_batches()
+        with self._routing:
+            self._place(self.take_batches())
+            self._pump(now)
+
+    def _place(self, batches: list[list[bytes]]) -> None:
         for commands in batches:
             for command in commands:
                 key = command_key(command)
@@ -149,7 +204,9 @@ class StatsiteProxyForwarder(RelayForwarder):
                     continue
                 item = command if command[0] == _MAGIC else command + b"\n"
                 self._servers[self._ring.owner(key)].enqueue(item)
-        for server in self._servers:
+
+    def _pump(self, now: float) -> None:
+        for server in [*self._servers, *self._retired]:
             if self.context.debug_mode:
                 while server.queue:
                     self.log.info("debug_mode, not sent to %s:%d: %r", server.host, server.port,
@@ -159,9 +216,42 @@ class StatsiteProxyForwarder(RelayForwarder):
             before = server.counters["sent"]
             server.pump(now)
             self.counters["sent"] += server.counters["sent"] - before
+        for server in list(self._retired):
+            if not server.pending():  # everything it held is written: it may go
+                server.close()
+                self._retired.remove(server)
 
     def pending(self) -> int:
-        return self.buffered_lines + sum(server.pending() for server in self._servers)
+        servers = [*self._servers, *self._retired]
+        return self.buffered_lines + sum(server.pending() for server in servers)
 
     def discard(self) -> int:
-        return self.discard_buffered() + sum(server.discard() for server in self._servers)
+        servers = [*self._servers, *self._retired]
+        return self.discard_buffered() + sum(server.discard() for server in servers)
+
+
+_SERVERS_SCHEMA: dict[str, Any] = StatsiteProxyForwarder.CONFIG_SCHEMA["properties"]["servers"]
+
+
+def _validated_servers(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hook's objects (``name`` for ``address``) checked against the section's schema:
+    ``servers`` entries. ``ValueError`` names the first fault."""
+    sections = []
+    for index, route in enumerate(routes):
+        section = {k: v for k, v in copy.deepcopy(route).items() if k != "name"}
+        name = route.get("name", section.get("address"))
+        if "address" in section and section["address"] != name:
+            raise StatsiteProxyConfigError(f"servers[{index}]: address {section['address']!r} "
+                                           f"is not its name {name!r}")
+        if name is not None:
+            section["address"] = name
+        sections.append(section)
+    errors = sorted(jsonschema.Draft202012Validator(_SERVERS_SCHEMA).iter_errors(sections),
+                    key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "servers" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                    for p in first.path)
+        raise StatsiteProxyConfigError(f"{where}: {first.message}")
+    fill_defaults(_SERVERS_SCHEMA, sections)
+    return sections

@@ -33,6 +33,7 @@ class StatsiteSink:
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
         self.samples: list[Sample] = []
+        self.connections = 0
         self.stats = SelfStats()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -46,6 +47,7 @@ class StatsiteSink:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -148,3 +150,48 @@ def test_ascii_and_binary_go_whole_to_their_keys_owner(tmp_path: Path) -> None:
         assert sink.samples == expected[owner]
         assert sink.stats.counters == {}  # nothing arrived cut or malformed
     assert proxy.stats()["refused"] == 1
+
+
+def test_servers_changed_at_runtime_place_each_command_on_the_ring_of_its_time(
+        tmp_path: Path) -> None:
+    """A server added, reweighted and removed between datagrams: what was submitted before a
+    change lands where the old ring put it, what comes after where the new one does, each
+    command once; a server that stays keeps its connection; a bad list changes nothing."""
+    first, second = StatsiteSink(), StatsiteSink()
+    address = [f"127.0.0.1:{s.port}" for s in (first, second)]
+    proxy = build(tmp_path, [{"address": address[0], "weight": 100}])
+    keys = [f"live.{i}" for i in range(60)]
+    proxy.start()
+    try:
+        expected: dict[str, list[str]] = {a: [] for a in address}
+
+        def batch(tag: int) -> None:
+            assert proxy.submit_lines([f"{key}:{tag}|c".encode() for key in keys])
+            # the owner as the ring is now: routing runs on the sender thread, but a change
+            # first places what was submitted before it
+            ring = [route["name"] for route in proxy.routes()]
+            for key in keys:
+                expected[ring[proxy.owner(key.encode())]].append(f"{key}:{tag}")
+
+        batch(1)
+        proxy.apply_routes([*proxy.routes(), {"name": address[1], "weight": 100}])
+        batch(2)
+        assert expected[address[1]] and len(expected[address[0]]) > len(keys)
+        with pytest.raises(ValueError, match=r"servers\[1\]\.weight"):
+            proxy.apply_routes([proxy.routes()[0], {"name": address[1], "weight": 0}])
+        assert proxy.routes() == [{"name": address[0], "weight": 100},
+                                  {"name": address[1], "weight": 100}]
+        proxy.apply_routes([{"name": address[1], "weight": 100}])  # the first one removed
+        batch(3)
+        total = 3 * len(keys)
+        wait_for(lambda: len(first.samples) + len(second.samples) == total, what="delivered")
+        for sink, want in zip((first, second), expected.values(), strict=True):
+            got = [f"{s.name}:{int(s.value)}" for s in sink.samples]  # type: ignore[arg-type]
+            assert sorted(got) == sorted(want)
+        assert first.connections == 1 and second.connections == 1
+        wait_for(lambda: not any(k.startswith(f"server.127_0_0_1_{first.port}.")
+                                 for k in proxy.stats()), what="the removed server closed")
+        assert proxy.close(5) == 0
+    finally:
+        first.close()
+        second.close()
