@@ -135,6 +135,12 @@ def test_gauges_follow_arrival_order_across_workers(start_daemon: Any) -> None:
     stack = ExitStack()
     with stack:
         a, b = sockets_on_two_workers(daemon, stack)
+        # No flush in the middle from here: two workers swap a few milliseconds apart, and a
+        # line applied between their swaps would count in the other interval.
+        daemon.config_path.write_text(daemon.config_path.read_text().replace(
+            "flush_interval: 1", "flush_interval: 3600"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_log("reloaded")
         send_in_order(daemon, a, b)
     assert daemon.stop() == 0
     last = {r["name"]: r["stats"]["value"] for r in daemon.records() if r["type"] == "gauge"}
@@ -146,7 +152,7 @@ def send_in_order(daemon: Any, a: socket.socket, b: socket.socket) -> None:
 
     def line(sock: socket.socket, data: bytes) -> None:
         sock.sendto(data, ("127.0.0.1", daemon.port))
-        time.sleep(0.02)  # each line applied before the next is sent (milliseconds apart)
+        time.sleep(0.1)  # each line applied before the next is sent, on a busy machine too
 
     # absolute in worker A, deltas in worker B before (overridden) and after (applied)
     line(b, b"w.g1:+3|g")
