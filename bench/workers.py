@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -239,9 +240,10 @@ def merge_cost(series: int, workers: int) -> None:
 # -- instructions per line ----------------------------------------------------------------
 def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
     """Under callgrind: warm up, then deliver ``window`` payloads through ``map``: to
-    ``Pipeline.ingest`` as one process does, or (``timed``) to a worker's ``deliver`` (timed
-    gauge cells, the shared page written per payload). ``mix``: ``gauges`` (a third absolute,
-    two thirds deltas) or ``loadgen`` (bench/loadgen.c's: counters, gauges, timers, sets)."""
+    ``Pipeline.ingest`` under a lock as one process does (``Daemon._deliver``), or (``timed``)
+    to a worker's ``deliver`` (timed gauge cells, the shared page written per payload).
+    ``mix``: ``gauges`` (a third absolute, two thirds deltas) or ``loadgen`` (bench/loadgen.c's:
+    counters, gauges, timers, sets)."""
     import mmap
 
     from pystatsd.aggregation import MetricMgr
@@ -255,11 +257,16 @@ def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
     stats = SelfStats()
     manager = (TimedMetricMgr if timed else MetricMgr)(config, stats)
     pipeline = Pipeline(config, manager, stats)
-    deliver: Any = pipeline.ingest
+    lock = threading.Lock()
+
+    def deliver(payload: bytes) -> None:  # Daemon._deliver: the ingest lock, then the pipeline
+        with lock:
+            pipeline.ingest(payload)
+
     if timed:
         worker = Worker(0, None, mmap.mmap(-1, mmap.PAGESIZE))  # type: ignore[arg-type]
         worker.manager, worker.pipeline = manager, pipeline  # what Worker.start builds
-        deliver = worker.deliver
+        deliver = worker.deliver  # type: ignore[assignment]
     warm = max(NAMES, 200_000 // lines)
     if mix == "loadgen":
         from bench.ingest_cpu import make_payloads
@@ -318,7 +325,7 @@ def main() -> None:
             for timed in (False, True):
                 per_line = instructions(lines, args.window, timed, mix)
                 print(f"{mix} lines, {lines} per payload, "
-                      f"{'a worker (deliver)' if timed else 'one process (ingest)'}: "
+                      f"{'a worker (deliver)' if timed else 'one process (_deliver)'}: "
                       f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
         return
     for series in (10_000, 100_000):
