@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
-from pystatsd.global_tier.partial_state import cell_partial
+from pystatsd.global_tier.partial_state import cell_partial, load_set_sketches
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import Event, SeriesStats
@@ -177,6 +177,7 @@ class MetricMgr:
         self.percentiles: Percentiles = [(float(p), percentile_key(p)) for p in
                                          config["percentiles"]]
         self.exact_limit: int = config["timer_exact_samples"]
+        self.set_member_limit: int = config["partial_set_members"]
         self.accuracy: float = config["sketch_relative_accuracy"]
         self.idle_expiry: int = config["idle_expiry_intervals"]
         self.trace_cumulative: bool = config["trace_cumulative"]
@@ -185,6 +186,8 @@ class MetricMgr:
         self.keep_partials: bool = any(
             isinstance(section, dict) and section.get("format") == "partials"
             for section in config.get("forwarders", {}).values())
+        if self.keep_partials:
+            load_set_sketches()
         self._warn_at = math.ceil(self.max_series * SERIES_WARNING_FILL)
         self.flush_interval: float = float(config["flush_interval"])
         self.timestamp_window: float = float(config["timestamp_window_seconds"])
@@ -447,7 +450,7 @@ class MetricMgr:
             elif kind == SET:
                 stats = {"count": float(len(cell))}
                 if keep_partials:
-                    partial = cell_partial(kind, cell, 0.0)
+                    partial = cell_partial(kind, cell, 0.0, self.set_member_limit)
                 cell.clear()
             else:  # trace
                 count = cell[0]

@@ -3,9 +3,10 @@
 A JSON object: ``format`` (``"pystatsd-partials/1"``), ``host``, ``interval_start``,
 ``interval``, ``name``, ``type``, ``tags`` (``[[key, value], ...]`` in the series' order) and
 ``partial``, the state :mod:`pystatsd.global_tier.partial_state` documents, with a DDSketch's
-protobuf bytes as base64 text. Floats are written by orjson in their shortest exact form, so
-exact samples and sums arrive bit for bit. The message key is the series identity, like every
-format's, so one partition (and one global member) owns each series.
+protobuf bytes (``sketch``) and a HyperLogLog's serialised form (``hll``) as base64 text.
+Floats are written by orjson in their shortest exact form, so exact samples and sums arrive
+bit for bit. The message key is the series identity, like every format's, so one partition
+(and one global member) owns each series.
 
 A series without a partial (self-metrics, or a daemon not told to keep them) is not sent.
 """
@@ -22,15 +23,18 @@ from pystatsd.snapshot import SeriesStats, Snapshot
 __all__ = ["PARTIALS_VERSION", "decode_partial", "encode_partial"]
 
 PARTIALS_VERSION = "pystatsd-partials/1"
+_BINARY = ("sketch", "hll")
+"""Fields of a partial that hold a library's serialised sketch."""
 
 
 def encode_partial(series: SeriesStats, snapshot: Snapshot) -> bytes | None:
     if series.partial is None:
         return None
     partial = dict(series.partial)
-    sketch = partial.get("sketch")
-    if isinstance(sketch, bytes):
-        partial["sketch"] = base64.b64encode(sketch).decode("ascii")
+    for field in _BINARY:
+        data = partial.get(field)
+        if isinstance(data, bytes):
+            partial[field] = base64.b64encode(data).decode("ascii")
     document = {
         "format": PARTIALS_VERSION,
         "host": snapshot.host,
@@ -53,7 +57,8 @@ def decode_partial(value: bytes) -> dict[str, Any]:
     partial = document.get("partial")
     if not isinstance(partial, dict):
         raise ValueError("partials message without a partial")
-    if isinstance(partial.get("sketch"), str):
-        partial["sketch"] = base64.b64decode(partial["sketch"])
+    for field in _BINARY:
+        if isinstance(partial.get(field), str):
+            partial[field] = base64.b64decode(partial[field], validate=True)
     document["tags"] = tuple((str(key), str(value)) for key, value in document["tags"])
     return document

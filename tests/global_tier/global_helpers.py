@@ -22,12 +22,14 @@ ACCURACY = 0.01
 REPO = Path(__file__).resolve().parents[2]
 
 
-def manager(exact_samples: int, partials: bool = True) -> MetricMgr:
+def manager(exact_samples: int, partials: bool = True,
+            set_members: int = 1000) -> MetricMgr:
     forwarders: dict[str, Any] = (
         {"kafka": {"kafka_topic": "p", "format": "partials", "kafka_broker": "127.0.0.1:1"}}
         if partials else {"console": {}})
     config = build_config({"timer_exact_samples": exact_samples,
-                           "sketch_relative_accuracy": ACCURACY, "forwarders": forwarders})
+                           "sketch_relative_accuracy": ACCURACY, "forwarders": forwarders,
+                           "partial_set_members": set_members})
     return MetricMgr(config)
 
 
@@ -49,8 +51,8 @@ def corpus(host: int, seed: int, series: int = 4, samples: int = 300) -> list[Sa
 
 
 def host_snapshot(host: int, start: float, samples: list[Sample], exact_samples: int,
-                  interval: float = 10.0) -> Snapshot:
-    mgr = manager(exact_samples)
+                  interval: float = 10.0, set_members: int = 1000) -> Snapshot:
+    mgr = manager(exact_samples, set_members=set_members)
     for sample in samples:
         assert mgr.add(sample)
     series = mgr.finish(mgr.swap(), interval)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from datasketches import hll_sketch
 from global_helpers import Member, assert_matches, corpus, host_snapshot, truth, union_values
 
 from forwarders.base import ForwarderContext
@@ -23,7 +24,8 @@ from forwarders.kafka import KafkaForwarder
 from forwarders.kafka.formats import make_encoder
 from forwarders.kafka.forwarder import ID_HEADER, message_id
 from pystatsd.config import build_config
-from pystatsd.sample import GAUGE, HISTOGRAM, TIMER, Sample
+from pystatsd.global_tier.partial_state import HLL_LG_K
+from pystatsd.sample import GAUGE, HISTOGRAM, SET, TIMER, Sample
 
 pytestmark = pytest.mark.integration  # real global members and a real broker: not the fast loop
 
@@ -232,3 +234,30 @@ def test_a_member_added_mid_run_takes_partitions_over_with_nothing_lost(
                           INTERVAL + LATENESS + 30)
     check_output(records, sent)
     assert "revoked partitions" in first.log()
+
+
+def test_sets_past_the_limit_reach_the_output_within_the_sketch_error(
+        start_member: Callable[..., Member], senders: list[KafkaForwarder],
+        global_bootstrap: str, global_topics: dict[str, str]) -> None:
+    """Three hosts' visitors, two of them past ``partial_set_members`` (sent as HyperLogLog
+    sketches) and one under it (its members), through a real member: the output's count is
+    the union's within the library's 2-sigma bound; a set every host sent exactly stays exact."""
+    member = start_member("s0", flush_interval=INTERVAL, lateness=LATENESS,
+                          timer_exact_samples=EXACT)
+    assert member.wait_log("assigned partitions [0, 1, 2, 3]", FIRST_REBALANCE), member.log()
+    visitors = [range(0, 30_000), range(20_000, 65_000), range(64_500, 65_400)]
+    start = next_interval_start(-math.inf)
+    for host, forwarder in enumerate(senders):
+        samples = [Sample("site.visitors", SET, f"v{n}", 1.0, ()) for n in visitors[host]]
+        samples += [Sample("site.admins", SET, f"a{n}", 1.0, ()) for n in range(host, host + 5)]
+        assert forwarder.submit(host_snapshot(host, start, samples, EXACT, INTERVAL))
+    wait_delivered(senders, 6)
+    records = read_output(global_bootstrap, global_topics["output_topic"], 2,
+                          INTERVAL + LATENESS + 20)
+    counts = {record["name"]: record["stats"]["count"] for record in records
+              if record["interval_start"] == start}
+    assert len(records) == 2 and counts.keys() == {"site.visitors", "site.admins"}, records
+    assert counts["site.admins"] == 7.0  # a0-a6: exact below the limit
+    exact = len(set().union(*visitors))
+    bound = max(abs(hll_sketch.get_rel_err(upper, True, HLL_LG_K, 2)) for upper in (True, False))
+    assert abs(counts["site.visitors"] - exact) <= bound * exact, (counts, exact, bound)
