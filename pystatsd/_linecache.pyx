@@ -77,6 +77,9 @@ cdef class _Entry:
     cdef long long epoch
     cdef object cell
     cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
+    # A gauge cell of a list subclass (a receive worker's TimedGauge, which records when each
+    # change came): updated through MetricMgr.update, so that its __setitem__ sees the change.
+    cdef bint generic
     cdef double weight
     cdef object key
 
@@ -362,9 +365,13 @@ cdef class LineCache:
             if cell is None:  # too many series: rejected and counted by the manager
                 self._unplaced_now += 1
                 return 1
+            entry.generic = False
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
                 entry.is_array = type(cell) is array and cell.typecode == "d"
+            elif (entry.kind == _GAUGE and type(cell) is not list and isinstance(cell, list)
+                    and len(cell) >= 2):
+                entry.generic = True
             elif (entry.kind == _COUNTER or entry.kind == _GAUGE) and not (
                     type(cell) is list and len(cell) >= (1 if entry.kind == _COUNTER else 2)):
                 # The loop below indexes these cells unchecked: a cell of another shape (a
@@ -397,6 +404,12 @@ cdef class LineCache:
                 entry.cell.append(number)
                 if len(entry.cell) > self._exact_limit:
                     manager.fold(entry.key)
+        elif entry.kind == _GAUGE and entry.generic:
+            if not manager.update(entry.key[1], entry.cell, number, entry.weight,
+                                  value[0] == 43 or value[0] == 45):
+                manager.overflow(entry.key, number, entry.weight)
+                self._unplaced_now += 1
+                return 1
         elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
             cells = <list>entry.cell
             if value[0] == 43 or value[0] == 45:  # "+" or "-"

@@ -158,6 +158,7 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
     if not errors:
         errors += _mapping_errors(config)
         errors += _graphite_errors(config)
+        errors += _workers_errors(config)
     if errors:
         raise ConfigError(source, errors)
     return config
@@ -181,6 +182,22 @@ def _graphite_errors(config: Config) -> list[str]:
     from pystatsd.graphite_ingest import graphite_config_errors
 
     return graphite_config_errors(config, config.get("listeners") or [])
+
+
+def _workers_errors(config: Config) -> list[str]:
+    """Relay forwarders route each line as it is received, in the receive path: with receive
+    workers that path is in other processes, which run no forwarder."""
+    if config.get("workers", 1) == 1 or config["mode"] == "global":
+        return []
+    from forwarders import RelayForwarder
+
+    relays = sorted(name for name, section in config["forwarders"].items()
+                    if issubclass(load_forwarder_class(section.get("type", name)),
+                                  RelayForwarder))
+    if config["mode"] == "relay" or relays:
+        return [f"workers: more than 1 needs mode aggregate and no relay forwarder "
+                f"(relays route in the receive path): {', '.join(relays) or 'mode relay'}"]
+    return []
 
 
 def listeners(config: Config) -> list[dict[str, Any]]:
@@ -235,7 +252,18 @@ def _describe(error: jsonschema.ValidationError, prefix: tuple[Any, ...]) -> Ite
     if error.validator == "enum":
         choices = ", ".join(map(str, error.validator_value))
         return [f"{_dotted(path)}: {error.instance!r} is not one of: {choices}"]
+    if error.validator == "oneOf":
+        choices = " or ".join(map(_alternative, error.validator_value))
+        return [f"{_dotted(path)}: {error.instance!r} is not {choices}"]
     return [f"{_dotted(path)}: {error.message}"]
+
+
+def _alternative(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " or ".join(map(str, schema["enum"]))
+    if "minimum" in schema:
+        return f"{schema.get('type', 'a number')} >= {schema['minimum']}"
+    return str(schema.get("type", schema))
 
 
 # Up to this many known keys are listed when none is close to an unknown one; past it the list

@@ -78,6 +78,9 @@ def _rows(schema: dict[str, Any], prefix: str) -> list[str]:
         path = f"{prefix}{key}"
         kind = sub.get("type") or ("one of " + ", ".join(map(str, sub["enum"]))
                                    if "enum" in sub else "")
+        if "oneOf" in sub:  # workers: an integer or auto
+            kind = " or ".join(str(alt.get("type") or ", ".join(map(str, alt.get("enum", []))))
+                               for alt in sub["oneOf"])
         if isinstance(kind, list):
             kind = " or ".join(kind)
         default = ("**required**" if key in required

@@ -41,6 +41,7 @@ from pystatsd.config import Config, listeners, load_config
 from pystatsd.graphite_ingest import GraphiteSource
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
+from pystatsd.inherited_sockets import close_unclaimed
 from pystatsd.listeners import TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
@@ -49,6 +50,10 @@ from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import SeriesStats, Snapshot
 from pystatsd.tagging import Tagger
+from pystatsd.workers import worker_count
+from pystatsd.workers.gauge_order import TimedMetricMgr, stamp
+from pystatsd.workers.merge import TableMerge
+from pystatsd.workers.pool import WorkerPool
 
 log = logging.getLogger("pystatsd.daemon")
 
@@ -57,7 +62,7 @@ _HANDLED_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR
 FROZEN_COLLECTION_FLUSHES = 360
 """Flushes between full collections of the heap the forked snapshot freezes (see
 ``Daemon._collect_frozen_cycles``)."""
-RESTART_ONLY_KEYS = ("listeners", "bind_address", "bind_port", "mode", "state_dir")
+RESTART_ONLY_KEYS = ("listeners", "bind_address", "bind_port", "mode", "state_dir", "workers")
 """Config keys a reload reports but does not apply: the running values stay until restart."""
 _THREAD_DIED = -1
 """Queued like a signal number when a thread ends with an unexpected exception."""
@@ -103,7 +108,12 @@ class Daemon:
         self.stats = SelfStats()
         self.lock = threading.Lock()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.manager = MetricMgr(config)
+        self.worker_count = worker_count(config)
+        # With receive workers the daemon's own cells (Unix sockets, a hot restart's hand-over)
+        # merge with theirs by arrival time too.
+        self.manager = TimedMetricMgr(config) if self.worker_count > 1 else MetricMgr(config)
+        self.workers: WorkerPool | None = None
+        """The receive workers (pystatsd.workers) with ``workers`` > 1; None with 1."""
         self.forwarders: dict[str, Forwarder] = {}
         self.pipeline: Pipeline | None = None
         self.listeners: list[UdpListener | TcpListener] = []
@@ -134,7 +144,21 @@ class Daemon:
             if successor is None or successor.starts_now(forwarder):
                 forwarder.start()
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
-        self.listeners = open_listeners(listeners(self.config), self._deliver, self.stats)
+        specs = listeners(self.config)
+        if self.worker_count > 1:  # UDP and TCP go to the workers; Unix sockets stay here
+            pooled = [spec for spec in specs if spec["protocol"] in ("udp", "tcp")]
+            specs = [spec for spec in specs if spec not in pooled]
+            self.workers = WorkerPool(self.worker_count, pooled, self.config, self.stats)
+        self.listeners = open_listeners(specs, self._deliver if self.workers is None
+                                        else self._deliver_stamped, self.stats)
+        if self.workers is not None:
+            self.workers.start()
+            for address in self.workers.addresses:
+                log.info("listening on %s in %d receive workers", address, self.worker_count)
+        unclaimed = close_unclaimed()
+        if unclaimed:
+            log.warning("hot restart: closed %d inherited sockets no listener takes (fewer "
+                        "workers): datagrams they held are lost", unclaimed)
         interval = float(self.config["flush_interval"])
         self._interval_started = math.floor(self.clock() / interval) * interval
         for listener in self.listeners:
@@ -227,7 +251,9 @@ class Daemon:
             "last_flush": self._last_flush,
             "listeners": [f"{listener.spec['protocol']} {host}:{port}"
                           for listener in self.listeners
-                          for host, port in [listener.address]],
+                          for host, port in [listener.address]]
+            + (self.workers.addresses if self.workers is not None else []),
+            "workers": self.workers.describe() if self.workers is not None else None,
             "listener_state": [listener.describe() for listener in self.listeners],
             "counters": dict(sorted(counters.items())),
             "forwarders": {name: {"type": type(f).__name__, "kind": f.KIND, **f.stats()}
@@ -243,6 +269,13 @@ class Daemon:
         with self.lock:
             assert self.pipeline is not None
             self.pipeline.ingest(payload, fmt, absolute_gauges, graphite)
+
+    def _deliver_stamped(self, payload: bytes, fmt: str = "statsd",
+                         absolute_gauges: bool = False,
+                         graphite: GraphiteSource | None = None) -> None:
+        """With receive workers: this process's own gauges are ordered with theirs."""
+        stamp()
+        self._deliver(payload, fmt, absolute_gauges, graphite)
 
     # -- main loop --------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -324,12 +357,19 @@ class Daemon:
         aligned deadline (the flush interval, or a multiple of it after missed deadlines), or
         to now for the final flush at stop; counter rates are per second of that length."""
         interval = float(self.config["flush_interval"])
+        merge = None
+        if self.workers is not None:  # their counters join this interval's, taken below
+            merge = TableMerge(self.manager)
+            self.workers.collect(merge, final=final)
         with self.lock:
             assert self.pipeline is not None
             self.pipeline.publish_counts()
             table = self.manager.swap()
             now = self.clock()
             counts = self.stats.take()
+        if merge is not None:
+            merge.add_table(table)
+            table = merge.table(self.manager, self.stats)
         start = self._interval_started
         end = now if final else math.floor(now / interval) * interval
         if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
@@ -390,6 +430,12 @@ class Daemon:
                               {"count": float(n), "rate": n / elapsed})
                   for name, n in sorted(counts.items())]
         gauges: dict[str, float] = {"series": float(flushed_series)}
+        if self.workers is not None:  # summed above; each worker's own share here
+            gauges["workers.running"] = float(self.workers.running())
+            for slot in self.workers.slots:
+                series.extend(SeriesStats(f"{prefix}worker.{slot.index}.{name}", COUNTER, tags,
+                                          {"count": float(n), "rate": n / elapsed})
+                              for name, n in sorted(slot.interval_counts.items()))
         gauges.update(self.manager.series_levels())  # held, carried, limit: max_series' view
         for forwarder in self.forwarders.values():
             for key, value in forwarder.stats().items():
@@ -494,6 +540,8 @@ class Daemon:
             self.manager.reconfigure(self.config)
             self.manager.extra_stats = needed_stats(forwarders.values())
             self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
+        if self.workers is not None:
+            self.workers.reconfigure(self.config)
         # The receive path no longer reaches the old instances: close them.
         swapped = time.monotonic()
         for name, forwarder in old_forwarders.items():
@@ -635,6 +683,8 @@ def _run(config: Config, config_path: str | None) -> int:
     except Exception as exc:  # a listener that cannot bind, a forwarder that cannot open
         log.error("cannot start: %s", exc)
         daemon._stop_admin_interfaces()
+        if daemon.workers is not None:
+            daemon.workers.kill()
         close_all(daemon.forwarders.values())
         return 1
     # Everything built so far lives as long as the process: keep it out of the collector's

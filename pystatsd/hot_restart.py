@@ -190,7 +190,8 @@ def stop_shared_udp(listener: UdpListener, timeout: float) -> bool:
     (``dup2``): its next ``recv`` reads that one, where an empty datagram ends the loop; a
     ``recv`` already waiting on the shared socket returns with the next datagram, which is
     forwarded like every other. Empty datagrams to the shared port hurry that along (the
-    successor takes those that reach it as the watchdog's probes). True when it ended."""
+    successor takes those that reach it as the watchdog's probes), each from a new source port
+    so that one reaches this socket of a ``SO_REUSEPORT`` group. True when it ended."""
     shared = listener._sock
     loopback = "127.0.0.1" if shared.family == socket.AF_INET else "::1"
     private = socket.socket(shared.family, socket.SOCK_DGRAM)
@@ -200,15 +201,17 @@ def stop_shared_udp(listener: UdpListener, timeout: float) -> bool:
     target = ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
     thread = listener._thread
     deadline = time.monotonic() + timeout
-    with socket.socket(shared.family, socket.SOCK_DGRAM) as waker:
-        os.dup2(private.fileno(), shared.fileno())
-        while thread.is_alive() and time.monotonic() < deadline:
-            private.sendto(b"", private.getsockname())
+    os.dup2(private.fileno(), shared.fileno())
+    while thread.is_alive() and time.monotonic() < deadline:
+        private.sendto(b"", private.getsockname())
+        # A new source port each time: in a receive workers' SO_REUSEPORT group the kernel
+        # picks the member by it, and only this member's datagram wakes this thread.
+        with socket.socket(shared.family, socket.SOCK_DGRAM) as waker:
             try:
                 waker.sendto(b"", target)
             except OSError:
                 pass
-            thread.join(0.02)
+        thread.join(0.02)
     private.close()
     return not thread.is_alive()
 
@@ -233,6 +236,8 @@ class Predecessor:
         fds = {socket_key(listener.spec["protocol"], listener.spec["address"],
                           listener.spec["port"]): listener._sock.fileno()
                for listener in daemon.listeners}
+        if daemon.workers is not None:  # every member of the receive workers' groups
+            fds.update(daemon.workers.inherited_fds())
         env = {**os.environ, SOCKETS_ENV: orjson.dumps(fds).decode(),
                CHANNEL_ENV: str(theirs.fileno()), PREDECESSOR_ENV: str(os.getpid())}
         env.pop("WATCHDOG_PID", None)  # systemd's names this process; the successor pings too
@@ -277,6 +282,21 @@ class Predecessor:
         log.error("hot restart failed, still serving here: %s", why)
         return False
 
+    def _collect_workers(self, table: Any, counts: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        """The receive workers stop (the successor's read the same sockets meanwhile, and
+        what is buffered stays for them) and their intervals join the one handed over."""
+        from pystatsd.workers.merge import TableMerge
+
+        daemon = self.daemon
+        assert daemon.workers is not None
+        merge = TableMerge(daemon.manager)
+        daemon.workers.collect(merge, final=True, drain=False)
+        merge.add_table(table)
+        merged = merge.table(daemon.manager, daemon.stats)
+        for name, count in daemon.stats.take().items():
+            counts[name] = counts.get(name, 0) + count
+        return merged, counts
+
     def _hand_over(self, channel: Channel, child: subprocess.Popen[bytes]) -> None:
         daemon = self.daemon
         systemd.notify(f"MAINPID={child.pid}")
@@ -290,6 +310,8 @@ class Predecessor:
             table = daemon.manager.swap()
             counts = daemon.stats.take()
             daemon.pipeline = cast(Pipeline, forward)
+        if daemon.workers is not None:
+            table, counts = self._collect_workers(table, counts)
         state = export_state(daemon.manager, table, daemon._interval_started, counts)
         channel.send(STATE, state)
         for listener in daemon.listeners:

@@ -15,14 +15,28 @@ SOCKETS_ENV = "PYSTATSD_INHERITED_SOCKETS"
 _inherited: dict[str, socket.socket] | None = None
 
 
-def socket_key(protocol: str, address: str, port: int) -> str:
-    return f"{protocol}|{address}|{port}"
+def socket_key(protocol: str, address: str, port: int, member: int = 0) -> str:
+    """``member``: which of a listener's ``SO_REUSEPORT`` group (pystatsd.workers), 0 for the
+    one socket of a single-process daemon, so that its key is the same either way."""
+    return f"{protocol}|{address}|{port}" + (f"#{member}" if member else "")
 
 
-def inherited_socket(protocol: str, address: str, port: int) -> socket.socket | None:
+def inherited_socket(protocol: str, address: str, port: int,
+                     member: int = 0) -> socket.socket | None:
     """The bound socket the predecessor handed over for this listener spec, if any."""
     global _inherited
     if _inherited is None:
         fds = orjson.loads(os.environ.pop(SOCKETS_ENV, "{}"))
         _inherited = {key: socket.socket(fileno=int(fd)) for key, fd in fds.items()}
-    return _inherited.pop(socket_key(protocol, address, port), None)
+    return _inherited.pop(socket_key(protocol, address, port, member), None)
+
+
+def close_unclaimed() -> int:
+    """Close the inherited sockets no listener took (a successor with fewer receive workers);
+    how many. What their buffers held is lost: the kernel spreads over the others from now."""
+    global _inherited
+    left = list((_inherited or {}).values())
+    for sock in left:
+        sock.close()
+    _inherited = {}
+    return len(left)

@@ -99,8 +99,9 @@ class _Throttle:
         return f" ({count} more since the last)" if count else ""
 
 
-def _bind(protocol: str, address: str, port: int) -> socket.socket:
-    handed_over = inherited_socket(protocol, address, port)
+def _bind(protocol: str, address: str, port: int, reuse_port: bool = False,
+          member: int = 0) -> socket.socket:
+    handed_over = inherited_socket(protocol, address, port, member)
     if handed_over is not None:  # a hot restart: the predecessor's bound socket
         return handed_over
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
@@ -116,11 +117,34 @@ def _bind(protocol: str, address: str, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if protocol == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
         raise ListenerError(f"{protocol} {address}:{port}: cannot bind: {exc.strerror}") from exc
     return sock
+
+
+def bind_group(spec: dict[str, Any], count: int) -> list[socket.socket]:
+    """``count`` sockets bound to one UDP or TCP address with ``SO_REUSEPORT``, one per receive
+    worker (pystatsd.workers): the kernel spreads datagrams and connections among them by a
+    hash of the source address and port. The first fixes the port when the spec asks for 0;
+    a hot restart's successor takes the predecessor's members (see ``inherited_socket``)."""
+    protocol, address, port = spec["protocol"], spec["address"], spec["port"]
+    group: list[socket.socket] = []
+    try:
+        for member in range(count):
+            sock = _bind(protocol, address, port, reuse_port=True, member=member)
+            if protocol == "tcp":  # listening at once: a worker restarting finds its backlog
+                sock.listen(socket.SOMAXCONN)
+            group.append(sock)
+            port = port or sock.getsockname()[1]
+    except Exception:
+        for sock in group:
+            sock.close()
+        raise
+    return group
 
 
 class _Listener:

@@ -1,0 +1,197 @@
+"""One receive worker: ``python -m pystatsd.workers.worker INDEX CONTROL_FD HELD_FD``, started
+by the daemon's :class:`~pystatsd.workers.pool.WorkerPool` with its share of the listening
+sockets as inherited descriptors (``PYSTATSD_INHERITED_SOCKETS``, as a hot restart's successor
+takes them).
+
+It runs today's receive path (listeners, ``Pipeline``, ``LineCache``, a ``MetricMgr`` with
+timed gauges) and no forwarder. On the control connection (``multiprocessing.connection``
+framing over a socketpair) the parent sends pickled commands:
+
+  ("config", config)    first: build and start receiving, answer b"ready"
+  ("flush",)            swap the table, answer its partials (``merge.encode_table``)
+  ("reload", config)    take a reloaded config (limits, tags, mapping), answer b"ok"
+  ("stop", drain)       stop reading (``drain``: also what the socket still buffers, at the
+                        daemon's stop; not at a hot restart, whose successor reads it), answer
+                        the last partials and exit
+
+After each payload it writes into ``HELD_FD`` (a memfd the parent maps) how many payloads it
+holds since the last flush (and, every 16th, how many series): what the parent reports as lost
+if this process dies.
+Signals from outside are ignored (a stop of the service's whole cgroup must not lose the
+interval): the parent decides, and the kernel kills a worker whose parent died."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import mmap
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pystatsd.graphite_ingest import GraphiteSource
+from pystatsd.hot_restart import stop_shared_udp
+from pystatsd.ingest import Pipeline
+from pystatsd.listeners import UdpListener, open_listeners
+from pystatsd.logsetup import configure_logging
+from pystatsd.selfstats import SelfStats
+from pystatsd.workers.gauge_order import TimedMetricMgr, _now
+from pystatsd.workers.merge import encode_table
+
+log = logging.getLogger("pystatsd.workers")
+
+_CRASHED = 70
+_monotonic_ns = time.monotonic_ns
+FROZEN_COLLECTION_FLUSHES = 360
+"""As the daemon's (``Daemon._collect_frozen_cycles``): the heap is frozen after each flush,
+and unfrozen and collected once in this many."""
+
+
+def held_counts(page: mmap.mmap) -> memoryview:
+    """The shared page as [payloads, series] held since the last flush (a memoryview store
+    costs half a ``struct.pack_into``, and is made per payload)."""
+    return memoryview(page).cast("Q")
+
+
+class Worker:
+    def __init__(self, index: int, control: Connection, held: mmap.mmap) -> None:
+        self.index = index
+        self.control = control
+        self.held = held_counts(held)
+        self.lock = threading.Lock()
+        self.stats = SelfStats()
+        self.payloads = 0
+        self._flushes = 0
+
+    def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+        self.config = config
+        self.manager = TimedMetricMgr(config, self.stats)
+        self.pipeline = Pipeline(config, self.manager, self.stats)
+        self.listeners = open_listeners(specs, self.deliver, self.stats)
+        for listener in self.listeners:
+            listener.start()
+
+    def deliver(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
+                graphite: GraphiteSource | None = None) -> None:
+        # Per payload, so kept to stores: at one line a datagram this is a third of the cost.
+        _now[0] = _monotonic_ns() // 1_000_000  # gauge_order.stamp, inlined
+        with self.lock:
+            self.pipeline.ingest(payload, fmt, absolute_gauges, graphite)
+            payloads = self.payloads = self.payloads + 1
+            held = self.held
+            held[0] = payloads
+            if not payloads & 15:  # the series count, every 16th payload: what a loss reports
+                held[1] = self.manager.series_count()
+
+    def flush(self) -> bytes:
+        with self.lock:
+            self.pipeline.publish_counts()
+            table = self.manager.swap()
+            counts = self.stats.take()
+            self.payloads = 0
+            self.held[0] = self.held[1] = 0
+        encoded = encode_table(table, counts, self.manager.accuracy)
+        del table
+        self._freeze()
+        return encoded
+
+    def _freeze(self) -> None:
+        """What lives now (the modules, the line cache, this interval's cells) stays out of the
+        collector's passes, which otherwise walk every series while the receive thread waits;
+        the daemon does the same after each flush."""
+        self._flushes += 1
+        if self._flushes % FROZEN_COLLECTION_FLUSHES == 0:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+
+    def reload(self, config: dict[str, Any]) -> None:
+        with self.lock:
+            self.pipeline.publish_counts()
+            self.config = config
+            self.pipeline = Pipeline(config, self.manager, self.stats)
+
+    def stop(self, drain: bool) -> None:
+        """Stop every receive thread at a payload boundary without touching what the sockets'
+        other holders (the parent, a hot restart's successor) share."""
+        for listener in self.listeners:
+            if not isinstance(listener, UdpListener):
+                listener.stop()
+                continue
+            shared = socket.socket(fileno=os.dup(listener._sock.fileno()))
+            if not stop_shared_udp(listener, 5.0):
+                log.error("worker %d: a udp receive thread did not stop", self.index)
+            if drain:  # per call, not O_NONBLOCK: that flag would be the parent's too
+                size = listener.spec["max_datagram_bytes"]
+                while True:
+                    try:
+                        payload = shared.recv(size, socket.MSG_DONTWAIT)
+                    except OSError:
+                        break
+                    if payload:  # as the listener delivers: its format, gauge sign, graphite
+                        listener._deliver(payload)
+            listener.report_kernel_drops()
+            shared.close()
+
+    def serve(self) -> int:
+        while True:
+            try:
+                command = pickle.loads(self.control.recv_bytes())  # from our parent only
+            except (EOFError, OSError):
+                return 0  # the parent is gone: nothing to hand the interval to
+            if command[0] == "flush":
+                self.control.send_bytes(self.flush())
+            elif command[0] == "reload":
+                self.reload(command[1])
+                self.control.send_bytes(b"ok")
+            elif command[0] == "stop":
+                self.stop(drain=command[1])
+                self.control.send_bytes(self.flush())
+                return 0
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the control connection's end stops it
+        pass
+
+
+def _crashed(args: threading.ExceptHookArgs) -> None:
+    log.critical("receive worker thread %s died: %s", args.thread.name if args.thread else "?",
+                 args.exc_value, exc_info=args.exc_value or True)
+    os._exit(_CRASHED)  # the parent restarts this worker and counts what it held
+
+
+def main(argv: list[str]) -> int:
+    index, control_fd, held_fd = (int(arg) for arg in argv[:3])
+    _die_with_parent()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+    threading.excepthook = _crashed
+    control = Connection(control_fd)
+    held = mmap.mmap(held_fd, mmap.PAGESIZE)
+    kind, config, specs = pickle.loads(control.recv_bytes())
+    assert kind == "config"
+    configure_logging(config["logging"])
+    worker = Worker(index, control, held)
+    try:
+        worker.start(config, specs)
+    except Exception as exc:
+        log.error("receive worker %d cannot start: %s", index, exc)
+        return 1
+    gc.freeze()  # everything made at start lives as long as the process
+    control.send_bytes(b"ready")
+    return worker.serve()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
