@@ -243,6 +243,7 @@ def test_a_snapshot_child_dies_with_a_killed_daemon() -> None:
         daemon.stdout.close()
 
 
+@pytest.mark.slow  # waits out a timeout by design: out of the fast loop
 def test_a_cycle_frozen_by_a_forked_flush_is_collected_at_the_next_full_collection(
         tmp_path) -> None:
     """The forked snapshot freezes the heap after each flush; a reference cycle alive then and

@@ -72,6 +72,7 @@ def test_metrics_hold_the_aggregates() -> None:
         assert forwarder.close(5) == 0
 
 
+@pytest.mark.slow  # waits out a timeout by design: out of the fast loop
 def test_a_stale_series_disappears_after_its_expiry() -> None:
     forwarder = build(expiry_seconds=0.5)
     forwarder.start()

@@ -27,6 +27,7 @@ def error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if r.name == LOGGER and r.levelno >= logging.ERROR]
 
 
+@pytest.mark.slow  # waits out a timeout by design: out of the fast loop
 def test_unresolvable_broker_logs_once_counts_and_spools(make_forwarder, topic, caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     forwarder = make_forwarder({"kafka_broker": "no-such-broker.invalid:9092",

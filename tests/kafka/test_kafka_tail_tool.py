@@ -80,6 +80,7 @@ def test_self_metrics_fold_into_one_line_per_flush(make_forwarder, kafka_bootstr
     assert len(shown("show")) == 5
 
 
+@pytest.mark.slow  # waits out a timeout by design: out of the fast loop
 def test_says_when_no_broker_answers_and_gives_up_after_the_timeout() -> None:
     port = port_nobody_answers()
     started = time.monotonic()
@@ -92,6 +93,7 @@ def test_says_when_no_broker_answers_and_gives_up_after_the_timeout() -> None:
         f"kafka_tail: no broker answered at 127.0.0.1:{port} within 1 s"
 
 
+@pytest.mark.slow  # waits out a timeout by design: out of the fast loop
 def test_without_a_timeout_it_says_it_is_still_waiting_for_a_broker() -> None:
     port = port_nobody_answers()
     proc = tail("--bootstrap", f"127.0.0.1:{port}", "--topic", "metrics")
