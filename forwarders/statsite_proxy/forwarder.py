@@ -33,7 +33,12 @@ import jsonschema
 
 from forwarders import ForwarderContext, RelayForwarder
 from forwarders.carbon_routes.destination import Destination
-from forwarders.schema import fill_defaults
+from forwarders.schema import (
+    backend_queue_lines,
+    fill_defaults,
+    reconnect_properties,
+    relay_queue_size,
+)
 from forwarders.statsd_relay.hashing import KetamaRouter
 
 __all__ = ["StatsiteProxyConfigError", "StatsiteProxyForwarder", "command_key"]
@@ -73,10 +78,7 @@ class StatsiteProxyForwarder(RelayForwarder):
         "type": "object",
         "required": ["servers"],
         "properties": {
-            "queue_size": {"type": "integer", "minimum": 1, "default": 4096,
-                           "description": "Datagrams (or TCP chunks) of commands that may wait "
-                                          "for the sender thread before new ones are dropped "
-                                          "and counted."},
+            "queue_size": relay_queue_size(4096, "commands"),
             "servers": {
                 "type": "array", "minItems": 1,
                 "description": "statsite servers in the order of statsite-proxy's servers file "
@@ -92,17 +94,10 @@ class StatsiteProxyForwarder(RelayForwarder):
                     },
                 },
             },
-            "queue_lines": {"type": "integer", "minimum": 1, "default": 100000,
-                            "description": "Commands that may wait per server; past that new "
-                                           "ones are dropped and counted."},
-            "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
-                                "description": "Seconds a connect may take."},
-            "backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
-                            "description": "Seconds before reconnecting after a failure; "
-                                           "doubles per failure up to `backoff_max`."},
-            "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
-                            "description": "Longest wait between reconnects (statsite-proxy's "
-                                           "BACKEND_RETRY_TIMEOUT is 5 s)."},
+            "queue_lines": backend_queue_lines("Commands", "for each server"),
+            **reconnect_properties(
+                backoff_min=0.5, backoff_max=5.0,
+                backoff_max_note=" (statsite-proxy's BACKEND_RETRY_TIMEOUT is 5 s)"),
         },
     }
     TOTALS: ClassVar[tuple[str, ...]] = (
