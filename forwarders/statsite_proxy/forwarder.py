@@ -29,16 +29,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jsonschema
-
 from forwarders import ForwarderContext, RelayForwarder
 from forwarders.carbon_routes.destination import Destination
-from forwarders.schema import (
-    backend_queue_lines,
-    fill_defaults,
-    reconnect_properties,
-    relay_queue_size,
-)
+from forwarders.runtime_routes import by_identity, hook_routes, retire, route_entries
+from forwarders.schema import backend_queue_lines, reconnect_properties, relay_queue_size
 from forwarders.statsd_relay.hashing import KetamaRouter
 
 __all__ = ["StatsiteProxyConfigError", "StatsiteProxyForwarder", "command_key"]
@@ -153,18 +147,16 @@ class StatsiteProxyForwarder(RelayForwarder):
     # -- runtime routes (the RelayForwarder hook) -----------------------------------------
     def routes(self) -> list[dict[str, Any]]:
         """The servers now on the ring, in ring order: ``{"name": address, "weight": N}``."""
-        return [{"name": s["address"], "weight": s["weight"]} for s in self._sections]
+        return hook_routes(self._sections, "address")
 
     def apply_routes(self, routes: list[dict[str, Any]]) -> None:
         sections = _validated_servers(routes)
         where = f"forwarders.{self.name}"
         with self._routing:
             self._place(self.take_batches())  # what came before the change: the old ring
-            known = {s.identity: s for s in [*self._servers, *self._retired]
-                     if s.identity is not None}
+            known = by_identity([*self._servers, *self._retired])
             servers, ring = self._build(sections, known, where)
-            removed = [s for s in self._servers if s not in servers]
-            self._retired = [s for s in self._retired if s not in servers] + removed
+            self._retired, removed = retire(self._servers, servers, self._retired)
             self._servers, self._ring, self._sections = servers, ring, sections
         self.log.info("statsite proxy %s: servers now %s", self.name,
                       ", ".join(f"{s['address']} (weight {s['weight']})" for s in sections))
@@ -231,22 +223,5 @@ _SERVERS_SCHEMA: dict[str, Any] = StatsiteProxyForwarder.CONFIG_SCHEMA["properti
 def _validated_servers(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hook's objects (``name`` for ``address``) checked against the section's schema:
     ``servers`` entries. ``ValueError`` names the first fault."""
-    sections = []
-    for index, route in enumerate(routes):
-        section = {k: v for k, v in copy.deepcopy(route).items() if k != "name"}
-        name = route.get("name", section.get("address"))
-        if "address" in section and section["address"] != name:
-            raise StatsiteProxyConfigError(f"servers[{index}]: address {section['address']!r} "
-                                           f"is not its name {name!r}")
-        if name is not None:
-            section["address"] = name
-        sections.append(section)
-    errors = sorted(jsonschema.Draft202012Validator(_SERVERS_SCHEMA).iter_errors(sections),
-                    key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "servers" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                                    for p in first.path)
-        raise StatsiteProxyConfigError(f"{where}: {first.message}")
-    fill_defaults(_SERVERS_SCHEMA, sections)
-    return sections
+    return route_entries(routes, list_key="servers", name_key="address",
+                         schema=_SERVERS_SCHEMA, error=StatsiteProxyConfigError)
