@@ -140,20 +140,19 @@ ENABLE_TAGS = False
                 for p in self.whisper.rglob("*.wsp") if "_tagged" not in p.parts}
 
 
-class FakeCarbon:
-    """A TCP server that records each datapoint sent to it, plaintext or pickle."""
+class TcpSink:
+    """A TCP server on 127.0.0.1 that hands each connection's bytes, as they come, to
+    :meth:`_take`, which keeps what it can read and returns the incomplete rest; it counts
+    the connections it accepted. ``port`` 0: any free one."""
 
-    def __init__(self, protocol: str = "plaintext", port: int = 0) -> None:
-        self.protocol = protocol
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
-        self.points: list[tuple[str, float, float]] = []
         self.connections = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -185,6 +184,24 @@ class FakeCarbon:
                 buffer = self._take(buffer + chunk)
 
     def _take(self, buffer: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+class FakeCarbon(TcpSink):
+    """A TCP server that records each datapoint sent to it, plaintext or pickle."""
+
+    def __init__(self, protocol: str = "plaintext", port: int = 0) -> None:
+        self.protocol = protocol
+        self.points: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+        super().__init__(port)
+
+    def _take(self, buffer: bytes) -> bytes:
         points: list[tuple[str, float, float]] = []
         if self.protocol == "plaintext":
             *lines, buffer = buffer.split(b"\n")
@@ -211,8 +228,3 @@ class FakeCarbon:
     def snapshot(self) -> list[tuple[str, float, float]]:
         with self._lock:
             return list(self.points)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(2)
