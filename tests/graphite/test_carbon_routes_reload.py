@@ -66,6 +66,19 @@ def numbers(*carbons: FakeCarbon) -> list[int]:
                   for path, _, _ in carbon.snapshot())
 
 
+def spooling_relay(graphite_port: int, carbon_port: int) -> dict[str, Any]:
+    """A relay daemon's config: a graphite TCP listener on ``graphite_port``, one
+    ``carbon_routes`` section sending every line to ``carbon_port`` with a spool, and short
+    backoffs."""
+    return {
+        "flush_interval": 3600, "mode": "relay",
+        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
+        "forwarders": {"routes": {
+            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
+            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
+                {"address": f"127.0.0.1:{carbon_port}", "spool": True}]}]}}}
+
+
 def write(path: Path, queue_lines: int) -> None:
     """The daemon's file with one change to the section: a reload builds a new instance."""
     config = yaml.safe_load(path.read_text())
@@ -84,13 +97,7 @@ def test_reload_of_a_spooling_section_up_during_an_outage_and_after_recovery_los
     graphite_port = free_port()
     carbon = FakeCarbon()
     carbon_port = carbon.port
-    config = {
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{carbon_port}", "spool": True}]}]}}}
+    config = spooling_relay(graphite_port, carbon_port)
     daemon = start_daemon(config)
     stream = Stream(graphite_port)
     back: FakeCarbon | None = None
@@ -149,13 +156,7 @@ def test_a_successor_that_cannot_start_leaves_the_previous_section_running_with_
 
     graphite_port = free_port()
     carbon = FakeCarbon()
-    daemon = start_daemon({
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{carbon.port}", "spool": True}]}]}}})
+    daemon = start_daemon(spooling_relay(graphite_port, carbon.port))
     stream = Stream(graphite_port)
     held = Spool(tmp_path / "held" / f"127_0_0_1_{carbon.port}", 1 << 20)
     try:
@@ -184,13 +185,7 @@ def test_a_reload_that_changes_state_dir_keeps_the_running_spool_where_it_is(
     the forwarders nor open spools under the new directory (they would split one spool in
     two, and the daemon says the key was not applied)."""
     graphite_port = free_port()
-    config = {
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{free_port()}", "spool": True}]}]}}}
+    config = spooling_relay(graphite_port, free_port())
     daemon = start_daemon(config)
     elsewhere = tmp_path / "elsewhere"
     settings = yaml.safe_load(daemon.config_path.read_text())
