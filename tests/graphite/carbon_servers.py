@@ -1,6 +1,7 @@
 """Real carbon-cache processes (Debian's graphite-carbon) on loopback ports with their config
-and whisper files in a temporary directory, read back with the whisper tools; and a fake
-carbon (a TCP socket that records what it is sent) for tests that need to count or cut."""
+and whisper files in a temporary directory, read back with the whisper tools; a fake carbon
+(a TCP socket that records what it is sent) for tests that need to count or cut; and a
+stream of graphite lines over TCP, for tests that change things while lines flow."""
 
 from __future__ import annotations
 
@@ -228,3 +229,52 @@ class FakeCarbon(TcpSink):
     def snapshot(self) -> list[tuple[str, float, float]]:
         with self._lock:
             return list(self.points)
+
+
+class GraphiteStream:
+    """Graphite lines ``<prefix>.n<i>`` over one TCP connection, ten every few milliseconds,
+    while running (from the start unless ``paused``); TCP: nothing the daemon is sent is lost
+    on the way. ``sent`` says how many lines went."""
+
+    def __init__(self, port: int, prefix: str = "stream", paused: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.prefix = prefix.encode()
+        self.sent = 0
+        self.running = threading.Event()
+        if not paused:
+            self.running.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.running.wait(0.05):
+                continue
+            stamp = int(time.time())
+            self.sock.sendall(b"".join(b"%s.n%d 1 %d\n" % (self.prefix, self.sent + i, stamp)
+                                       for i in range(10)))
+            self.sent += 10
+            time.sleep(0.003)
+
+    def until(self, lines: int) -> None:
+        """Wait while ``lines`` more lines go."""
+        start = self.sent
+        wait_for(lambda: self.sent >= start + lines, what=f"{lines} more lines sent")
+
+    def run_for(self, lines: int) -> None:
+        """Run (again) while ``lines`` more lines go."""
+        self.running.set()
+        self.until(lines)
+
+    def pause(self) -> int:
+        self.running.clear()
+        time.sleep(0.1)  # a send in progress ends
+        return self.sent
+
+    def stop(self) -> int:
+        self.pause()
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        return self.sent
