@@ -26,6 +26,7 @@ import struct
 from collections import deque
 from pathlib import Path
 
+from forwarders.backoff import Backoff
 from forwarders.spool import Record, Spool
 
 __all__ = ["Destination"]
@@ -58,8 +59,7 @@ class Destination:
         self.pickle = pickle
         self.raw = raw  # items are whole commands, terminated by their sender (no spool then)
         self.queue_lines = queue_lines
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_min, backoff_max)
         self.connect_timeout = connect_timeout
         self.spool_dir = spool_dir
         self.spool_max_bytes = spool_max_bytes
@@ -71,8 +71,6 @@ class Destination:
         self._sock: socket.socket | None = None
         self._connecting = False
         self._connect_deadline = 0.0
-        self._next_attempt = 0.0
-        self._backoff = backoff_min
         self.connected = False
         self._shut = False
         self.counters = {"enqueued": 0, "sent": 0, "dropped_queue_full": 0,
@@ -145,7 +143,7 @@ class Destination:
         if self._shut:
             return
         if not self.connected:
-            if now < self._next_attempt or not self._connect(now):
+            if self.backoff.waiting(now) or not self._connect(now):
                 if self.spool is not None and not self._connecting and self.queue:
                     # down: the queue waits on disk, not in memory
                     self._spool_lines(list(self.queue))
@@ -250,13 +248,12 @@ class Destination:
         self._connecting = False
         self.connected = True
         self.counters["connects"] += 1
-        self._backoff = self.backoff_min
+        self.backoff.succeeded()
         return True
 
     def _failed(self, now: float) -> None:
         self._drop_connection()
-        self._next_attempt = now + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
+        self.backoff.failed(now)
 
     def _drop_connection(self) -> None:
         if self._sock is not None:
