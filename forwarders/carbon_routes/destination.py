@@ -19,6 +19,7 @@ every frame made from it has been written to the socket.
 from __future__ import annotations
 
 import errno
+import logging
 import pickle
 import select
 import socket
@@ -139,7 +140,24 @@ class Destination:
                 "up": int(self.connected)}
 
     # -- sending --------------------------------------------------------------------------
-    def pump(self, now: float) -> None:
+    def pump(self, now: float) -> int:
+        """Send what the connection takes without blocking; return how many lines went."""
+        before = self.counters["sent"]
+        self._pump(now)
+        return self.counters["sent"] - before
+
+    def log_unsent(self, log: logging.Logger) -> int:
+        """``debug_mode``: log each queued line (a raw command as bytes) instead of sending
+        it; return how many."""
+        logged = 0
+        while self.queue:
+            item = self.queue.popleft()
+            log.info("debug_mode, not sent to %s:%d: %r", self.host, self.port,
+                     item if self.raw else item.decode(errors="replace"))
+            logged += 1
+        return logged
+
+    def _pump(self, now: float) -> None:
         if self._shut:
             return
         if not self.connected:

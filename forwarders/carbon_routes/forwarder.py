@@ -249,9 +249,7 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     def _pump_retired(self, now: float) -> None:
         for destination in list(self._retired):
-            before = destination.counters["sent"]
-            destination.pump(now)
-            self.counters["sent"] += destination.counters["sent"] - before
+            self.counters["sent"] += destination.pump(now)
             if destination.pending():
                 continue
             spooled = destination.spool is not None and bool(destination.spool)
@@ -296,16 +294,10 @@ class CarbonRoutesForwarder(RelayForwarder):
                 self._route(path, f"{path} {value!r} {stamp}".encode())
         if self.context.debug_mode:
             for destination in self._all_destinations():
-                while destination.queue:
-                    line = destination.queue.popleft()
-                    self.log.info("debug_mode, not sent to %s:%d: %r", destination.host,
-                                  destination.port, line.decode(errors="replace"))
-                    self.counters["sent"] += 1
+                self.counters["sent"] += destination.log_unsent(self.log)
             return
         for destination in self._destinations.values():
-            before = destination.counters["sent"]
-            destination.pump(now)
-            self.counters["sent"] += destination.counters["sent"] - before
+            self.counters["sent"] += destination.pump(now)
         self._pump_retired(now)
 
     def pending(self) -> int:

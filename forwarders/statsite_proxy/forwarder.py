@@ -194,15 +194,8 @@ class StatsiteProxyForwarder(RelayForwarder):
 
     def _pump(self, now: float) -> None:
         for server in [*self._servers, *self._retired]:
-            if self.context.debug_mode:
-                while server.queue:
-                    self.log.info("debug_mode, not sent to %s:%d: %r", server.host, server.port,
-                                  server.queue.popleft())
-                    self.counters["sent"] += 1
-                continue
-            before = server.counters["sent"]
-            server.pump(now)
-            self.counters["sent"] += server.counters["sent"] - before
+            sent = server.log_unsent(self.log) if self.context.debug_mode else server.pump(now)
+            self.counters["sent"] += sent
         for server in list(self._retired):
             if not server.pending():  # everything it held is written: it may go
                 server.close()
