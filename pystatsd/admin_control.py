@@ -4,7 +4,8 @@ The console and HTTP both go through one :class:`AdminControl`: counters, the re
 the current aggregates (Etsy's ``counters``/``gauges``/``timers``/``sets``) and forgetting
 them, the health flag a load balancer reads (``health down`` drains the node without
 stopping it), the log level, and readiness. Reads of the aggregates take the daemon's ingest
-lock for as long as one copy takes."""
+lock for as long as one copy takes (with receive workers, each worker's for as long as its
+encoding takes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from forwarders.statsd_relay import StatsdRelayForwarder
 from pystatsd import logsetup
 from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Tags
+from pystatsd.workers.merge import encode_view, merged_view
 
 if TYPE_CHECKING:
     from pystatsd.daemon import Daemon
@@ -89,11 +91,21 @@ class AdminControl:
 
     # -- aggregates -----------------------------------------------------------------------
     def aggregates(self, table: str) -> dict[str, Any]:
-        """The current interval's series of one of Etsy's tables, by display name, sorted."""
-        manager = self.daemon.manager
-        with self.daemon.lock:
-            found = [(key, value) for kind in KINDS[table]
-                     for key, value in manager.current(kind).items()]
+        """The current interval's series of one of Etsy's tables, by display name, sorted.
+        With receive workers, their tables (asked for a peek, not swapped) merged with the
+        daemon's own, as the next flush merges them."""
+        daemon = self.daemon
+        manager = daemon.manager
+        kinds = KINDS[table]
+        cells = None
+        if daemon.workers is not None:
+            answers = daemon.workers.peek(kinds)  # never wait on a worker under the ingest lock
+            with daemon.lock:
+                answers.append(encode_view(manager.current_series(), kinds))
+            cells = merged_view(answers)
+        with daemon.lock:  # the carried gauges are the daemon's, workers or not
+            found = [(key, value) for kind in kinds
+                     for key, value in manager.current(kind, cells).items()]
         merged: dict[str, Any] = {}
         for (name, _, tags), value in sorted(found, key=lambda item: item[0]):
             merged[display_name(name, tags)] = value
