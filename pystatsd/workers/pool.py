@@ -245,19 +245,27 @@ class WorkerPool:
         left in place. A flush or a restart in progress is waited for (a restarted worker
         holds nothing yet); a worker that does not answer within ``FLUSH_TIMEOUT`` is killed,
         as at a flush (its answer, late, would otherwise be taken for the next flush's)."""
-        command = pickle.dumps(("peek", kinds))
+        return self._ask_each(("peek", kinds))
+
+    def forget(self, keys: list[Any]) -> None:
+        """The console's ``del*``: every worker drops these series from its current table."""
+        self._ask_each(("forget", keys))
+
+    def _ask_each(self, command: tuple[Any, ...]) -> list[bytes]:
+        """Each live worker's answer to ``command``, one worker at a time."""
+        data = pickle.dumps(command)
         answers = []
         for slot in self.slots:
             with slot.lock:
                 if slot.control is None:
                     continue
                 try:
-                    slot.control.send_bytes(command)
+                    slot.control.send_bytes(data)
                 except OSError:  # died: its supervisor counts it
                     continue
-                data = self._answer(slot, "a peek")
-                if data is not None:
-                    answers.append(data)
+                answer = self._answer(slot, f"a {command[0]}")
+                if answer is not None:
+                    answers.append(answer)
         return answers
 
     @staticmethod

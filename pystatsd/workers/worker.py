@@ -11,6 +11,8 @@ framing over a socketpair) the parent sends pickled commands:
   ("flush",)            swap the table, answer its partials (``merge.encode_table``)
   ("peek", kinds)       answer the current table's series of those types, not swapped
                         (``merge.encode_view``: the admin console's view)
+  ("forget", keys)      drop those series from the current table (the console's ``del*``),
+                        answer b"ok"
   ("reload", config)    take a reloaded config (limits, tags, mapping), answer b"ok"
   ("stop", drain)       stop reading (``drain``: also what the socket still buffers, at the
                         daemon's stop; not at a hot restart, whose successor reads it), answer
@@ -198,6 +200,10 @@ class Worker:
                 self.control.send_bytes(self.flush())
             elif command[0] == "peek":
                 self.control.send_bytes(self.peek(command[1]))
+            elif command[0] == "forget":
+                with self.lock:
+                    self.manager.forget(command[1])
+                self.control.send_bytes(b"ok")
             elif command[0] == "reload":
                 self.reload(command[1])
                 self.control.send_bytes(b"ok")
