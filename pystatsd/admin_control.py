@@ -4,7 +4,8 @@ The console and HTTP both go through one :class:`AdminControl`: counters, the re
 the current aggregates (Etsy's ``counters``/``gauges``/``timers``/``sets``) and forgetting
 them, the health flag a load balancer reads (``health down`` drains the node without
 stopping it), the log level, and readiness. Reads of the aggregates take the daemon's ingest
-lock for as long as one copy takes."""
+lock for as long as one copy takes (with receive workers, each worker's for as long as its
+encoding takes)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from forwarders.statsd_relay import StatsdRelayForwarder
 from pystatsd import logsetup
+from pystatsd.aggregation import SeriesKey
 from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, Tags
+from pystatsd.workers.merge import encode_view, merged_view
 
 if TYPE_CHECKING:
     from pystatsd.daemon import Daemon
@@ -89,30 +92,48 @@ class AdminControl:
 
     # -- aggregates -----------------------------------------------------------------------
     def aggregates(self, table: str) -> dict[str, Any]:
-        """The current interval's series of one of Etsy's tables, by display name, sorted."""
-        manager = self.daemon.manager
-        with self.daemon.lock:
-            found = [(key, value) for kind in KINDS[table]
-                     for key, value in manager.current(kind).items()]
+        """The current interval's series of one of Etsy's tables, by display name, sorted.
+        With receive workers, their tables (asked for a peek, not swapped) merged with the
+        daemon's own, as the next flush merges them."""
         merged: dict[str, Any] = {}
-        for (name, _, tags), value in sorted(found, key=lambda item: item[0]):
+        for (name, _, tags), value in sorted(self._current(KINDS[table]),
+                                             key=lambda item: item[0]):
             merged[display_name(name, tags)] = value
         return merged
 
+    def _current(self, kinds: tuple[str, ...]) -> list[tuple[SeriesKey, Any]]:
+        daemon = self.daemon
+        manager = daemon.manager
+        cells = None
+        if daemon.workers is not None:
+            answers = daemon.workers.peek(kinds)  # never wait on a worker under the ingest lock
+            with daemon.lock:
+                answers.append(encode_view(manager.current_series(), kinds))
+            cells = merged_view(answers)
+        with daemon.lock:  # the carried gauges are the daemon's, workers or not
+            return [(key, value) for kind in kinds
+                    for key, value in manager.current(kind, cells).items()]
+
     def forget(self, table: str, patterns: list[str]) -> list[str]:
         """Etsy's ``delcounters``/``delgauges``/``deltimers`` (and ``delsets``): drop every
-        series matching each pattern; return the lines Etsy prints for it."""
-        manager = self.daemon.manager
+        series matching each pattern; return the lines Etsy prints for it. With receive
+        workers, from their tables too (a series that arrives between the listing and the
+        deletion stays)."""
+        daemon = self.daemon
+        manager = daemon.manager
         lines = []
-        with self.daemon.lock:
-            keys = {display_name(key[0], key[2]): key for kind in KINDS[table]
-                    for key in manager.current(kind)}
-            for pattern in patterns:
-                names = sorted(name for name in keys if matches(name, pattern))
-                if not names:
-                    lines.append(f"metric {pattern} not found")
-                manager.forget([keys.pop(name) for name in names])
-                lines.extend(f"deleted: {name}" for name in names)
+        keys = {display_name(key[0], key[2]): key for key, _ in self._current(KINDS[table])}
+        chosen: list[SeriesKey] = []
+        for pattern in patterns:
+            names = sorted(name for name in keys if matches(name, pattern))
+            if not names:
+                lines.append(f"metric {pattern} not found")
+            chosen.extend(keys.pop(name) for name in names)
+            lines.extend(f"deleted: {name}" for name in names)
+        if daemon.workers is not None:
+            daemon.workers.forget(chosen)
+        with daemon.lock:
+            manager.forget(chosen)
         return lines
 
     # -- runtime control ------------------------------------------------------------------

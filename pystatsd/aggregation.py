@@ -579,10 +579,18 @@ class MetricMgr:
                     "(a gauge kept its previous value)", count)
 
     # -- the admin console's view (under the ingest lock) -------------------------------
-    def current(self, kind: str) -> dict[SeriesKey, Any]:
+    def current_series(self) -> dict[SeriesKey, Any]:
+        """The current interval's cells, live (a receive worker's view for the console)."""
+        return self._table.series
+
+    def current(self, kind: str, series: dict[SeriesKey, Any] | None = None,
+                ) -> dict[SeriesKey, Any]:
         """The current interval's value of every series of type ``kind``: a counter's sum, a
-        gauge's value (carried ones included), a distribution's kept samples, a set's members."""
-        series = self._table.series
+        gauge's value (carried ones included), a distribution's kept samples, a set's members.
+        ``series``: cells to show instead of this table's (the receive workers' merged ones),
+        with this manager's carried gauges."""
+        if series is None:
+            series = self._table.series
         if kind == GAUGE:
             values: dict[SeriesKey, Any] = {key: entry[0] for key, entry in
                                             list(self._gauges.items()) if entry[1] != math.inf}

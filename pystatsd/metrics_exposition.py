@@ -2,7 +2,9 @@
 
 A prometheus-client ``Collector`` reads the live numbers at each scrape (nothing is copied
 into client-side metric objects): self-metric counters become ``pystatsd_<name>_total``
-(``rejected.<reason>`` one family with a ``reason`` label), forwarder stats
+(``rejected.<reason>`` one family with a ``reason`` label); with receive workers, each
+worker's share of them (as of its last flush) also ``pystatsd_worker_<name>_total`` with a
+``worker`` label, beside the summed family, whose name stays; forwarder stats
 ``pystatsd_forwarder_<key>{forwarder=...}`` as counters or gauges by what the forwarder
 declares (``stat_kind``), with a ``backend``/``group`` label for relay backend and group
 stats. Process metrics come from prometheus-client's own process collector."""
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -33,6 +35,19 @@ _FORWARDER_LABELLED = ("backend", "group")
 
 def metric_name(*parts: str) -> str:
     return "_".join(_UNSAFE.sub("_", part) for part in parts if part).strip("_")
+
+
+def self_counter(family: Callable[..., Any], prefix: str, name: str, labels: list[str],
+                 values: list[str], count: int) -> None:
+    """One self-metric counter into its family (``rejected.<reason>``: the reason a label)."""
+    head, _, tail = name.partition(".")
+    if head in _LABELLED and tail:
+        family(CounterMetricFamily, metric_name(prefix, head),
+               f"Self-metric {head}.<{_LABELLED[head]}>",
+               [*labels, _LABELLED[head]]).add_metric([*values, tail], float(count))
+    else:
+        family(CounterMetricFamily, metric_name(prefix, name), f"Self-metric {name}",
+               labels).add_metric(values, float(count))
 
 
 class DaemonCollector(Collector):
@@ -71,14 +86,12 @@ class DaemonCollector(Collector):
             received.add_metric([listener.spec["protocol"], f"{host}:{port}"],
                                 float(listener.bytes_received))
         for name, count in sorted(control.counters().items()):
-            head, _, tail = name.partition(".")
-            if head in _LABELLED and tail:
-                family(CounterMetricFamily, metric_name("pystatsd", head),
-                       f"Self-metric {head}.<{_LABELLED[head]}>",
-                       [_LABELLED[head]]).add_metric([tail], float(count))
-            else:
-                family(CounterMetricFamily, metric_name("pystatsd", name),
-                       f"Self-metric {name}", []).add_metric([], float(count))
+            self_counter(family, "pystatsd", name, [], [], count)
+        if daemon.workers is not None:
+            for index, counters in daemon.workers.worker_counters():
+                for name, count in sorted(counters.items()):
+                    self_counter(family, "pystatsd_worker", name, ["worker"], [str(index)],
+                                 count)
         for forwarder_name, forwarder in list(daemon.forwarders.items()):
             for key, value in sorted(forwarder.stats().items()):
                 try:

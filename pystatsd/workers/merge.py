@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import marshal
 import pickle
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +56,42 @@ def encode_table(table: IntervalTable, counts: dict[str, int], accuracy: float) 
                    for key, cell in table.stamped.items()]
         events = pickle.dumps(table.events, pickle.HIGHEST_PROTOCOL) if table.events else b""
         return marshal.dumps((series, stamped, events, counts))
+
+
+_NO_SKETCH_ACCURACY = 0.01
+"""What ``merged_view`` passes as a sketch's accuracy: with no sample limit it makes none."""
+
+
+def encode_view(series: dict[Any, Any], kinds: tuple[str, ...]) -> bytes:
+    """The live cells of ``kinds`` as partials, for :func:`merged_view`, changing none of them:
+    a distribution gives only its kept samples (what ``MetricMgr.current`` shows), so one
+    already folded into its sketch is neither folded again nor copied."""
+    parts = []
+    with collector_paused():
+        for key, cell in series.items():
+            kind = key[1]
+            if kind not in kinds:
+                continue
+            if kind == TIMER or kind == HISTOGRAM:
+                parts.append((key, {"values": cell.values.tolist(),
+                                    "weighted": [list(pair) for pair in cell.weighted]}))
+            else:
+                parts.append((key, cell_to_partial(kind, cell, 0.0)))
+        return marshal.dumps(parts)
+
+
+def merged_view(encoded: list[bytes]) -> dict[Any, Any]:
+    """Cells of the current interval merged from every :func:`encode_view` answer, as the
+    flush merges them (``SeriesMerge``; no sample limit: the view folds nothing)."""
+    merges: dict[Any, SeriesMerge] = {}
+    with collector_paused():
+        for data in encoded:
+            for key, partial in marshal.loads(data):
+                merge = merges.get(key)
+                if merge is None:
+                    merge = merges[key] = SeriesMerge(key[1])
+                merge.add(partial, 0.0, "", sys.maxsize, _NO_SKETCH_ACCURACY)
+        return {key: merge.cell() for key, merge in merges.items()}
 
 
 class TableMerge:

@@ -11,8 +11,8 @@ forwarder threads (librdkafka's among them) whose locks a fork could copy held, 
 code then serves the first start, a restart and a hot restart's successor. One supervisor
 thread per worker waits for its process; when it dies outside a stop, the loss is counted
 (``workers.restarts``, ``workers.lost_payloads``, ``workers.lost_series``: what it held since
-the last flush, which it kept in a shared page), a warning logged, and it is started again
-(at most once a second)."""
+the last flush, and a swapped table whose partials never arrived, which it kept in a shared
+page), a warning logged, and it is started again (at most once a second)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,13 @@ from pystatsd.inherited_sockets import SOCKETS_ENV, socket_key
 from pystatsd.listeners import bind_group
 from pystatsd.selfstats import SelfStats
 from pystatsd.workers.merge import TableMerge
-from pystatsd.workers.worker import held_counts
+from pystatsd.workers.worker import (
+    HELD_PAYLOADS,
+    HELD_SERIES,
+    SWAPPED_PAYLOADS,
+    SWAPPED_SERIES,
+    held_counts,
+)
 
 log = logging.getLogger("pystatsd.workers")
 
@@ -164,16 +170,26 @@ class WorkerPool:
                         log.error("%s; trying again in %gs", exc, RESTART_PAUSE)
                         time.sleep(RESTART_PAUSE)
 
+    def _take_loss(self, slot: WorkerSlot) -> tuple[int, int]:
+        """Count what a dead worker held, since the last flush and in a swapped table whose
+        partials never arrived, as lost; return it (payloads, series)."""
+        held = slot.held
+        payloads = held[HELD_PAYLOADS] + held[SWAPPED_PAYLOADS]
+        series = held[HELD_SERIES] + held[SWAPPED_SERIES]
+        for word in (HELD_PAYLOADS, HELD_SERIES, SWAPPED_PAYLOADS, SWAPPED_SERIES):
+            held[word] = 0
+        slot.interval_counts = {}
+        self.stats.incr("workers.lost_payloads", payloads)
+        self.stats.incr("workers.lost_series", series)
+        return payloads, series
+
     def _count_loss(self, slot: WorkerSlot, code: int) -> None:
-        payloads, series = slot.held[0], slot.held[1]
-        slot.held[0] = slot.held[1] = 0
+        payloads, series = self._take_loss(slot)
         if slot.control is not None:
             slot.control.close()
             slot.control = None
         slot.restarts += 1
         self.stats.incr("workers.restarts")
-        self.stats.incr("workers.lost_payloads", payloads)
-        self.stats.incr("workers.lost_series", series)
         how = f"signal {-code}" if code < 0 else f"status {code}"
         log.warning("receive worker %d (pid %d) died (%s): restarting it; lost what it held "
                     "since the last flush: %d payloads, %d series", slot.index,
@@ -189,6 +205,7 @@ class WorkerPool:
         asked = []
         for slot in self.slots:
             slot.lock.acquire()
+            slot.interval_counts = {}  # a worker that does not answer reported nothing
             try:
                 if slot.control is not None:
                     slot.control.send_bytes(command)
@@ -199,15 +216,15 @@ class WorkerPool:
             slot.lock.release()
         for slot in asked:
             try:
-                assert slot.control is not None
-                if not slot.control.poll(FLUSH_TIMEOUT):
-                    raise OSError(f"no answer within {FLUSH_TIMEOUT:g}s")
-                data = slot.control.recv_bytes()
-            except (OSError, EOFError) as exc:  # died mid-flush: its supervisor counts it
-                if not isinstance(exc, EOFError) and slot.process is not None:
-                    log.error("receive worker %d: %s; killing it", slot.index, exc)
-                    slot.process.kill()
-                continue
+                data = self._answer(slot, "a flush")
+                if data is None:  # died mid-flush: its supervisor counts it, but not at a stop
+                    if final:
+                        payloads, series = self._take_loss(slot)
+                        log.warning("receive worker %d died at the final flush: lost %d "
+                                    "payloads, %d series", slot.index, payloads, series)
+                    continue
+                # Received whole: the swapped table is the parent's now, no longer a loss.
+                slot.held[SWAPPED_PAYLOADS] = slot.held[SWAPPED_SERIES] = 0
             finally:
                 slot.lock.release()
             counts = merge.add_encoded(data)
@@ -222,6 +239,54 @@ class WorkerPool:
                         slot.process.wait(5)
                     except subprocess.TimeoutExpired:
                         slot.process.kill()
+
+    def peek(self, kinds: tuple[str, ...]) -> list[bytes]:
+        """Every live worker's current series of ``kinds`` (``merge.encode_view``), its table
+        left in place. A flush or a restart in progress is waited for (a restarted worker
+        holds nothing yet); a worker that does not answer within ``FLUSH_TIMEOUT`` is killed,
+        as at a flush (its answer, late, would otherwise be taken for the next flush's)."""
+        return self._ask_each(("peek", kinds))
+
+    def forget(self, keys: list[Any]) -> None:
+        """The console's ``del*``: every worker drops these series from its current table."""
+        self._ask_each(("forget", keys))
+
+    def _ask_each(self, command: tuple[Any, ...]) -> list[bytes]:
+        """Each live worker's answer to ``command``, one worker at a time."""
+        data = pickle.dumps(command)
+        answers = []
+        for slot in self.slots:
+            with slot.lock:
+                if slot.control is None:
+                    continue
+                try:
+                    slot.control.send_bytes(data)
+                except OSError:  # died: its supervisor counts it
+                    continue
+                answer = self._answer(slot, f"a {command[0]}")
+                if answer is not None:
+                    answers.append(answer)
+        return answers
+
+    @staticmethod
+    def _answer(slot: WorkerSlot, what: str) -> bytes | None:
+        """The worker's answer to ``what``, under its slot's lock; None if it died (its
+        supervisor counts it) or did not answer within ``FLUSH_TIMEOUT`` (then it is killed)."""
+        try:
+            assert slot.control is not None
+            if not slot.control.poll(FLUSH_TIMEOUT):
+                raise OSError(f"no answer to {what} within {FLUSH_TIMEOUT:g}s")
+            return slot.control.recv_bytes()
+        except (OSError, EOFError) as exc:
+            if not isinstance(exc, EOFError) and slot.process is not None:
+                log.error("receive worker %d: %s; killing it", slot.index, exc)
+                slot.process.kill()
+            return None
+
+    def worker_counters(self) -> list[tuple[int, dict[str, int]]]:
+        """Each worker's self-counters since start, as its flushes reported them (what the
+        daemon's own counters hold summed)."""
+        return [(slot.index, dict(slot.counters)) for slot in self.slots]
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """A reload: every worker takes the new config (a worker started later gets it too)."""

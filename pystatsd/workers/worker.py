@@ -9,14 +9,19 @@ framing over a socketpair) the parent sends pickled commands:
 
   ("config", config)    first: build and start receiving, answer b"ready"
   ("flush",)            swap the table, answer its partials (``merge.encode_table``)
+  ("peek", kinds)       answer the current table's series of those types, not swapped
+                        (``merge.encode_view``: the admin console's view)
+  ("forget", keys)      drop those series from the current table (the console's ``del*``),
+                        answer b"ok"
   ("reload", config)    take a reloaded config (limits, tags, mapping), answer b"ok"
   ("stop", drain)       stop reading (``drain``: also what the socket still buffers, at the
                         daemon's stop; not at a hot restart, whose successor reads it), answer
                         the last partials and exit
 
 After each payload it writes into ``HELD_FD`` (a memfd the parent maps) how many payloads it
-holds since the last flush (and, every 16th, how many series): what the parent reports as lost
-if this process dies.
+holds since the last flush (and, every 16th, how many series); at a flush's swap it moves the
+swapped table's exact counts into the page's second pair, which the parent clears once it has
+the answer: what the parent reports as lost if this process dies, before or during a flush.
 Signals from outside are ignored (a stop of the service's whole cgroup must not lose the
 interval): the parent decides, and the kernel kills a worker whose parent died."""
 
@@ -33,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -43,7 +49,7 @@ from pystatsd.listeners import UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.selfstats import SelfStats
 from pystatsd.workers.gauge_order import TimedMetricMgr, _now
-from pystatsd.workers.merge import encode_table
+from pystatsd.workers.merge import encode_table, encode_view
 
 log = logging.getLogger("pystatsd.workers")
 
@@ -54,10 +60,41 @@ FROZEN_COLLECTION_FLUSHES = 360
 and unfrozen and collected once in this many."""
 
 
+HOLD_AFTER_SWAP_ENV = "PYSTATSD_TEST_HOLD_AFTER_SWAP"
+"""Tests only: ``INDEX:FIFO``. Worker INDEX, at a flush while a reader has FIFO open, writes
+its pid there after the swap and waits to be killed: a SIGKILL between swap and send, timed
+by that barrier. Read once at start; no reader (or no variable) means a normal flush."""
+
+HELD_PAYLOADS, HELD_SERIES, SWAPPED_PAYLOADS, SWAPPED_SERIES = range(4)
+"""The shared page's words: held since the last flush, and held by a swapped table whose
+partials the parent has not yet received (it clears those two when it has them)."""
+
+
 def held_counts(page: mmap.mmap) -> memoryview:
-    """The shared page as [payloads, series] held since the last flush (a memoryview store
-    costs half a ``struct.pack_into``, and is made per payload)."""
+    """The shared page as the words above (a memoryview store costs half a
+    ``struct.pack_into``, and is made per payload)."""
     return memoryview(page).cast("Q")
+
+
+def hold_after_swap(index: int) -> Callable[[], None] | None:
+    """The test hook of :data:`HOLD_AFTER_SWAP_ENV` for worker ``index``, or None."""
+    wanted = os.environ.get(HOLD_AFTER_SWAP_ENV, "")
+    at, _, fifo = wanted.partition(":")
+    if not fifo or int(at) != index:
+        return None
+
+    def hold() -> None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader now, so a normal flush
+            return
+        try:
+            os.write(fd, b"%d\n" % os.getpid())
+        finally:
+            os.close(fd)
+        threading.Event().wait()  # until the test's SIGKILL
+
+    return hold
 
 
 class Worker:
@@ -69,6 +106,7 @@ class Worker:
         self.stats = SelfStats()
         self.payloads = 0
         self._flushes = 0
+        self._hold_after_swap = hold_after_swap(index)
 
     def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
         self.config = config
@@ -95,8 +133,14 @@ class Worker:
             self.pipeline.publish_counts()
             table = self.manager.swap()
             counts = self.stats.take()
+            held = self.held
+            # Until the parent has the answer, this table is what a death here would lose.
+            held[SWAPPED_PAYLOADS] = self.payloads
+            held[SWAPPED_SERIES] = len(table.series) + len(table.stamped)
+            held[HELD_PAYLOADS] = held[HELD_SERIES] = 0
             self.payloads = 0
-            self.held[0] = self.held[1] = 0
+        if self._hold_after_swap is not None:
+            self._hold_after_swap()
         encoded = encode_table(table, counts, self.manager.accuracy)
         del table
         self._freeze()
@@ -111,6 +155,12 @@ class Worker:
             gc.unfreeze()
             gc.collect()
         gc.freeze()
+
+    def peek(self, kinds: tuple[str, ...]) -> bytes:
+        """The current table's series of ``kinds``, left in place (the admin console's view:
+        receiving waits for the encoding, as for one process's copy of its table)."""
+        with self.lock:
+            return encode_view(self.manager.current_series(), kinds)
 
     def reload(self, config: dict[str, Any]) -> None:
         with self.lock:
@@ -148,6 +198,12 @@ class Worker:
                 return 0  # the parent is gone: nothing to hand the interval to
             if command[0] == "flush":
                 self.control.send_bytes(self.flush())
+            elif command[0] == "peek":
+                self.control.send_bytes(self.peek(command[1]))
+            elif command[0] == "forget":
+                with self.lock:
+                    self.manager.forget(command[1])
+                self.control.send_bytes(b"ok")
             elif command[0] == "reload":
                 self.reload(command[1])
                 self.control.send_bytes(b"ok")
