@@ -129,19 +129,19 @@ def test_a_gauge_forgotten_after_the_fork_stays_forgotten() -> None:
     assert {s.name for s in manager.finish(manager.swap(), 10.0)} == {"h"}
 
 
-def dies(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def dies(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 1000) + b"\x00" * 10)  # then exits 0
 
 
-def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 4) + b"\xff\xfe\xfd\xfc")
 
 
-def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     time.sleep(3600)
 
 
@@ -210,7 +210,7 @@ from pystatsd import forked_snapshot
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 
-def hang(manager, table, seconds, fd):
+def hang(manager, table, seconds, fd, preparation):
     print(os.getpid(), flush=True)
     time.sleep(3600)
 
