@@ -34,6 +34,10 @@ receive thread's GIL), a figure the machine's load does not move:
 
     PYTHONPATH=. python bench/end_to_end.py --instructions [--series 20000]
 
+``--forwarders`` takes ``kafka@DIR`` (or ``file@DIR``) too: that forwarder with the daemon of
+another checkout (its own ``pystatsd`` and ``forwarders``, e.g. main's, extracted with
+``git archive``), in the same interleaved bisection: before and after in one run.
+
 ``--workers N`` writes ``workers: N`` into the daemon's config. A daemon without that key
 (before receive workers) is run without it for N = 1, and the run stops with the daemon's own
 line for N > 1.
@@ -124,8 +128,12 @@ class Setup:
 
     def __init__(self, args: argparse.Namespace, workdir: Path, bootstrap: str,
                  forwarder: str) -> None:
+        self.label = forwarder
+        forwarder, _, checkout = forwarder.partition("@")
         self.args, self.workdir, self.bootstrap, self.forwarder = args, workdir, bootstrap, \
             forwarder
+        self.repo = Path(checkout).resolve() if checkout else REPO
+        self.env = {**os.environ, "PYTHONPATH": str(self.repo)}
         self.with_workers_key = True
 
     def config(self, port: int, state: Path, target: str) -> dict[str, Any]:
@@ -152,8 +160,8 @@ class Setup:
             path.write_text(yaml.safe_dump(self.config(free_udp_port(), self.workdir / "check",
                                                        target)))
             result = subprocess.run([sys.executable, "-m", "pystatsd", "--check-config",
-                                     str(path)], capture_output=True, text=True, cwd=REPO,
-                                    env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+                                     str(path)], capture_output=True, text=True,
+                                    cwd=self.repo, env=self.env, timeout=60)
             if result.returncode == 0:
                 return
             said = (result.stderr.strip() or result.stdout.strip()).splitlines()
@@ -236,8 +244,8 @@ def step(setup: Setup, blast: Path, rate: int, seconds: float) -> dict[str, Any]
     config.write_text(yaml.safe_dump(setup.config(port, state, target)))
     log = (setup.workdir / f"{tag}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "pystatsd", "-c", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            stdout=log, stderr=subprocess.STDOUT, cwd=setup.repo,
+                            env=setup.env)
     try:
         deadline = time.monotonic() + 30
         while socket_row(port) is None or not (state / "console.sock").exists():
@@ -311,7 +319,7 @@ class Bisection:
         rate = (self.low + self.high) // 2
         result = step(self.setup, blast, rate, self.setup.args.seconds)
         flushes = result["flush_seconds"]
-        print(f"  {self.setup.forwarder:5} {rate:>7,} dgram/s = "
+        print(f"  {self.setup.label:5} {rate:>7,} dgram/s = "
               f"{rate * LINES_PER_DATAGRAM:>9,} lines/s {'ok  ' if result['ok'] else 'LOSS'} "
               f"kernel {result['kernel_loss']:.3%} delivered {result['delivered_loss']:.3%} "
               f"series {result['series_loss']:.3%} ({result['full_intervals']} full intervals) "
@@ -433,7 +441,7 @@ def main() -> int:
             for _ in range(args.steps):
                 for search in searches:
                     search.step(blast)
-            summary = [(search.setup.forwarder, search.best) for search in searches]
+            summary = [(search.setup.label, search.best) for search in searches]
     finally:
         if broker is not None:
             broker.stop()
@@ -446,13 +454,15 @@ def main() -> int:
             continue
         rates[forwarder] = best["rate"] * LINES_PER_DATAGRAM
         flushes = best["flush_seconds"]
-        timing = (f"interval end -> {'acknowledged' if forwarder == 'kafka' else 'written'} "
+        timing = (f"interval end -> "
+                  f"{'acknowledged' if forwarder.startswith('kafka') else 'written'} "
                   f"median {statistics.median(flushes):.2f} s, max {max(flushes):.2f} s"
                   if flushes else "no flush timed")
         print(f"  {forwarder:5}: {rates[forwarder]:,} lines/s at {best['cpu_core']:.0%} of a core"
               f", {best['us_per_line']:.2f} us CPU/line; {timing} (load {best['load']:.1f})")
-    if "kafka" in rates and "file" in rates:
-        print(f"  kafka / file: {rates['kafka'] / rates['file']:.0%} (target >= 90%)")
+    for label, rate in rates.items():
+        if label != "file" and "file" in rates:
+            print(f"  {label} / file: {rate / rates['file']:.0%} (target >= 90%)")
     return 0
 
 

@@ -131,8 +131,9 @@ class Daemon:
         self._forwarder_totals: dict[str, float] = {}
         self._undeclared_stats: set[str] = set()
         self._fork_failures = 0
-        self._prepare_failures = 0
         """Forked snapshots that failed since start (their warnings are rate-limited)."""
+        self._prepare_failures = 0
+        """Forwarders' ``prepare`` that failed in the snapshot child since start (the same)."""
         self._flushes_since_collection = 0
         self._started_at = self.clock()
         self._last_flush: dict[str, float] = {}
