@@ -349,6 +349,21 @@ def _send(pipe: BinaryIO, kind: int, payload: Any) -> None:
     pipe.write(data)
 
 
+def _read_frame(pipe: BinaryIO, worked: float) -> tuple[int, bytes]:
+    """The next frame's kind and payload; first, after a frame that took ``worked`` seconds
+    to load, the receive thread's share of the GIL."""
+    header = pipe.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise ForkedSnapshotError("snapshot child closed its pipe before the end")
+    kind, size = _HEADER.unpack(header)
+    data = pipe.read(size)
+    if len(data) < size:
+        raise ForkedSnapshotError("snapshot child closed its pipe mid-frame")
+    if worked:
+        time.sleep(max(SNAPSHOT_PAUSE, worked * PARENT_PAUSE_RATIO))
+    return kind, data
+
+
 def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[float]],
                                       dict[SeriesKey, list[float]], set[SeriesKey], int, bool]:
     series: list[SeriesStats] = []
@@ -357,15 +372,7 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
     clock = time.perf_counter
     worked = 0.0
     while True:
-        header = pipe.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise ForkedSnapshotError("snapshot child closed its pipe before the end")
-        kind, size = _HEADER.unpack(header)
-        data = pipe.read(size)
-        if len(data) < size:
-            raise ForkedSnapshotError("snapshot child closed its pipe mid-frame")
-        if worked:  # the previous frame's work, then the receive thread's share of the GIL
-            time.sleep(max(SNAPSHOT_PAUSE, worked * PARENT_PAUSE_RATIO))
+        kind, data = _read_frame(pipe, worked)
         began = clock()
         items = marshal.loads(data)
         if kind == _SERIES:
@@ -393,15 +400,7 @@ def _receive_prepared(pipe: BinaryIO, preparation: Preparation) -> None:
     results: dict[str, list[Any]] = {}
     worked = 0.0
     while True:
-        header = pipe.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise ForkedSnapshotError("snapshot child closed its pipe before the prepared end")
-        kind, size = _HEADER.unpack(header)
-        data = pipe.read(size)
-        if len(data) < size:
-            raise ForkedSnapshotError("snapshot child closed its pipe mid-frame")
-        if worked:
-            time.sleep(max(SNAPSHOT_PAUSE, worked * PARENT_PAUSE_RATIO))
+        kind, data = _read_frame(pipe, worked)
         began = time.perf_counter()
         if kind == _PREPARED:
             name, items = marshal.loads(data)
