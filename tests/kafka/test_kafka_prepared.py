@@ -84,10 +84,12 @@ def plain_flushes() -> Iterator[list[Snapshot]]:
     yield Plain.got
 
 
-@pytest.mark.parametrize("fmt", ["json", "influx"])
 def test_a_flush_prepared_in_the_snapshot_child_sends_what_one_sent_in_process_sends(
-        fmt: str, kafka_bootstrap: str, topic: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, plain_flushes: list[Snapshot]) -> None:
+        kafka_bootstrap: str, topic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        plain_flushes: list[Snapshot]) -> None:
+    # influx: one series it cannot carry, so the problems counted in the child are too; every
+    # format goes through the same prepare, so one is enough for the two paths.
+    fmt = "influx"
     with monkeypatch.context() as patch:
         patch.setattr(KafkaForwarder, "send", never_in_process)
         forked = run_daemon(tmp_path / "forked", kafka_bootstrap, f"{topic}-forked", fmt)
@@ -99,7 +101,7 @@ def test_a_flush_prepared_in_the_snapshot_child_sends_what_one_sent_in_process_s
 
     assert forked["send_errors"] == 0 and in_process["send_errors"] == 0
     assert forked["sent"] == in_process["sent"] > 0
-    assert forked["unencodable"] == in_process["unencodable"] == (1 if fmt == "influx" else 0)
+    assert forked["unencodable"] == in_process["unencodable"] == 1
     got = messages(kafka_bootstrap, f"{topic}-forked")
     events = messages(kafka_bootstrap, f"{topic}-forked-events")
     assert sum(map(len, events.values())) == 1
