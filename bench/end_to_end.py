@@ -32,7 +32,17 @@ for this machine, with its load (``os.getloadavg()``) printed beside each.
 each forwarder's ``send()`` of one flush spends per series (the work a flush takes from the
 receive thread's GIL), a figure the machine's load does not move:
 
-    PYTHONPATH=. python bench/end_to_end.py --instructions [--series 20000]
+    PYTHONPATH=. python bench/end_to_end.py --instructions [--series 20000] [--checkout DIR]
+
+and, with ``--forwarders kafka`` (in the same run, for this checkout and for each
+``--checkout``), the parent's share of a whole Kafka flush: the forked snapshot's frames
+received (and, where the forwarder prepares in the child, its prepared frames) plus ``send``
+or ``send_prepared``, everything the daemon's own process does for that flush but the delivery
+reports (a closed port: none come; they cost the same on every checkout).
+
+``--forwarders`` takes ``kafka@DIR`` (or ``file@DIR``) too: that forwarder with the daemon of
+another checkout (its own ``pystatsd`` and ``forwarders``, e.g. main's, extracted with
+``git archive``), in the same interleaved bisection: before and after in one run.
 
 ``--workers N`` writes ``workers: N`` into the daemon's config. A daemon without that key
 (before receive workers) is run without it for N = 1, and the run stops with the daemon's own
@@ -61,7 +71,9 @@ from typing import Any
 import orjson
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The daemon's code: this checkout's, or another's for --instructions --checkout DIR.
+CODE = Path(os.environ.get("E2E_CHECKOUT") or Path(__file__).resolve().parent.parent)
+sys.path.insert(0, str(CODE))
 
 from forwarders.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
 from forwarders.kafka.reading import read_topic  # noqa: E402
@@ -124,8 +136,12 @@ class Setup:
 
     def __init__(self, args: argparse.Namespace, workdir: Path, bootstrap: str,
                  forwarder: str) -> None:
+        self.label = forwarder
+        forwarder, _, checkout = forwarder.partition("@")
         self.args, self.workdir, self.bootstrap, self.forwarder = args, workdir, bootstrap, \
             forwarder
+        self.repo = Path(checkout).resolve() if checkout else REPO
+        self.env = {**os.environ, "PYTHONPATH": str(self.repo)}
         self.with_workers_key = True
 
     def config(self, port: int, state: Path, target: str) -> dict[str, Any]:
@@ -152,8 +168,8 @@ class Setup:
             path.write_text(yaml.safe_dump(self.config(free_udp_port(), self.workdir / "check",
                                                        target)))
             result = subprocess.run([sys.executable, "-m", "pystatsd", "--check-config",
-                                     str(path)], capture_output=True, text=True, cwd=REPO,
-                                    env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+                                     str(path)], capture_output=True, text=True,
+                                    cwd=self.repo, env=self.env, timeout=60)
             if result.returncode == 0:
                 return
             said = (result.stderr.strip() or result.stdout.strip()).splitlines()
@@ -236,8 +252,8 @@ def step(setup: Setup, blast: Path, rate: int, seconds: float) -> dict[str, Any]
     config.write_text(yaml.safe_dump(setup.config(port, state, target)))
     log = (setup.workdir / f"{tag}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "pystatsd", "-c", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            stdout=log, stderr=subprocess.STDOUT, cwd=setup.repo,
+                            env=setup.env)
     try:
         deadline = time.monotonic() + 30
         while socket_row(port) is None or not (state / "console.sock").exists():
@@ -311,7 +327,7 @@ class Bisection:
         rate = (self.low + self.high) // 2
         result = step(self.setup, blast, rate, self.setup.args.seconds)
         flushes = result["flush_seconds"]
-        print(f"  {self.setup.forwarder:5} {rate:>7,} dgram/s = "
+        print(f"  {self.setup.label:5} {rate:>7,} dgram/s = "
               f"{rate * LINES_PER_DATAGRAM:>9,} lines/s {'ok  ' if result['ok'] else 'LOSS'} "
               f"kernel {result['kernel_loss']:.3%} delivered {result['delivered_loss']:.3%} "
               f"series {result['series_loss']:.3%} ({result['full_intervals']} full intervals) "
@@ -360,19 +376,71 @@ def count_send(forwarder: str, series: int, part: str) -> None:
         os._exit(0)  # no shutdown: its cost is not the flush's
 
 
-def instructions_per_series(forwarder: str, series: int, part: str = "send") -> float:
+def count_flush(series: int) -> None:
+    """The workload under callgrind: the daemon's part of one Kafka flush of ``series``
+    counters, inside ``map()``: the forked snapshot (the child's instructions are its own
+    process's, not counted) and the forwarder's send, on the counting thread."""
+    import functools
+    import threading
+
+    from forwarders.base import ForwarderContext
+    from forwarders.kafka import KafkaForwarder
+    from forwarders.kafka.embedded_broker import free_port
+    from pystatsd import daemon, forked_snapshot
+    from pystatsd.aggregation import MetricMgr
+    from pystatsd.config import build_config
+    from pystatsd.sample import COUNTER, Sample
+    from pystatsd.snapshot import Snapshot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = build_config({"forwarders": {"kafka": {
+            "type": "kafka", "kafka_broker": f"127.0.0.1:{free_port()}", "kafka_topic": "count",
+            "format": "json"}}})
+        sender = KafkaForwarder("kafka", config["forwarders"]["kafka"],
+                                ForwarderContext(state_dir=Path(tmp)))
+        sender.open()
+        manager = MetricMgr(config)
+        for i in range(series):
+            manager.add(Sample(f"bench.app{i}.requests.count", COUNTER, 7.0))
+        lock = threading.Lock()
+        header = Snapshot(start=1000.0, interval=10.0, host="bench")
+
+        def flush(table: Any) -> None:
+            if hasattr(forked_snapshot, "Preparation"):  # the forwarder encodes in the child
+                preparation = forked_snapshot.Preparation({"kafka": functools.partial(
+                    daemon._prepare, KafkaForwarder, sender.config, header)})
+                got = forked_snapshot.finish_forked(manager, table, 10.0, lock, preparation)
+                sender.send_prepared(Snapshot(1000.0, 10.0, "bench", tuple(got)),
+                                     preparation.results["kafka"])
+            else:
+                got = forked_snapshot.finish_forked(manager, table, 10.0, lock)
+                sender.send(Snapshot(1000.0, 10.0, "bench", tuple(got)))
+
+        list(map(flush, [manager.swap()]))
+        sys.stdout.flush()
+        os._exit(0)
+
+
+def instructions_per_series(forwarder: str, series: int, part: str = "send",
+                            checkout: Path = REPO) -> float:
     with tempfile.TemporaryDirectory() as workdir:
         result = subprocess.run(
             ["setarch", platform.machine(), "-R", "valgrind", "--tool=callgrind",
-             "--toggle-collect=map_next", f"--callgrind-out-file={workdir}/out",
+             "--toggle-collect=map_next", f"--callgrind-out-file={workdir}/out.%p",
              sys.executable, __file__, "--count-send", f"{forwarder}:{part}",
              "--series", str(series)],
-            capture_output=True, text=True, check=True, cwd=REPO,
-            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO)})
-    found = re.search(r"Collected : (\d+)", result.stderr)
+            capture_output=True, text=True, check=True, cwd=checkout,
+            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(checkout),
+                 "E2E_CHECKOUT": str(checkout)})
+    # The first process to report is the one started; a forked snapshot child reports too.
+    found = re.search(r"==(\d+)== Collected : (\d+)", result.stderr)
     if found is None:
         raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1)) / series
+    parent = re.search(r"==(\d+)==", result.stderr)
+    assert parent is not None
+    mine = re.search(rf"=={parent.group(1)}== Collected : (\d+)", result.stderr)
+    assert mine is not None, result.stderr[-2000:]
+    return int(mine.group(1)) / series
 
 
 def main() -> int:
@@ -393,10 +461,14 @@ def main() -> int:
                         help="instructions per series of each forwarder's send (callgrind)")
     parser.add_argument("--series", type=int, default=20_000,
                         help="series of the flush --instructions counts")
+    parser.add_argument("--checkout", action="append", default=[], type=Path,
+                        help="--instructions: also count another checkout's flush (repeat)")
     parser.add_argument("--count-send", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_send:
         forwarder, part = args.count_send.split(":")
+        if part == "flush":
+            count_flush(args.series)
         count_send(forwarder, args.series, part)
     if args.instructions:
         for forwarder in args.forwarders.split(","):
@@ -405,6 +477,12 @@ def main() -> int:
                 per_series = instructions_per_series(forwarder, args.series, part)
                 print(f"{forwarder:5} {part:7}: {per_series:,.0f} instructions/series "
                       f"(callgrind, one flush of {args.series:,} series)", flush=True)
+        if "kafka" in args.forwarders.split(","):
+            for checkout in [REPO, *args.checkout]:
+                per_series = instructions_per_series("kafka", args.series, "flush",
+                                                     checkout.resolve())
+                print(f"kafka flush, the daemon's process ({checkout}): {per_series:,.0f} "
+                      f"instructions/series (callgrind, {args.series:,} series)", flush=True)
         return 0
     quick = {"interval": 5.0, "seconds": 12.0, "steps": 5}
     full = {"interval": 10.0, "seconds": 35.0, "steps": 6}
@@ -433,7 +511,7 @@ def main() -> int:
             for _ in range(args.steps):
                 for search in searches:
                     search.step(blast)
-            summary = [(search.setup.forwarder, search.best) for search in searches]
+            summary = [(search.setup.label, search.best) for search in searches]
     finally:
         if broker is not None:
             broker.stop()
@@ -446,13 +524,15 @@ def main() -> int:
             continue
         rates[forwarder] = best["rate"] * LINES_PER_DATAGRAM
         flushes = best["flush_seconds"]
-        timing = (f"interval end -> {'acknowledged' if forwarder == 'kafka' else 'written'} "
+        timing = (f"interval end -> "
+                  f"{'acknowledged' if forwarder.startswith('kafka') else 'written'} "
                   f"median {statistics.median(flushes):.2f} s, max {max(flushes):.2f} s"
                   if flushes else "no flush timed")
         print(f"  {forwarder:5}: {rates[forwarder]:,} lines/s at {best['cpu_core']:.0%} of a core"
               f", {best['us_per_line']:.2f} us CPU/line; {timing} (load {best['load']:.1f})")
-    if "kafka" in rates and "file" in rates:
-        print(f"  kafka / file: {rates['kafka'] / rates['file']:.0%} (target >= 90%)")
+    for label, rate in rates.items():
+        if label != "file" and "file" in rates:
+            print(f"  {label} / file: {rate / rates['file']:.0%} (target >= 90%)")
     return 0
 
 

@@ -5,6 +5,13 @@ the snapshot on the queue (``queue_size`` flushes), or drops and counts it when 
 full, so a slow backend only ever delays its own forwarder. The forwarder's thread takes the
 snapshots in order and calls :meth:`AggregateForwarder.send` (or, in ``debug_mode``, logs what
 :meth:`AggregateForwarder.describe` says would be sent).
+
+Optionally a forwarder does its pure encoding before the snapshot reaches the daemon's process:
+:meth:`AggregateForwarder.prepare`, a classmethod of the snapshot and the section alone, runs in
+the forked snapshot child, and what it returns (plain data ``marshal`` carries) is handed back
+with the snapshot to :meth:`AggregateForwarder.send_prepared`, on the forwarder's thread, which
+only has to deliver it. A forwarder without ``prepare`` gets :meth:`AggregateForwarder.send` as
+always, and so does one whose ``prepare`` could not run (no fork, a failed child).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
@@ -24,6 +31,11 @@ from pystatsd.snapshot import Snapshot
 __all__ = ["AggregateForwarder"]
 
 _STOP = object()
+
+
+class _Flush(NamedTuple):
+    snapshot: Snapshot
+    prepared: list[Any] | None
 
 
 class AggregateForwarder(Forwarder):
@@ -46,11 +58,12 @@ class AggregateForwarder(Forwarder):
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, snapshot: Snapshot) -> bool:
-        """Queue one flush without blocking; False (and counted) when the queue is full."""
+    def submit(self, snapshot: Snapshot, prepared: list[Any] | None = None) -> bool:
+        """Queue one flush without blocking; False (and counted) when the queue is full.
+        ``prepared`` is what :meth:`prepare` returned for it, when it ran."""
         size = len(snapshot.series)
         try:
-            self._queue.put_nowait(snapshot)
+            self._queue.put_nowait(_Flush(snapshot, prepared))
         except queue.Full:
             self.counters["dropped_queue_full"] += size
             return False
@@ -80,6 +93,28 @@ class AggregateForwarder(Forwarder):
         """Deliver one flush; raise to have the failure counted (``send_errors``) and logged."""
         raise NotImplementedError
 
+    @classmethod
+    def prepare(cls, section: Mapping[str, Any], snapshot: Snapshot) -> list[Any] | None:
+        """Optional: the pure part of sending ``snapshot`` (encoding it), done in advance, or
+        None (the default) to have :meth:`send` do everything.
+
+        It runs in the daemon's forked snapshot child, so it must need nothing but its
+        arguments: ``section`` is this forwarder's config with the defaults filled in, and
+        ``snapshot`` has the flush's ``start``, ``interval``, ``host`` and ``events`` and every
+        series but the daemon's self-metrics, which the snapshot :meth:`send_prepared` gets
+        has after them (``snapshot.series[len(series prepared):]``). It must not touch the
+        instance (it has none: its producer, locks and counters live in the daemon), log, or
+        start a thread; it returns a list of plain data that ``marshal`` can carry (bytes,
+        str, numbers, tuples, lists, dicts of those), carried back 2,000 items to a frame, or
+        raises (counted as ``flush.prepare_failed``; the flush then goes to :meth:`send`)."""
+        return None
+
+    def send_prepared(self, snapshot: Snapshot, prepared: list[Any]) -> None:
+        """Deliver one flush whose :meth:`prepare` ran: ``prepared`` is what it returned, and
+        ``snapshot`` the whole flush (see :meth:`prepare`). A forwarder that has ``prepare``
+        implements this; what it delivers must be what :meth:`send` delivers."""
+        raise NotImplementedError
+
     def describe(self, snapshot: Snapshot) -> Iterator[str]:
         """What ``debug_mode`` logs instead of sending: one line per message."""
         for record in snapshot_records(snapshot):
@@ -91,13 +126,16 @@ class AggregateForwarder(Forwarder):
             item = self._queue.get()
             if item is _STOP:
                 return
-            size = len(item.series)
+            snapshot, prepared = item
+            size = len(snapshot.series)
             try:
                 if self.context.debug_mode:
-                    for line in self.describe(item):
+                    for line in self.describe(snapshot):
                         self.log.info("debug_mode, not sent: %s", line)
+                elif prepared is not None:
+                    self.send_prepared(snapshot, prepared)
                 else:
-                    self.send(item)
+                    self.send(snapshot)
             except Exception as exc:  # a failing backend must never kill the forwarder thread
                 self.counters["send_errors"] += 1
                 self.log.error("forwarder %s failed to send %d series: %s", self.name, size, exc)
@@ -112,7 +150,7 @@ class AggregateForwarder(Forwarder):
             except queue.Empty:
                 break
             if item is not _STOP:
-                left += len(item.series)
+                left += len(item.snapshot.series)
         # A thread still stuck in a send past the deadline ends when that send returns.
         self._queue.put_nowait(_STOP)
         return left

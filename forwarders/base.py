@@ -16,7 +16,10 @@ The lifecycle, which the daemon keeps and ``forwarders.contract`` checks for eve
 2. :meth:`Forwarder.start`, once: open the backend (not in ``debug_mode``) and start the thread.
    Raising here refuses the config too (at start-up: the daemon does not start);
 3. ``submit`` (aggregate) or ``submit_lines`` (relay) any number of times. They never block
-   and never raise: what does not fit is dropped and counted;
+   and never raise: what does not fit is dropped and counted. An aggregate forwarder may have
+   its pure encoding done before: ``prepare`` (a classmethod of the section and the snapshot
+   alone) runs in the daemon's forked snapshot child, and its result reaches
+   ``send_prepared`` (see :mod:`forwarders.aggregate`);
 4. :meth:`Forwarder.close`, once, even when ``start`` failed or never ran: deliver what is
    queued within the deadline, release the backend, and return how many items (series or
    lines) were not delivered, which it also counts (``undelivered_at_close``) and logs.

@@ -12,6 +12,8 @@ Signals only record (their handlers put the number on a queue); the main loop ac
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -90,6 +92,13 @@ def needed_stats(forwarders: Iterable[Forwarder]) -> frozenset[str]:
     return frozenset().union(*(f.needed_stats(f.config) for f in forwarders))
 
 
+def _prepare(kind: type[AggregateForwarder], section: dict[str, Any], flush: Snapshot,
+             series: list[SeriesStats]) -> list[Any] | None:
+    """In the snapshot child: a forwarder's ``prepare`` of the flush with its finished series
+    (the self-metrics, made after, are not among them)."""
+    return kind.prepare(section, dataclasses.replace(flush, series=tuple(series)))
+
+
 def close_all(forwarders: Iterable[Forwarder], timeout: float = 0.0) -> None:
     for forwarder in forwarders:
         forwarder.close(timeout)
@@ -123,6 +132,8 @@ class Daemon:
         self._undeclared_stats: set[str] = set()
         self._fork_failures = 0
         """Forked snapshots that failed since start (their warnings are rate-limited)."""
+        self._prepare_failures = 0
+        """Forwarders' ``prepare`` that failed in the snapshot child since start (the same)."""
         self._flushes_since_collection = 0
         self._started_at = self.clock()
         self._last_flush: dict[str, float] = {}
@@ -375,26 +386,42 @@ class Daemon:
         if end <= start:  # a reload changed the interval mid-way, or a stop right at a deadline
             end = max(now, start + 1e-9)
         self._interval_started = end
-        series = self._finish(table, end - start)
+        events = tuple(table.events)
+        preparation = self._preparation(Snapshot(start, end - start, self.host, (), events))
+        series = self._finish(table, end - start, preparation)
         if self.config["self_metrics"]["enabled"]:
             series.extend(self._self_metrics(counts, end - start, len(series)))
-        snapshot = Snapshot(start, end - start, self.host, tuple(series), tuple(table.events))
+        snapshot = Snapshot(start, end - start, self.host, tuple(series), events)
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
                             "series": len(snapshot.series)}
         for forwarder in self.forwarders.values():
             if isinstance(forwarder, AggregateForwarder):
-                forwarder.submit(snapshot)
+                forwarder.submit(snapshot, preparation.results.get(forwarder.name))
         forked_snapshot.release(table)
         return snapshot
 
-    def _finish(self, table: IntervalTable, seconds: float) -> list[SeriesStats]:
+    def _preparation(self, flush: Snapshot) -> forked_snapshot.Preparation:
+        """Each aggregate forwarder's ``prepare``, to run in the snapshot child on ``flush``
+        with the finished series (not in ``debug_mode``, which only describes)."""
+        hooks = {forwarder.name: functools.partial(_prepare, type(forwarder), forwarder.config,
+                                                   flush)
+                 for forwarder in self.forwarders.values()
+                 if isinstance(forwarder, AggregateForwarder) and not forwarder.context.debug_mode}
+        return forked_snapshot.Preparation(hooks)
+
+    def _finish(self, table: IntervalTable, seconds: float,
+                preparation: forked_snapshot.Preparation | None = None) -> list[SeriesStats]:
         """The finished table's series: from a forked child, so that receiving keeps its
-        rate; in process (paced) where forking is unavailable or fails, counted."""
+        rate (and the forwarders' ``prepare`` runs there too); in process (paced) where
+        forking is unavailable or fails, counted."""
         if forked_snapshot.AVAILABLE:
             try:
-                series = forked_snapshot.finish_forked(self.manager, table, seconds, self.lock)
+                series = forked_snapshot.finish_forked(self.manager, table, seconds, self.lock,
+                                                       preparation)
                 self._collect_frozen_cycles()
+                if preparation is not None:
+                    self._report_prepare_failures(preparation)
                 return series
             except forked_snapshot.ForkedSnapshotError as exc:
                 self.stats.incr("flush.fork_failed")
@@ -402,6 +429,14 @@ class Daemon:
                     log.warning("forked snapshot failed (%s); finishing in process", exc)
                 self._fork_failures += 1
         return self.manager.finish(table, seconds)
+
+    def _report_prepare_failures(self, preparation: forked_snapshot.Preparation) -> None:
+        for name, why in preparation.failures.items():
+            self.stats.incr("flush.prepare_failed")
+            if self._prepare_failures % 100 == 0:  # at most one line in 100 failures
+                log.warning("forwarder %s: prepare failed in the snapshot child (%s); it sends "
+                            "that flush itself", name, why)
+            self._prepare_failures += 1
 
     def _collect_frozen_cycles(self) -> None:
         """The forked snapshot freezes the heap after each flush (``gc.freeze``: the young

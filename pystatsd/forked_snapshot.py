@@ -9,7 +9,11 @@ the series and its new carried state as ``marshal`` frames over a pipe. The pare
 waits on the pipe (without the GIL), turns each frame into objects, pausing after each, adopts
 the carried state under the ingest lock, so the result is exactly the in-process one.
 
-Forwarders stay in the parent (librdkafka's threads do not survive a fork); the child runs no
+Forwarders stay in the parent (librdkafka's threads do not survive a fork), but the pure part of
+their work can be done here: a :class:`Preparation` names a hook per forwarder (its
+``prepare``, see ``forwarders.aggregate``) that the child runs on the finished series after
+sending them, and carries its result back in frames of :data:`PREPARED_FRAME_ITEMS`, so the
+parent only delivers it. The child runs no
 thread, takes no lock, logs nothing, dies with the daemon (``PR_SET_PDEATHSIG``) and leaves by
 ``os._exit``. When ``fork`` is unavailable or fails, or the child dies, hangs past
 :data:`CHILD_TIMEOUT`, or sends frames that do not decode or fewer than it announced,
@@ -30,6 +34,8 @@ import struct
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,6 +54,10 @@ AVAILABLE = hasattr(os, "fork")
 FRAME_ITEMS = 500
 """Series (or carried entries) per frame: loading a frame and making its objects holds the GIL,
 about a millisecond for 500 timer series."""
+
+PREPARED_FRAME_ITEMS = 2000
+"""Items of a forwarder's prepared data per frame: the parent only loads them (no objects of its
+own to make), about half a millisecond of GIL for 2,000 Kafka messages."""
 
 PARENT_PAUSE_RATIO = 4.0
 """After each frame the parent sleeps this many times as long as the frame took (at least
@@ -98,7 +108,7 @@ _PR_SET_PDEATHSIG = 1
 _collapse_works = True  # until the kernel says otherwise (EINVAL: no MADV_COLLAPSE)
 
 _HEADER = struct.Struct("<BI")  # frame kind, payload length
-_SERIES, _GAUGES, _TRACES, _MARKED, _END = range(5)
+_SERIES, _GAUGES, _TRACES, _MARKED, _END, _PREPARED, _PREPARED_END = range(7)
 _CHILD_FAILED = 70
 
 
@@ -106,12 +116,30 @@ class ForkedSnapshotError(Exception):
     """The forked snapshot did not complete; nothing in the manager changed."""
 
 
+Hook = Callable[[list[SeriesStats]], "list[Any] | None"]
+"""Given the finished series, in the child: plain data ``marshal`` carries, or None."""
+
+
+@dataclass
+class Preparation:
+    """Hooks to run in the child on the finished series, by forwarder name; what each returned
+    (``results``) or why it raised (``failures``), filled in the parent. A hook that returns
+    None has no result."""
+
+    hooks: Mapping[str, Hook]
+    results: dict[str, list[Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
 def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
-                  lock: threading.Lock | threading.RLock) -> list[SeriesStats]:
+                  lock: threading.Lock | threading.RLock,
+                  preparation: Preparation | None = None) -> list[SeriesStats]:
     """What ``manager.finish(table, seconds)`` returns, computed in a forked child; the
     manager's carried state is then the child's. ``lock`` is the ingest lock (held for the
     fork, so that no :meth:`MetricMgr.forget` is half done in the child's copy, and for the
-    adoption). ``table`` is left as it was: the caller frees it (see :func:`release`)."""
+    adoption). ``table`` is left as it was: the caller frees it (see :func:`release`).
+    ``preparation``'s hooks run in the child after the series are sent, and its results are
+    filled in (left empty when this raises)."""
     manager.start_finish(len(table.series))
     if HUGE_PAGES:
         collapse_heap()
@@ -129,7 +157,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
         raise ForkedSnapshotError(f"fork failed: {exc}") from exc
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(manager, table, seconds, write_fd, parent)
+        _child(manager, table, seconds, write_fd, parent, preparation)
     os.close(write_fd)
     # A child that hangs is killed: the pipe then ends short, and the interval falls back.
     watchdog = threading.Timer(CHILD_TIMEOUT, _kill, (pid,))
@@ -148,15 +176,22 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     try:
         with os.fdopen(read_fd, "rb", buffering=1 << 20) as pipe:
             series, gauges, traces, marked, non_finite, shrunk = _receive(pipe)
+            if preparation is not None:
+                _receive_prepared(pipe, preparation)
         gc.freeze()
     except (ValueError, TypeError, EOFError) as exc:  # frames that do not decode
+        _forget_results(preparation)
         raise ForkedSnapshotError(f"snapshot child sent a bad frame: {exc}") from exc
+    except ForkedSnapshotError:
+        _forget_results(preparation)
+        raise
     finally:
         if collecting:
             gc.enable()
         status = _reap(pid)
         watchdog.cancel()
     if status != 0:
+        _forget_results(preparation)
         raise ForkedSnapshotError(f"snapshot child ended with status {status:#x}")
     with lock:
         manager.adopt_carried(gauges, traces, marked if manager.epoch != epoch else None,
@@ -237,8 +272,16 @@ def _reap(pid: int) -> int:
         return 0
 
 
+def _forget_results(preparation: Preparation | None) -> None:
+    """A failed child's results, even those that came whole, are not used: the interval is
+    finished in process and every forwarder sends it itself."""
+    if preparation is not None:
+        preparation.results.clear()
+        preparation.failures.clear()
+
+
 def _child(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int,
-           parent: int) -> None:
+           parent: int, preparation: Preparation | None) -> None:
     code = _CHILD_FAILED
     try:
         gc.disable()  # short-lived; a collection would only copy pages
@@ -247,14 +290,16 @@ def _child(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int,
             _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
             if os.getppid() != parent:  # the daemon died before the line above
                 return
-        _child_work(manager, table, seconds, fd)
+        _child_work(manager, table, seconds, fd, preparation)
         code = 0
     finally:
         os._exit(code)
 
 
-def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int) -> None:
-    """Finish the table and send every frame (the tests replace this to kill the child)."""
+def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: int,
+                preparation: Preparation | None) -> None:
+    """Finish the table and send every frame, then the prepared data (the tests replace this
+    to kill the child)."""
     gauges, traces = manager.carried()
     marked = [key for key, entry in gauges.items() if entry[1] == math.inf]
     generation = manager.memory_generation
@@ -268,6 +313,29 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
         _send_chunks(pipe, _GAUGES, [(key, entry[0], entry[1]) for key, entry in gauges.items()])
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
         _send(pipe, _END, (len(series), len(gauges), len(traces), non_finite, shrunk))
+        if preparation is not None:
+            pipe.flush()  # the parent rebuilds the series while the hooks run
+            _send_prepared(pipe, preparation.hooks, series)
+
+
+def _send_prepared(pipe: BinaryIO, hooks: Mapping[str, Hook], series: list[SeriesStats]) -> None:
+    """Each hook's result in frames, then one frame with each result's length and each
+    failure; a result that ``marshal`` cannot carry is a failure (its frames sent before are
+    dropped by the parent)."""
+    lengths: dict[str, int] = {}
+    failures: dict[str, str] = {}
+    for name, hook in hooks.items():
+        try:
+            items = hook(series)
+            if items is None:
+                continue
+            for at in range(0, len(items), PREPARED_FRAME_ITEMS):
+                _send(pipe, _PREPARED, (name, items[at:at + PREPARED_FRAME_ITEMS]))
+        except Exception as exc:  # one forwarder's hook must not cost the others theirs
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        lengths[name] = len(items)
+    _send(pipe, _PREPARED_END, (lengths, failures))
 
 
 def _send_chunks(pipe: BinaryIO, kind: int, items: list[Any]) -> None:
@@ -281,6 +349,21 @@ def _send(pipe: BinaryIO, kind: int, payload: Any) -> None:
     pipe.write(data)
 
 
+def _read_frame(pipe: BinaryIO, worked: float) -> tuple[int, bytes]:
+    """The next frame's kind and payload; first, after a frame that took ``worked`` seconds
+    to load, the receive thread's share of the GIL."""
+    header = pipe.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise ForkedSnapshotError("snapshot child closed its pipe before the end")
+    kind, size = _HEADER.unpack(header)
+    data = pipe.read(size)
+    if len(data) < size:
+        raise ForkedSnapshotError("snapshot child closed its pipe mid-frame")
+    if worked:
+        time.sleep(max(SNAPSHOT_PAUSE, worked * PARENT_PAUSE_RATIO))
+    return kind, data
+
+
 def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[float]],
                                       dict[SeriesKey, list[float]], set[SeriesKey], int, bool]:
     series: list[SeriesStats] = []
@@ -289,15 +372,7 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
     clock = time.perf_counter
     worked = 0.0
     while True:
-        header = pipe.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise ForkedSnapshotError("snapshot child closed its pipe before the end")
-        kind, size = _HEADER.unpack(header)
-        data = pipe.read(size)
-        if len(data) < size:
-            raise ForkedSnapshotError("snapshot child closed its pipe mid-frame")
-        if worked:  # the previous frame's work, then the receive thread's share of the GIL
-            time.sleep(max(SNAPSHOT_PAUSE, worked * PARENT_PAUSE_RATIO))
+        kind, data = _read_frame(pipe, worked)
         began = clock()
         items = marshal.loads(data)
         if kind == _SERIES:
@@ -317,6 +392,33 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
                 raise ForkedSnapshotError(f"snapshot child announced {items[:3]}, sent {sent}")
             return series, carried[0], carried[1], marked, int(items[3]), bool(items[4])
         worked = clock() - began
+
+
+def _receive_prepared(pipe: BinaryIO, preparation: Preparation) -> None:
+    """The prepared frames, paced like the series: after each frame's load, the receive
+    thread gets four times as long."""
+    results: dict[str, list[Any]] = {}
+    worked = 0.0
+    while True:
+        kind, data = _read_frame(pipe, worked)
+        began = time.perf_counter()
+        if kind == _PREPARED:
+            name, items = marshal.loads(data)
+            results.setdefault(name, []).extend(items)
+        elif kind == _PREPARED_END:
+            lengths, failures = marshal.loads(data)
+            for name, length in lengths.items():
+                got = results.get(name, [])
+                if len(got) != length:
+                    raise ForkedSnapshotError(f"snapshot child announced {length} prepared "
+                                              f"items for {name}, sent {len(got)}")
+                preparation.results[name] = got
+            preparation.failures.update(failures)
+            return
+        else:
+            raise ForkedSnapshotError(f"snapshot child sent frame kind {kind} among the "
+                                      "prepared ones")
+        worked = time.perf_counter() - began
 
 
 def release(table: IntervalTable) -> None:

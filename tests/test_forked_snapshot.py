@@ -18,10 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forwarders import AggregateForwarder, ForwarderContext
 from pystatsd import forked_snapshot
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 from pystatsd.daemon import Daemon
+from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
 
 
@@ -129,19 +131,19 @@ def test_a_gauge_forgotten_after_the_fork_stays_forgotten() -> None:
     assert {s.name for s in manager.finish(manager.swap(), 10.0)} == {"h"}
 
 
-def dies(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def dies(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def sends_half(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 1000) + b"\x00" * 10)  # then exits 0
 
 
-def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def sends_garbage(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     os.write(fd, forked_snapshot._HEADER.pack(0, 4) + b"\xff\xfe\xfd\xfc")
 
 
-def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int) -> None:
+def hangs(manager: MetricMgr, table: Any, seconds: float, fd: int, *_: Any) -> None:
     time.sleep(3600)
 
 
@@ -172,6 +174,100 @@ def test_the_daemon_counts_a_failed_fork_and_finishes_that_interval_in_process(
     series = daemon._finish(daemon.manager.swap(), 2.0)
     assert [(s.name, s.stats) for s in series] == [("hits", {"count": 4.0, "rate": 2.0})]
     assert daemon.stats.take()["flush.fork_failed"] == 1
+
+
+def test_prepared_data_comes_back_whole_and_a_failing_hook_costs_only_its_own() -> None:
+    _, manager = twin_managers()
+    for i in range(3):
+        manager.add(Sample(f"c{i}", COUNTER, float(i)))
+    many = forked_snapshot.PREPARED_FRAME_ITEMS * 2 + 7  # three frames
+
+    def encoded(series: list[Any]) -> list[Any]:
+        return [(s.name, s.stats["count"]) for s in series] + [b"m%d" % i for i in range(many)]
+
+    def broken(series: list[Any]) -> list[Any]:
+        raise ValueError("cannot encode")
+
+    preparation = forked_snapshot.Preparation({
+        "encoded": encoded, "broken": broken, "none": lambda series: None,
+        "unmarshalable": lambda series: [object()], "empty": lambda series: []})
+    series = forked_snapshot.finish_forked(manager, manager.swap(), 10.0, threading.Lock(),
+                                           preparation)
+    assert [s.name for s in series] == ["c0", "c1", "c2"]
+    assert preparation.results == {"encoded": encoded(series), "empty": []}
+    assert set(preparation.failures) == {"broken", "unmarshalable"}
+    assert "ValueError: cannot encode" in preparation.failures["broken"]
+
+
+def test_a_child_that_dies_while_preparing_leaves_no_result_and_changes_nothing() -> None:
+    local, forked = twin_managers()
+    for manager in (local, forked):
+        manager.add(Sample("g", GAUGE, 5.0))
+
+    def dies_preparing(series: list[Any]) -> list[Any]:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return []
+
+    preparation = forked_snapshot.Preparation({"first": lambda series: [1, 2, 3],
+                                               "second": dies_preparing})
+    table = forked.swap()
+    with pytest.raises(forked_snapshot.ForkedSnapshotError):
+        forked_snapshot.finish_forked(forked, table, 10.0, threading.Lock(), preparation)
+    assert preparation.results == {} and preparation.failures == {}
+    assert comparable(forked.finish(table, 10.0)) == comparable(local.finish(local.swap(), 10.0))
+    assert carried(forked) == carried(local)
+
+
+class Preparing(AggregateForwarder):
+    """A forwarder with ``prepare``, which fails while ``failing`` is set."""
+
+    failing = False
+
+    @classmethod
+    def prepare(cls, section: Any, snapshot: Any) -> list[Any] | None:
+        if cls.failing:
+            raise RuntimeError("no encoder here")
+        return [len(snapshot.series)]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sent: list[tuple[str, Any]] = []
+
+    def send(self, snapshot: Any) -> None:
+        self.sent.append(("send", len(snapshot.series)))
+
+    def send_prepared(self, snapshot: Any, prepared: list[Any]) -> None:
+        self.sent.append(("send_prepared", prepared))
+
+
+def test_a_prepare_that_fails_in_the_child_is_counted_and_the_forwarder_sends_it_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Preparing, "failing", True)
+    daemon = Daemon(build_config({"forwarders": {}, "self_metrics": {"enabled": False}}))
+    daemon.pipeline = Pipeline(daemon.config, daemon.manager, daemon.stats, [])
+    forwarder = Preparing("preparing", {}, ForwarderContext(state_dir=tmp_path))
+    daemon.forwarders["preparing"] = forwarder
+    forwarder.start()
+    try:
+        daemon.manager.add(Sample("hits", COUNTER, 4.0))
+        daemon.flush()
+    finally:
+        forwarder.close(5)
+    assert forwarder.sent == [("send", 1)]
+    assert daemon.stats.take()["flush.prepare_failed"] == 1
+    # Where the hook works, its result is what the forwarder is handed.
+    monkeypatch.setattr(Preparing, "failing", False)
+    forwarder = Preparing("preparing", {}, ForwarderContext(state_dir=tmp_path))
+    daemon.forwarders["preparing"] = forwarder
+    forwarder.start()
+    try:
+        daemon.manager.add(Sample("hits", COUNTER, 4.0))
+        daemon.manager.add(Sample("misses", COUNTER, 1.0))
+        daemon.flush()
+    finally:
+        forwarder.close(5)
+    assert forwarder.sent == [("send_prepared", [2])]
+    assert "flush.prepare_failed" not in daemon.stats.take()
 
 
 def test_release_frees_every_cell() -> None:
@@ -206,11 +302,12 @@ def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: 
 
 CHILD_OUTLIVES = """
 import os, sys, threading, time
+from forwarders import AggregateForwarder, ForwarderContext
 from pystatsd import forked_snapshot
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 
-def hang(manager, table, seconds, fd):
+def hang(manager, table, seconds, fd, preparation):
     print(os.getpid(), flush=True)
     time.sleep(3600)
 
