@@ -70,6 +70,7 @@ cdef extern from *:
         uint32_t ended;             /* nothing more will be published */
         uint32_t drainer_waiting;
         uint32_t shielded;          /* RX_SHIELD_* bits that took */
+        uint32_t ready;             /* the shields are up: draining from now on */
         uint64_t ring_full;         /* times the ring was full and the drain thread waited */
         uint64_t last_drain_ns;     /* CLOCK_MONOTONIC of the last recvmmsg return */
         uint64_t longest_gap_ns;    /* longest time between two, since the last reset */
@@ -269,6 +270,7 @@ cdef extern from *:
                 shielded |= RX_SHIELD_RSEQ;
         }
         r->shielded = shielded;
+        __atomic_store_n(&r->ready, 1, __ATOMIC_SEQ_CST);
         rx_drain(r);
         return NULL;
     }
@@ -309,6 +311,7 @@ cdef extern from *:
     static uint64_t rx_tail(rx_ring *r) { return __atomic_load_n(&r->tail, __ATOMIC_SEQ_CST); }
     static uint64_t rx_head(rx_ring *r) { return __atomic_load_n(&r->head, __ATOMIC_SEQ_CST); }
     static int rx_ended(rx_ring *r) { return (int)__atomic_load_n(&r->ended, __ATOMIC_SEQ_CST); }
+    static int rx_ready(rx_ring *r) { return (int)__atomic_load_n(&r->ready, __ATOMIC_SEQ_CST); }
     static uint64_t rx_ring_full(rx_ring *r) {
         return __atomic_load_n(&r->ring_full, __ATOMIC_RELAXED);
     }
@@ -339,6 +342,8 @@ cdef extern from *:
     uint64_t rx_tail(rx_ring *r) nogil
     uint64_t rx_head(rx_ring *r) nogil
     int rx_ended(rx_ring *r) nogil
+    int rx_ready(rx_ring *r) nogil
+    int usleep(unsigned int usec) nogil
     uint64_t rx_ring_full(rx_ring *r) nogil
     uint64_t rx_take_gap(rx_ring *r) nogil
     void rx_request_stop(rx_ring *r) nogil
@@ -399,10 +404,15 @@ cdef class Ring:
         cdef int failed
         if self._started:
             raise RuntimeError("the drain thread runs already")
+        cdef int waited = 0
         failed = rx_start(self._ring, &self._thread)
         if failed:
             raise OSError(failed, "cannot start the udp drain thread")
         self._started = True
+        with nogil:  # until it drains (a few microseconds), so that `shielded` is known
+            while not rx_ready(self._ring) and waited < 10000:
+                usleep(100)
+                waited += 1
 
     def join(self) -> None:
         """Wait for the drain thread (it has ended when :meth:`deliver` said so)."""

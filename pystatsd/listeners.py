@@ -77,6 +77,13 @@ UDP_RECEIVE_ENV = "PYSTATSD_UDP_RECEIVE"
 ``native`` refuses to start without it; unset or ``auto``: the native one if it imports."""
 
 
+try:
+    from pystatsd._receive import Ring as _RING_BUILT
+    _NOT_BUILT = ""
+except ImportError as _missing:  # not built (no Cython or compiler, not Linux): the Python loop
+    _RING_BUILT, _NOT_BUILT = None, str(_missing)
+
+
 def _select_udp_receive() -> tuple[Any, str]:
     """The native ring class (None for the Python loop), and a phrase saying which and why."""
     wanted = os.environ.get(UDP_RECEIVE_ENV, "auto").strip().lower() or "auto"
@@ -84,14 +91,12 @@ def _select_udp_receive() -> tuple[Any, str]:
         return None, f"python ({UDP_RECEIVE_ENV}=python)"
     if wanted not in ("auto", "native"):
         raise RuntimeError(f"{UDP_RECEIVE_ENV}={wanted!r}: expected python, native or auto")
-    try:
-        from pystatsd._receive import Ring
-    except ImportError as exc:
+    if _RING_BUILT is None:
         if wanted == "native":
             raise RuntimeError(f"{UDP_RECEIVE_ENV}=native but the native receive does not "
-                               f"import: {exc}") from exc
-        return None, f"python (the native receive does not import: {exc})"
-    return Ring, "native"
+                               f"import: {_NOT_BUILT}")
+        return None, f"python (the native receive does not import: {_NOT_BUILT})"
+    return _RING_BUILT, "native"
 
 
 _RING, UDP_RECEIVE = _select_udp_receive()
@@ -235,16 +240,21 @@ class UdpListener(_Listener):
     A second thread reads, once per :data:`DROP_POLL_SECONDS`, how many datagrams the kernel
     dropped on this socket because its receive buffer was full, so that loss is counted too."""
 
-    def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats) -> None:
+    def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats, *,
+                 native: bool | None = None) -> None:
+        """``native``: whether to run the native receive (None: as :data:`UDP_RECEIVE` says;
+        True where it is not built: the Python loop, as for ``auto``)."""
         super().__init__(spec, deliver, stats)
         if spec["receive_buffer_bytes"]:
             self._size_receive_buffer(spec["receive_buffer_bytes"])
         self._stopping = _StopFlag()
         self._ring: Any = None
         """The native receive's ring (pystatsd/_receive.pyx), or None: the Python loop."""
-        if _RING is not None:
+        ring_class = _RING if native is None else _RING_BUILT if native else None
+        if ring_class is not None:
             try:
-                self._ring = _RING(self._sock.fileno(), spec["max_datagram_bytes"], RING_BYTES)
+                self._ring = ring_class(self._sock.fileno(), spec["max_datagram_bytes"],
+                                        RING_BYTES)
             except OSError as exc:
                 log.warning("%s: the native receive cannot start (%s): receiving in Python",
                             self.label, exc)
