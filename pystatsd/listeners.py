@@ -319,7 +319,10 @@ class UdpListener(_Listener):
             self._wake()
             self._thread.join(timeout)
             if self._thread.is_alive():  # the wake-up datagram was lost: end the receive
-                self._sock.shutdown(socket.SHUT_RDWR)
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # ENOTCONN (a UDP socket has no peer): shut down all the same
+                    pass
                 self._thread.join(timeout)
         self._watching.set()
         if self._watcher.is_alive():
