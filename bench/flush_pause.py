@@ -218,6 +218,7 @@ def one_run(mode: str, receive: str, args: argparse.Namespace,
     sent_text, _ = blast.communicate()
     time.sleep(0.3)
     listener.stop()
+    ring_full = listener.describe().get("ring_full", "-")
     watch.stopping = True
     watch.join()
     sent = int(sent_text.split()[0])
@@ -235,7 +236,8 @@ def one_run(mode: str, receive: str, args: argparse.Namespace,
             f"{during * 1000:.1f} ms, after {after * 1000:.1f} ms (before {before * 1000:.1f} "
             f"ms); delivered {rate:,.0f} datagrams/s during it; "
             f"lost {sent - received:,} of {sent:,} ({watch.between(began, ended):,} "
-            f"dropped by the kernel during the flush); longest garbage collection "
+            f"dropped by the kernel during the flush; ring full {ring_full} times); "
+            f"longest garbage collection "
             f"{collections.longest * 1000:.0f} ms (generation {collections.generation})")
 
 

@@ -272,9 +272,15 @@ def test_an_unknown_receive_choice_refuses_to_start() -> None:
     assert "PYSTATSD_UDP_RECEIVE='fast': expected python, native or auto" in result.stderr
 
 
-def test_the_environment_chooses_the_python_receive() -> None:
-    env = {**os.environ, listeners.UDP_RECEIVE_ENV: "python"}
-    result = subprocess.run([sys.executable, "-c",
-                             "from pystatsd import listeners; print(listeners.UDP_RECEIVE)"],
-                            env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "python (PYSTATSD_UDP_RECEIVE=python)"
+def version_with(value: str | None) -> str:
+    env = {key: val for key, val in os.environ.items() if key != listeners.UDP_RECEIVE_ENV}
+    if value is not None:
+        env[listeners.UDP_RECEIVE_ENV] = value
+    return subprocess.run([sys.executable, "-m", "pystatsd", "--version"], env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_version_says_which_receive_runs_and_the_environment_chooses_the_python_one() -> None:
+    assert "; udp receive: python (PYSTATSD_UDP_RECEIVE=python);" in version_with("python")
+    expected = "native" if NATIVE_BUILT else "python (the native receive does not import"
+    assert f"; udp receive: {expected}" in version_with(None)
