@@ -24,11 +24,13 @@ The sender offers a batch every 0.5-1 ms, so gaps up to ~1 ms are the sender's.
 
     python bench/flush_pause.py [--names 100000] [--rate 100000] [--modes forked-4k]
                                 [--receive native,python] [--runs 2]
+    python bench/flush_pause.py --bare-forks [--heap-mb 300] [--forks 8]  # fork() alone
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import ctypes
 import gc
 import mmap
@@ -61,6 +63,9 @@ AFTER = 1.0
 there."""
 BEFORE = 1.0
 """Seconds watched before the flush: the machine's own gaps, to set beside those during it."""
+SETTLE = 0.02
+"""Seconds after a window before its drain gap is read: a stalled drain notes its gap only
+when its next ``recvmmsg`` returns."""
 
 
 class SharedPayloads:
@@ -159,8 +164,12 @@ class DrainGaps:
 
 
 def longest_gap(times: list[float], start: float, end: float) -> float:
-    inside = [t for t in times if start <= t <= end]
-    return max((b - a for a, b in zip(inside, inside[1:], strict=False)), default=end - start)
+    """The longest gap between two deliveries that overlaps [start, end]: a pause that began
+    before the window, or ends after it, counts whole."""
+    low = max(bisect.bisect_left(times, start) - 1, 0)
+    high = bisect.bisect_right(times, end) + 1
+    near = times[low:high]
+    return max((b - a for a, b in zip(near, near[1:], strict=False)), default=end - start)
 
 
 def one_run(mode: str, receive: str, args: argparse.Namespace,
@@ -209,6 +218,7 @@ def one_run(mode: str, receive: str, args: argparse.Namespace,
     forked_snapshot.release(table)
     del table
     ended = time.monotonic()
+    time.sleep(SETTLE)
     drain_during = drains.take()
     time.sleep(AFTER)  # the snapshot still alive, as while forwarders encode it
     drain_after = drains.take()
@@ -241,6 +251,55 @@ def one_run(mode: str, receive: str, args: argparse.Namespace,
             f"{collections.longest * 1000:.0f} ms (generation {collections.generation})")
 
 
+def bare_forks(receive: str, args: argparse.Namespace) -> None:
+    """``fork()`` alone, ``--forks`` times, with ``--heap-mb`` of small objects on the heap
+    (what the page-table copy scales with), while the listener receives ``--rate``/s: each
+    fork's duration beside the longest drain gap during it and in the 0.3 s before it."""
+    heap = [{f"k{i}": [i, str(i)]} for i in range(args.heap_mb * 2500)]  # ~400 B each
+    gc.freeze()
+    rss = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
+               if line.startswith("VmRSS:"))
+    config = build_config({"forwarders": {}, "listeners": [
+        {"protocol": "udp", "address": "127.0.0.1", "port": 0}]})
+    delivery = Delivery(Pipeline(config, MetricMgr(config), SelfStats()), threading.Lock())
+    listener = UdpListener(config["listeners"][0], delivery.deliver, SelfStats(),
+                           native=receive == "native")
+    listener.start()
+    port = listener.address[1]
+    blast = subprocess.Popen([str(build_blast()), "127.0.0.1", str(port), str(args.rate),
+                              str(1.0 + args.forks * 0.8), "1", "1000"],
+                             stdout=subprocess.PIPE, text=True)
+    drains = DrainGaps(listener, delivery)
+    forks, gaps, before = [], [], []
+    time.sleep(0.2)
+    for _ in range(args.forks):
+        drains.take()
+        time.sleep(0.3)
+        before.append(drains.take())
+        began = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forked = time.monotonic()
+        time.sleep(SETTLE)  # a drain stalled by the fork records its gap when it resumes
+        gaps.append(drains.take())
+        os.waitpid(pid, 0)
+        forks.append(forked - began)
+        time.sleep(0.1)
+    blast.communicate()
+    time.sleep(0.3)
+    listener.stop()
+    del heap
+
+    def ms(values: list[float]) -> str:
+        return "/".join(f"{v * 1000:.1f}" for v in values)
+
+    print(f"{receive:6} heap {rss:,.0f} MB: fork {ms(forks)} ms; longest drain gap during "
+          f"each {ms(gaps)} ms (in the 0.3 s before each: {ms(before)} ms); kernel drops "
+          f"{listener.kernel_drops:,} (load {os.getloadavg()[0]:.1f}, "
+          f"{time.strftime('%H:%M:%S')})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=100_000)
@@ -253,7 +312,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--max-members", type=int, default=100)
     parser.add_argument("--max-samples", type=int, default=100)
+    parser.add_argument("--bare-forks", action="store_true",
+                        help="fork() alone with a heap of --heap-mb, --forks times (fast)")
+    parser.add_argument("--heap-mb", type=int, default=300)
+    parser.add_argument("--forks", type=int, default=8)
     args = parser.parse_args()
+    build_blast()
+    if args.bare_forks:
+        for receive in args.receive.split(","):
+            bare_forks(receive, args)
+        return
     payloads = SharedPayloads(make_payloads(args.names, 10, args.max_samples, 20,
                                             max_members=args.max_members))
     gc.collect()
