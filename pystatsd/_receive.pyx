@@ -56,6 +56,9 @@ cdef extern from *:
     #define RX_STACK (256 * 1024)
     #define RX_PAD (16 * 1024)
     #define RX_EMPTY_LIMIT 64  /* empty reads in a row after the stop: a shut-down socket */
+    #define RX_COALESCE_NS 200000  /* after a short read, let datagrams gather: one wake-up
+                                      of this thread per ~0.2 ms, not one per datagram */
+    #define RX_GATHER_NS 1000000   /* the delivering thread's nap when the ring is empty */
     #define RX_SHIELD_STACK 1
     #define RX_SHIELD_RSEQ 2
 
@@ -85,6 +88,7 @@ cdef extern from *:
         uint64_t capacity;
         char *data;
         char *stack;                /* the drain thread's stack mapping (a guard page first) */
+        struct timespec coalesce;   /* the drain thread's nap (its memory is out of the fork) */
         struct mmsghdr msgs[RX_BATCH];
         struct iovec iov[RX_BATCH];
     } rx_ring;
@@ -238,6 +242,11 @@ cdef extern from *:
                 head = end;
                 rx_publish(r, head);
             }
+            if (got < wanted / 2 && !(flags & MSG_DONTWAIT)) {  /* drained: let more gather */
+                r->coalesce.tv_sec = 0;
+                r->coalesce.tv_nsec = RX_COALESCE_NS;
+                syscall(SYS_nanosleep, &r->coalesce, NULL);
+            }
             if (flags & MSG_DONTWAIT) {
                 empties = empty_only ? empties + 1 : 0;
                 if (empties >= RX_EMPTY_LIMIT) break;  /* shut down: reads return nothing */
@@ -293,13 +302,22 @@ cdef extern from *:
         return failed;
     }
 
-    /* The delivering side: wait (without the GIL) until there is a record or the end. */
+    /* The delivering side: wait (without the GIL) until there is a record or the end. A
+       first nap while a stream may be flowing gathers a batch (one wake-up per nap, not one
+       per datagram); an empty ring after it means quiet: sleep until the drain wakes it. */
     static void rx_wait_for_data(rx_ring *r, uint64_t tail) {
+        int napped = 0;
         for (;;) {
             uint32_t seen = __atomic_load_n(&r->head_seq, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&r->head, __ATOMIC_SEQ_CST) != tail
                     || __atomic_load_n(&r->ended, __ATOMIC_SEQ_CST))
                 return;
+            if (!napped) {
+                struct timespec nap = {0, RX_GATHER_NS};
+                nanosleep(&nap, NULL);
+                napped = 1;
+                continue;
+            }
             __atomic_store_n(&r->consumer_waiting, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&r->head, __ATOMIC_SEQ_CST) == tail
                     && !__atomic_load_n(&r->ended, __ATOMIC_SEQ_CST))
@@ -410,7 +428,7 @@ cdef class Ring:
             raise OSError(failed, "cannot start the udp drain thread")
         self._started = True
         with nogil:  # until it drains (a few microseconds), so that `shielded` is known
-            while not rx_ready(self._ring) and waited < 10000:
+            while not rx_ready(self._ring) and waited < 50000:
                 usleep(100)
                 waited += 1
 

@@ -307,6 +307,13 @@ class UdpListener(_Listener):
         return state
 
     def start(self) -> None:
+        if self._ring is not None:  # the drain thread first: it reads from now on
+            try:
+                self._ring.start()
+            except OSError as exc:
+                log.warning("%s: the native receive cannot start (%s): receiving in Python",
+                            self.label, exc)
+                self._ring = self._stopping.ring = None
         self._thread.start()
         if self._drops.available:
             self._watcher.start()
@@ -371,16 +378,9 @@ class UdpListener(_Listener):
 
     def _run(self) -> None:
         if self._ring is not None:
-            try:
-                self._ring.start()
-            except OSError as exc:
-                log.warning("%s: the native receive cannot start (%s): receiving in Python",
-                            self.label, exc)
-                self._ring = self._stopping.ring = None
-            else:
-                self._run_native(self._ring)
-                return
-        self._run_python()
+            self._run_native(self._ring)
+        else:
+            self._run_python()
 
     def _run_native(self, ring: Any) -> None:
         """Deliver what the drain thread puts in the ring, until it ends: at the empty
@@ -433,6 +433,7 @@ class UdpListener(_Listener):
             except OSError:
                 return
             if payload:
+                self.bytes_received += len(payload)
                 self._deliver_one(payload)
 
     def _deliver_one(self, payload: bytes) -> None:
