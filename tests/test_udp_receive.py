@@ -203,6 +203,7 @@ SMALL_BUFFER = 1 << 20
 HELD_DATAGRAMS = 24_000
 
 
+@pytest.mark.integration  # a sender process
 @pytest.mark.skipif(not NATIVE_BUILT, reason="the native receive is not built")
 def test_the_native_receive_loses_nothing_while_the_gil_is_held_past_the_socket_buffer(
         ) -> None:
@@ -217,6 +218,7 @@ def test_the_native_receive_loses_nothing_while_the_gil_is_held_past_the_socket_
     assert got.payloads == [b"held.n:%d|c" % n for n in range(HELD_DATAGRAMS)]
 
 
+@pytest.mark.integration  # a sender process
 def test_the_python_receive_counts_what_the_kernel_dropped_while_the_gil_was_held() -> None:
     """The fallback cannot drain while the GIL is held: the kernel drops past its buffer, and
     every datagram is either delivered or counted; it keeps receiving after."""
