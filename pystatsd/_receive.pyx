@@ -368,7 +368,10 @@ cdef extern from *:
     int RX_SHIELD_STACK, RX_SHIELD_RSEQ, RX_HEADER
 
 
-DELIVER_BATCH = 256
+cdef enum:
+    _DELIVER_BATCH = 256
+
+DELIVER_BATCH = _DELIVER_BATCH
 """Records delivered per :meth:`Ring.deliver` call at most, so the listener's own bookkeeping
 (bytes received, probes, errors) keeps up with a stream that never pauses."""
 
@@ -455,7 +458,7 @@ cdef class Ring:
         with nogil:
             rx_wait_for_data(r, tail)
         head = rx_head(r)
-        while tail != head and records < DELIVER_BATCH:
+        while tail != head and records < _DELIVER_BATCH:
             header = <int32_t *>(r.data + tail % r.capacity)
             length = header[0]
             if length < 0:  # the wrap marker: the rest of the ring is unused
