@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from senders import build_sender
 
 REPO = Path(__file__).resolve().parent.parent
-BLAST_SOURCE = REPO / "bench" / "graphite_blast.c"
 BLAST = REPO / "build" / "graphite_blast"
 NAMES = 20000
 MAX_LOSS = 0.001
@@ -50,16 +50,6 @@ LADDERS = {  # datagrams per second offered, per lines per datagram
     20: [2500, 5000, 10000, 15000, 20000, 30000, 40000, 60000],
     1: [10000, 25000, 50000, 75000, 100000, 150000, 200000],
 }
-
-
-def build_blaster() -> Path:
-    if not BLAST.exists() or BLAST.stat().st_mtime < BLAST_SOURCE.stat().st_mtime:
-        BLAST.parent.mkdir(exist_ok=True)
-        compiler = shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            raise SystemExit("bench/carbon_routes.py needs a C compiler for its load generator")
-        subprocess.run([compiler, "-O2", "-o", str(BLAST), str(BLAST_SOURCE)], check=True)
-    return BLAST
 
 
 def free_port() -> int:
@@ -252,7 +242,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     options = parser.parse_args()
     seconds = 2.0 if options.quick else options.seconds
-    build_blaster()
+    build_sender(BLAST, "bench/carbon_routes.py")
     print(f"{platform.node()}: {os.cpu_count()} cpus, {platform.python_implementation()} "
           f"{platform.python_version()}, load {os.getloadavg()[0]:.1f} at start")
     relays = {

@@ -1,7 +1,7 @@
 """CPU cost of a graphite listener's datapoints in ``Pipeline.ingest`` (no sockets), for each
 ``graphite_datapoints`` choice, side by side in one run: ns per datapoint, and with
 ``--instructions`` CPU instructions per datapoint under callgrind (repeatable on a shared
-machine, as bench/ingest_cpu.py counts them).
+machine, as bench/ingest_cpu.py counts them: bench/callgrind_count.py).
 
     python bench/graphite_ingest.py [--lines 20] [--names 10000]
     python bench/graphite_ingest.py --instructions [--lines 20] [--only rules ...]
@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import re
-import subprocess
 import sys
-import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from callgrind_count import instructions_in_map, warm_then_map  # noqa: E402
 
 from pystatsd.aggregation import MetricMgr  # noqa: E402
 from pystatsd.config import build_config  # noqa: E402
@@ -99,25 +96,14 @@ def count_only(choice: str, lines: int, names: int, window: int) -> None:
     through ``map``, the only ``map`` after start-up."""
     _, _, run = pipeline_for(choice)
     warm = max(names, 100_000 // lines)
-    payloads = make_payloads(warm + window, lines, names)
-    for payload in payloads[:warm]:
-        run(payload)
-    deque(map(run, payloads[warm:]), maxlen=0)
+    warm_then_map(run, make_payloads(warm + window, lines, names), warm)
 
 
 def instructions_per_datapoint(choice: str, lines: int, names: int, window: int) -> float:
-    with tempfile.TemporaryDirectory() as workdir:
-        result = subprocess.run(
-            ["setarch", platform.machine(), "-R",
-             "valgrind", "--tool=callgrind", "--toggle-collect=map_next",
-             f"--callgrind-out-file={workdir}/out", sys.executable, __file__,
-             "--lines", str(lines), "--names", str(names), "--window", str(window),
-             "--count-only", choice],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1)) / (window * lines)
+    collected = instructions_in_map(__file__, [
+        "--lines", str(lines), "--names", str(names), "--window", str(window), "--count-only",
+        choice])
+    return collected / (window * lines)
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ full, the cells bound) it ingests ``--window`` payloads through ``map()``, and c
 only inside ``map``'s C ``next`` (``--toggle-collect=map_next``): ``Pipeline.ingest`` in its
 steady state within one interval (no swap, no snapshot), plus one ``map`` step per payload.
 Address randomisation is turned off (``setarch -R``) and the hash seed fixed, so that the
-allocator's and the dicts' work repeats too.
+allocator's and the dicts' work repeats too (bench/callgrind_count.py, which
+bench/graphite_ingest.py shares).
 """
 
 from __future__ import annotations
@@ -26,18 +27,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
-import platform
 import pstats
 import random
-import re
-import subprocess
 import sys
-import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from callgrind_count import instructions_in_map, warm_then_map  # noqa: E402
 
 from pystatsd import aggregation  # noqa: E402
 from pystatsd import ingest as ingest_module  # noqa: E402
@@ -77,29 +75,17 @@ def count_only(lines: int, names: int, window: int, mapping: str | None = None) 
     config = build_config({"forwarders": {}, **({"mapping_file": mapping} if mapping else {})})
     pipeline = Pipeline(config, MetricMgr(config), SelfStats())
     warm = max(names, 200_000 // lines)  # ~200k lines: every name is seen (coupon collector)
-    payloads = make_payloads(warm + window, lines, names)
-    ingest = pipeline.ingest
-    for payload in payloads[:warm]:
-        ingest(payload)
-    deque(map(ingest, payloads[warm:]), maxlen=0)  # the only map() after start-up
+    warm_then_map(pipeline.ingest, make_payloads(warm + window, lines, names), warm)
 
 
 def instructions_per_line(lines: int, names: int, window: int,
                           mapping: str | None = None) -> float:
-    """Instructions callgrind counts per line inside ``count_only``'s ``map``."""
-    with tempfile.TemporaryDirectory() as workdir:
-        result = subprocess.run(
-            ["setarch", platform.machine(), "-R",
-             "valgrind", "--tool=callgrind", "--toggle-collect=map_next",
-             f"--callgrind-out-file={workdir}/out", sys.executable, __file__,
-             "--lines", str(lines), "--names", str(names), "--window", str(window),
-             "--count-only", *(["--mapping", mapping] if mapping else [])],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    # (the line cache: PYSTATSD_LINE_CACHE in os.environ, set by main)
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1)) / (window * lines)
+    """Instructions callgrind counts per line inside ``count_only``'s ``map`` (the line cache:
+    PYSTATSD_LINE_CACHE in os.environ, set by main)."""
+    collected = instructions_in_map(__file__, [
+        "--lines", str(lines), "--names", str(names), "--window", str(window), "--count-only",
+        *(["--mapping", mapping] if mapping else [])])
+    return collected / (window * lines)
 
 
 def main() -> None:

@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from senders import build_sender
+
 REPO = Path(__file__).resolve().parent.parent
-BLAST_SOURCE = REPO / "bench" / "udp_blast.c"
 BLAST = REPO / "build" / "udp_blast"
 NAMES = 20000
 MAX_LOSS = 0.001
@@ -35,16 +36,6 @@ LADDERS = {  # datagrams per second offered, per lines-per-datagram
     20: [25000, 50000, 60000, 65000, 70000, 80000, 90000, 100000],
     1: [50000, 100000, 150000, 175000, 200000, 250000, 300000],
 }
-
-
-def build_blaster() -> Path:
-    if not BLAST.exists() or BLAST.stat().st_mtime < BLAST_SOURCE.stat().st_mtime:
-        BLAST.parent.mkdir(exist_ok=True)
-        compiler = shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            raise SystemExit("bench/relay.py needs a C compiler for its load generator")
-        subprocess.run([compiler, "-O2", "-o", str(BLAST), str(BLAST_SOURCE)], check=True)
-    return BLAST
 
 
 def sink(port_out: Any, count: Any, stop: Any) -> None:
@@ -199,7 +190,7 @@ def main() -> None:
                         help="relay through `python -m pystatsd` in mode: relay")
     args = parser.parse_args()
     seconds = 2.0 if args.quick else 6.0
-    build_blaster()
+    build_sender(BLAST, "bench/relay.py")
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{'daemon' if args.daemon else 'forwarder + recv loop'}, 4 UDP backends, jump hash")
     summary = []

@@ -19,6 +19,7 @@ every frame made from it has been written to the socket.
 from __future__ import annotations
 
 import errno
+import logging
 import pickle
 import select
 import socket
@@ -26,6 +27,7 @@ import struct
 from collections import deque
 from pathlib import Path
 
+from forwarders.backoff import Backoff
 from forwarders.spool import Record, Spool
 
 __all__ = ["Destination"]
@@ -58,8 +60,7 @@ class Destination:
         self.pickle = pickle
         self.raw = raw  # items are whole commands, terminated by their sender (no spool then)
         self.queue_lines = queue_lines
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_min, backoff_max)
         self.connect_timeout = connect_timeout
         self.spool_dir = spool_dir
         self.spool_max_bytes = spool_max_bytes
@@ -71,8 +72,6 @@ class Destination:
         self._sock: socket.socket | None = None
         self._connecting = False
         self._connect_deadline = 0.0
-        self._next_attempt = 0.0
-        self._backoff = backoff_min
         self.connected = False
         self._shut = False
         self.counters = {"enqueued": 0, "sent": 0, "dropped_queue_full": 0,
@@ -141,11 +140,28 @@ class Destination:
                 "up": int(self.connected)}
 
     # -- sending --------------------------------------------------------------------------
-    def pump(self, now: float) -> None:
+    def pump(self, now: float) -> int:
+        """Send what the connection takes without blocking; return how many lines went."""
+        before = self.counters["sent"]
+        self._pump(now)
+        return self.counters["sent"] - before
+
+    def log_unsent(self, log: logging.Logger) -> int:
+        """``debug_mode``: log each queued line (a raw command as bytes) instead of sending
+        it; return how many."""
+        logged = 0
+        while self.queue:
+            item = self.queue.popleft()
+            log.info("debug_mode, not sent to %s:%d: %r", self.host, self.port,
+                     item if self.raw else item.decode(errors="replace"))
+            logged += 1
+        return logged
+
+    def _pump(self, now: float) -> None:
         if self._shut:
             return
         if not self.connected:
-            if now < self._next_attempt or not self._connect(now):
+            if self.backoff.waiting(now) or not self._connect(now):
                 if self.spool is not None and not self._connecting and self.queue:
                     # down: the queue waits on disk, not in memory
                     self._spool_lines(list(self.queue))
@@ -250,13 +266,12 @@ class Destination:
         self._connecting = False
         self.connected = True
         self.counters["connects"] += 1
-        self._backoff = self.backoff_min
+        self.backoff.succeeded()
         return True
 
     def _failed(self, now: float) -> None:
         self._drop_connection()
-        self._next_attempt = now + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
+        self.backoff.failed(now)
 
     def _drop_connection(self) -> None:
         if self._sock is not None:

@@ -33,7 +33,6 @@ locks), see :meth:`CarbonRoutesForwarder.close_before_successor`.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import threading
@@ -42,15 +41,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jsonschema
-
 from forwarders import ForwarderContext, NeededPath, RelayForwarder
 from forwarders.carbon_routes.aggregation import Aggregator
 from forwarders.carbon_routes.destination import Destination
 from forwarders.carbon_routes.matching import Matcher, Rewriter, blocklist_matcher
 from forwarders.carbon_routes.ring import CarbonRing
 from forwarders.carbon_routes.schema import CONFIG_SCHEMA
-from forwarders.schema import fill_defaults
+from forwarders.runtime_routes import by_identity, hook_routes, retire, route_entries
 from forwarders.spool import SpoolInUse
 
 __all__ = ["CarbonRoutesConfigError", "CarbonRoutesForwarder"]
@@ -120,8 +117,7 @@ class CarbonRoutesForwarder(RelayForwarder):
         self._routing = threading.Lock()  # held by each round and by a route change
         self._opened = False
         self._retired: list[Destination] = []  # removed at runtime, still sending
-        self._route_sections = [{"name": r["key"], **{k: v for k, v in r.items() if k != "key"}}
-                                for r in config["routes"]]
+        self._route_sections: list[dict[str, Any]] = list(config["routes"])
         self._routes, self._destinations, _ = self._build_routes(config["routes"], {}, where)
         self._closing = False  # the next round emits every open aggregator bucket
 
@@ -222,7 +218,7 @@ class CarbonRoutesForwarder(RelayForwarder):
     # -- runtime routes (the RelayForwarder hook) -----------------------------------------
     def routes(self) -> list[dict[str, Any]]:
         """The routes now in use: ``routes`` entries, each with ``name`` for its ``key``."""
-        return copy.deepcopy(self._route_sections)
+        return hook_routes(self._route_sections, "key")
 
     def apply_routes(self, routes: list[dict[str, Any]]) -> None:
         sections = _validated_routes(routes)
@@ -231,21 +227,17 @@ class CarbonRoutesForwarder(RelayForwarder):
             for lines in self.take_batches():  # what came before the change goes the old way
                 for line in lines:
                     self._route_line(line)
-            known = {key: d for d in self._all_destinations()
-                     if (key := d.identity) is not None}
+            known = by_identity(self._all_destinations())
             built, destinations, fresh = self._build_routes(sections, known, where)
             if self._opened and not self.context.debug_mode:
                 self._open_destinations(fresh)
             for section in sections:  # a kept destination takes its new queue bound
                 for spec in section["destinations"]:
                     destinations[_identity(spec, where)].queue_lines = int(spec["queue_lines"])
-            removed = [d for d in self._destinations.values()
-                       if d not in destinations.values()]
-            self._retired = [d for d in self._retired if d not in destinations.values()]
-            self._retired.extend(removed)
+            self._retired, removed = retire(self._destinations.values(),
+                                            destinations.values(), self._retired)
             self._routes, self._destinations = built, destinations
-            self._route_sections = [{"name": r["key"], **{k: v for k, v in r.items()
-                                                          if k != "key"}} for r in sections]
+            self._route_sections = sections
         self.log.info("carbon routes %s: routes now %s", self.name, "; ".join(
             f"{r.key} ({r.kind}) -> {len(r.destinations)} destinations" for r in built))
         for destination in removed:
@@ -257,9 +249,7 @@ class CarbonRoutesForwarder(RelayForwarder):
 
     def _pump_retired(self, now: float) -> None:
         for destination in list(self._retired):
-            before = destination.counters["sent"]
-            destination.pump(now)
-            self.counters["sent"] += destination.counters["sent"] - before
+            self.counters["sent"] += destination.pump(now)
             if destination.pending():
                 continue
             spooled = destination.spool is not None and bool(destination.spool)
@@ -304,16 +294,10 @@ class CarbonRoutesForwarder(RelayForwarder):
                 self._route(path, f"{path} {value!r} {stamp}".encode())
         if self.context.debug_mode:
             for destination in self._all_destinations():
-                while destination.queue:
-                    line = destination.queue.popleft()
-                    self.log.info("debug_mode, not sent to %s:%d: %r", destination.host,
-                                  destination.port, line.decode(errors="replace"))
-                    self.counters["sent"] += 1
+                self.counters["sent"] += destination.log_unsent(self.log)
             return
         for destination in self._destinations.values():
-            before = destination.counters["sent"]
-            destination.pump(now)
-            self.counters["sent"] += destination.counters["sent"] - before
+            self.counters["sent"] += destination.pump(now)
         self._pump_retired(now)
 
     def pending(self) -> int:
@@ -378,27 +362,11 @@ _ROUTES_SCHEMA: dict[str, Any] = CONFIG_SCHEMA["properties"]["routes"]
 def _validated_routes(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hook's route objects (``name`` for ``key``) checked against the section's schema,
     defaults filled: ``routes`` entries. ``ValueError`` names the first fault."""
-    sections = []
-    for index, route in enumerate(routes):
-        section = {k: v for k, v in copy.deepcopy(route).items() if k != "name"}
-        name = route.get("name", section.get("key"))
-        if "key" in section and section["key"] != name:
-            raise CarbonRoutesConfigError(f"routes[{index}]: key {section['key']!r} is not its "
-                                          f"name {name!r}")
-        if name is not None:
-            section["key"] = name
-        sections.append(section)
-    validator = jsonschema.Draft202012Validator(_ROUTES_SCHEMA)
-    errors = sorted(validator.iter_errors(sections), key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "routes" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                                   for p in first.path)
-        raise CarbonRoutesConfigError(f"{where}: {first.message}")
+    sections = route_entries(routes, list_key="routes", name_key="key", schema=_ROUTES_SCHEMA,
+                             error=CarbonRoutesConfigError)
     keys = [section["key"] for section in sections]
     if len(set(keys)) != len(keys):
         raise CarbonRoutesConfigError(f"routes: names must be unique, got {', '.join(keys)}")
-    fill_defaults(_ROUTES_SCHEMA, sections)
     return sections
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from forwarders.schema import backend_queue_lines, reconnect_properties, relay_queue_size
+
 __all__ = ["CONFIG_SCHEMA"]
 
 
@@ -27,9 +29,7 @@ _DESTINATION = {
                                                       "(carbon's `host:port:instance`)."},
         "pickle": {"type": "boolean", "default": False,
                    "description": "Send carbon's pickle protocol instead of plaintext."},
-        "queue_lines": {"type": "integer", "minimum": 1, "default": 100000,
-                        "description": "Lines that may wait in memory for this destination; "
-                                       "past that new ones are dropped and counted."},
+        "queue_lines": backend_queue_lines("Lines", "for this destination"),
         "spool": {"type": "boolean", "default": False,
                   "description": "Keep lines on disk while the destination is down (and at "
                                  "shutdown), and send them when it is back."},
@@ -105,9 +105,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["routes"],
     "properties": {
-        "queue_size": {"type": "integer", "minimum": 1, "default": 4096,
-                       "description": "Datagrams (or TCP chunks) of lines that may wait for the "
-                                      "sender thread before new ones are dropped and counted."},
+        "queue_size": relay_queue_size(4096),
         "blocklist": {"type": "array", "items": {"type": "string"}, "default": [],
                       "description": "carbon-relay-ng's `\"<type> <expression>\"` entries "
                                      "(prefix, notPrefix, sub, notSub, regex, notRegex): "
@@ -121,13 +119,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "spool_dir": {"type": "string", "description": "Directory of the destinations' spools "
                                                        "(one subdirectory each); default "
                                                        "`<state_dir>/spool/<forwarder name>`."},
-        "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
-                            "description": "Seconds a connect may take."},
-        "backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
-                        "description": "Seconds before reconnecting after a failure; doubles "
-                                       "per failure up to `backoff_max`."},
-        "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 10.0,
-                        "description": "Longest wait between reconnects (carbon-relay-ng's "
-                                       "`reconn`: 10 s)."},
+        **reconnect_properties(backoff_min=0.5, backoff_max=10.0,
+                               backoff_max_note=" (carbon-relay-ng's `reconn`: 10 s)"),
     },
 }

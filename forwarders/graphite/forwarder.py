@@ -24,6 +24,7 @@ from forwarders import AggregateForwarder, ForwarderContext, NeededPath, Snapsho
 from forwarders.base import ETSY_TIMER_STATS
 from forwarders.graphite.naming import GraphiteNaming, UnsafeName
 from forwarders.graphite.wire import CarbonConnection, Datapoint, encode_pickle, encode_plaintext
+from forwarders.schema import reconnect_properties
 from forwarders.spool import Record, Spool, SpoolInUse
 
 __all__ = ["GraphiteConfigError", "GraphiteForwarder"]
@@ -91,16 +92,11 @@ class GraphiteForwarder(AggregateForwarder):
             "per_frame": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 500,
                           "description": "Datapoints per pickle frame (carbon's "
                                          "MAX_DATAPOINTS_PER_MESSAGE)."},
-            "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
-                                "description": "Seconds a connect to carbon may take."},
             "send_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10.0,
                              "description": "Seconds a flush's write may stall before the "
                                             "connection is dropped."},
-            "backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
-                            "description": "Seconds before reconnecting after a failure; "
-                                           "doubles per failure up to `backoff_max`."},
-            "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 30.0,
-                            "description": "Longest wait between reconnects."},
+            **reconnect_properties(backoff_min=0.5, backoff_max=30.0,
+                                   connects="a connect to carbon"),
             "spool_dir": {"type": "string",
                           "description": "Directory of the disk spool; default "
                                          "`<state_dir>/spool/<forwarder name>`."},

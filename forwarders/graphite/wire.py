@@ -14,6 +14,8 @@ import struct
 import time
 from collections.abc import Sequence
 
+from forwarders.backoff import Backoff
+
 __all__ = ["CarbonConnection", "Datapoint", "encode_pickle", "encode_plaintext"]
 
 Datapoint = tuple[str, float, int]
@@ -43,17 +45,14 @@ class CarbonConnection:
         self.port = port
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_min, backoff_max)
         self.connects = 0
         self._sock: socket.socket | None = None
-        self._backoff = backoff_min
-        self._next_attempt = 0.0
         self._shut = False
 
     def ready(self) -> bool:
         """False while a failed attempt's backoff runs: a send now would fail without trying."""
-        return self._sock is not None or time.monotonic() >= self._next_attempt
+        return self._sock is not None or not self.backoff.waiting(time.monotonic())
 
     def send(self, data: bytes) -> None:
         """Write ``data`` whole or raise ``OSError`` (the connection is dropped then)."""
@@ -65,7 +64,7 @@ class CarbonConnection:
         except OSError:
             self._failed()
             raise
-        self._backoff = self.backoff_min
+        self.backoff.succeeded()
 
     def shut(self) -> None:
         """Close for good: a send still running past its forwarder's close makes no new
@@ -97,8 +96,7 @@ class CarbonConnection:
 
     def _failed(self) -> None:
         self.close()
-        self._next_attempt = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
+        self.backoff.failed(time.monotonic())
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

@@ -25,6 +25,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from forwarders.backoff import Backoff
+
 __all__ = ["MAX_UDP_PAYLOAD", "Backend", "BackendAddress"]
 
 MAX_UDP_PAYLOAD = 65507
@@ -61,16 +63,13 @@ class Backend:
         self.queue_bytes = queue_bytes
         self.max_datagram_bytes = max_datagram_bytes
         self.connect_timeout = connect_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_min, backoff_max)
         self.dead_after = dead_after
         self.health_port = health_port
         self.buffer = bytearray()
         self.sock: socket.socket | None = None
         self.connected = False
         self._connect_deadline = 0.0
-        self._next_attempt = 0.0
-        self._backoff = backoff_min
         self._failing_since: float | None = None
         self._cut_mid_line = False  # the last TCP write ended inside a line
         self._udp_trial = False  # a UDP send went through after failures; confirm on the next
@@ -128,12 +127,11 @@ class Backend:
     def _failed(self, now: float) -> None:
         if self._failing_since is None:
             self._failing_since = now
-        self._next_attempt = now + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
+        self.backoff.failed(now)
 
     def _succeeded(self) -> None:
         self._failing_since = None
-        self._backoff = self.backoff_min
+        self.backoff.succeeded()
 
     # -- sending --------------------------------------------------------------------------
     def open(self) -> None:
@@ -146,10 +144,10 @@ class Backend:
         if not self.buffer:
             if self.address.protocol == "tcp" and self.connected:
                 self._notice_remote_close(now)
-            elif self._failing_since is not None and now >= self._next_attempt:
+            elif self._failing_since is not None and not self.backoff.waiting(now):
                 self._probe(now)  # nothing to send (its keys may be rerouted): is it back?
             return
-        if now < self._next_attempt:
+        if self.backoff.waiting(now):
             return
         if self.address.protocol == "udp":
             self._pump_udp(now)
@@ -202,7 +200,7 @@ class Backend:
             self._succeeded()
         else:
             self._udp_trial = True
-            self._next_attempt = now + self.backoff_min
+            self.backoff.next_attempt = now + self.backoff.minimum
 
     def _pump_udp(self, now: float) -> None:
         if self.sock is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from forwarders.schema import reconnect_properties, relay_queue_size
+
 __all__ = ["BACKEND_DEFAULTS", "CONFIG_SCHEMA"]
 
 _BACKEND_STRING = r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):[0-9]{1,5}(:(udp|tcp|UDP|TCP))?$"
@@ -85,11 +87,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["groups"],
     "properties": {
-        "queue_size": {
-            "type": "integer", "minimum": 1, "default": 20000,
-            "description": "Datagrams whose lines may wait between the receive thread and the "
-            "relay's sender thread before new ones are dropped and counted.",
-        },
+        "queue_size": relay_queue_size(20000),
         "groups": {"type": "array", "minItems": 1, "items": _GROUP,
                    "description": "Destination groups: every line goes to one backend of "
                    "every group that accepts it (lyft's duplicate_to)."},
@@ -109,13 +107,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
                           "default": 0.002,
                           "description": "Seconds between the sender thread's rounds: the "
                           "longest a line waits before it is packed and sent."},
-        "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
-                            "description": "Seconds a TCP connect (or health probe) may take."},
-        "reconnect_backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
-                                  "description": "First wait, in seconds, before retrying a "
-                                  "backend that failed; doubled after each failure."},
-        "reconnect_backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
-                                  "description": "Longest wait between retries, in seconds."},
+        **reconnect_properties(backoff_min=0.1, backoff_max=5.0, key_prefix="reconnect_",
+                               connects="a TCP connect (or health probe)",
+                               retry="retrying a backend"),
         "dead_after": {"type": "number", "minimum": 0, "default": 1.0,
                        "description": "Seconds of failed sends or connects after which a "
                        "backend counts as dead (see dead_backend_policy)."},

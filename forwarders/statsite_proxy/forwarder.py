@@ -29,11 +29,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jsonschema
-
 from forwarders import ForwarderContext, RelayForwarder
 from forwarders.carbon_routes.destination import Destination
-from forwarders.schema import fill_defaults
+from forwarders.runtime_routes import by_identity, hook_routes, retire, route_entries
+from forwarders.schema import backend_queue_lines, reconnect_properties, relay_queue_size
 from forwarders.statsd_relay.hashing import KetamaRouter
 
 __all__ = ["StatsiteProxyConfigError", "StatsiteProxyForwarder", "command_key"]
@@ -73,10 +72,7 @@ class StatsiteProxyForwarder(RelayForwarder):
         "type": "object",
         "required": ["servers"],
         "properties": {
-            "queue_size": {"type": "integer", "minimum": 1, "default": 4096,
-                           "description": "Datagrams (or TCP chunks) of commands that may wait "
-                                          "for the sender thread before new ones are dropped "
-                                          "and counted."},
+            "queue_size": relay_queue_size(4096, "commands"),
             "servers": {
                 "type": "array", "minItems": 1,
                 "description": "statsite servers in the order of statsite-proxy's servers file "
@@ -92,17 +88,10 @@ class StatsiteProxyForwarder(RelayForwarder):
                     },
                 },
             },
-            "queue_lines": {"type": "integer", "minimum": 1, "default": 100000,
-                            "description": "Commands that may wait per server; past that new "
-                                           "ones are dropped and counted."},
-            "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0,
-                                "description": "Seconds a connect may take."},
-            "backoff_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
-                            "description": "Seconds before reconnecting after a failure; "
-                                           "doubles per failure up to `backoff_max`."},
-            "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
-                            "description": "Longest wait between reconnects (statsite-proxy's "
-                                           "BACKEND_RETRY_TIMEOUT is 5 s)."},
+            "queue_lines": backend_queue_lines("Commands", "for each server"),
+            **reconnect_properties(
+                backoff_min=0.5, backoff_max=5.0,
+                backoff_max_note=" (statsite-proxy's BACKEND_RETRY_TIMEOUT is 5 s)"),
         },
     }
     TOTALS: ClassVar[tuple[str, ...]] = (
@@ -158,18 +147,16 @@ class StatsiteProxyForwarder(RelayForwarder):
     # -- runtime routes (the RelayForwarder hook) -----------------------------------------
     def routes(self) -> list[dict[str, Any]]:
         """The servers now on the ring, in ring order: ``{"name": address, "weight": N}``."""
-        return [{"name": s["address"], "weight": s["weight"]} for s in self._sections]
+        return hook_routes(self._sections, "address")
 
     def apply_routes(self, routes: list[dict[str, Any]]) -> None:
         sections = _validated_servers(routes)
         where = f"forwarders.{self.name}"
         with self._routing:
             self._place(self.take_batches())  # what came before the change: the old ring
-            known = {s.identity: s for s in [*self._servers, *self._retired]
-                     if s.identity is not None}
+            known = by_identity([*self._servers, *self._retired])
             servers, ring = self._build(sections, known, where)
-            removed = [s for s in self._servers if s not in servers]
-            self._retired = [s for s in self._retired if s not in servers] + removed
+            self._retired, removed = retire(self._servers, servers, self._retired)
             self._servers, self._ring, self._sections = servers, ring, sections
         self.log.info("statsite proxy %s: servers now %s", self.name,
                       ", ".join(f"{s['address']} (weight {s['weight']})" for s in sections))
@@ -207,15 +194,8 @@ class StatsiteProxyForwarder(RelayForwarder):
 
     def _pump(self, now: float) -> None:
         for server in [*self._servers, *self._retired]:
-            if self.context.debug_mode:
-                while server.queue:
-                    self.log.info("debug_mode, not sent to %s:%d: %r", server.host, server.port,
-                                  server.queue.popleft())
-                    self.counters["sent"] += 1
-                continue
-            before = server.counters["sent"]
-            server.pump(now)
-            self.counters["sent"] += server.counters["sent"] - before
+            sent = server.log_unsent(self.log) if self.context.debug_mode else server.pump(now)
+            self.counters["sent"] += sent
         for server in list(self._retired):
             if not server.pending():  # everything it held is written: it may go
                 server.close()
@@ -236,22 +216,5 @@ _SERVERS_SCHEMA: dict[str, Any] = StatsiteProxyForwarder.CONFIG_SCHEMA["properti
 def _validated_servers(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hook's objects (``name`` for ``address``) checked against the section's schema:
     ``servers`` entries. ``ValueError`` names the first fault."""
-    sections = []
-    for index, route in enumerate(routes):
-        section = {k: v for k, v in copy.deepcopy(route).items() if k != "name"}
-        name = route.get("name", section.get("address"))
-        if "address" in section and section["address"] != name:
-            raise StatsiteProxyConfigError(f"servers[{index}]: address {section['address']!r} "
-                                           f"is not its name {name!r}")
-        if name is not None:
-            section["address"] = name
-        sections.append(section)
-    errors = sorted(jsonschema.Draft202012Validator(_SERVERS_SCHEMA).iter_errors(sections),
-                    key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "servers" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                                    for p in first.path)
-        raise StatsiteProxyConfigError(f"{where}: {first.message}")
-    fill_defaults(_SERVERS_SCHEMA, sections)
-    return sections
+    return route_entries(routes, list_key="servers", name_key="address",
+                         schema=_SERVERS_SCHEMA, error=StatsiteProxyConfigError)

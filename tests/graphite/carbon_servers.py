@@ -1,6 +1,7 @@
 """Real carbon-cache processes (Debian's graphite-carbon) on loopback ports with their config
-and whisper files in a temporary directory, read back with the whisper tools; and a fake
-carbon (a TCP socket that records what it is sent) for tests that need to count or cut."""
+and whisper files in a temporary directory, read back with the whisper tools; a fake carbon
+(a TCP socket that records what it is sent) for tests that need to count or cut; and a
+stream of graphite lines over TCP, for tests that change things while lines flow."""
 
 from __future__ import annotations
 
@@ -140,20 +141,19 @@ ENABLE_TAGS = False
                 for p in self.whisper.rglob("*.wsp") if "_tagged" not in p.parts}
 
 
-class FakeCarbon:
-    """A TCP server that records each datapoint sent to it, plaintext or pickle."""
+class TcpSink:
+    """A TCP server on 127.0.0.1 that hands each connection's bytes, as they come, to
+    :meth:`_take`, which keeps what it can read and returns the incomplete rest; it counts
+    the connections it accepted. ``port`` 0: any free one."""
 
-    def __init__(self, protocol: str = "plaintext", port: int = 0) -> None:
-        self.protocol = protocol
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
-        self.points: list[tuple[str, float, float]] = []
         self.connections = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -185,6 +185,24 @@ class FakeCarbon:
                 buffer = self._take(buffer + chunk)
 
     def _take(self, buffer: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+class FakeCarbon(TcpSink):
+    """A TCP server that records each datapoint sent to it, plaintext or pickle."""
+
+    def __init__(self, protocol: str = "plaintext", port: int = 0) -> None:
+        self.protocol = protocol
+        self.points: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+        super().__init__(port)
+
+    def _take(self, buffer: bytes) -> bytes:
         points: list[tuple[str, float, float]] = []
         if self.protocol == "plaintext":
             *lines, buffer = buffer.split(b"\n")
@@ -212,7 +230,51 @@ class FakeCarbon:
         with self._lock:
             return list(self.points)
 
-    def close(self) -> None:
+
+class GraphiteStream:
+    """Graphite lines ``<prefix>.n<i>`` over one TCP connection, ten every few milliseconds,
+    while running (from the start unless ``paused``); TCP: nothing the daemon is sent is lost
+    on the way. ``sent`` says how many lines went."""
+
+    def __init__(self, port: int, prefix: str = "stream", paused: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.prefix = prefix.encode()
+        self.sent = 0
+        self.running = threading.Event()
+        if not paused:
+            self.running.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.running.wait(0.05):
+                continue
+            stamp = int(time.time())
+            self.sock.sendall(b"".join(b"%s.n%d 1 %d\n" % (self.prefix, self.sent + i, stamp)
+                                       for i in range(10)))
+            self.sent += 10
+            time.sleep(0.003)
+
+    def until(self, lines: int) -> None:
+        """Wait while ``lines`` more lines go."""
+        start = self.sent
+        wait_for(lambda: self.sent >= start + lines, what=f"{lines} more lines sent")
+
+    def run_for(self, lines: int) -> None:
+        """Run (again) while ``lines`` more lines go."""
+        self.running.set()
+        self.until(lines)
+
+    def pause(self) -> int:
+        self.running.clear()
+        time.sleep(0.1)  # a send in progress ends
+        return self.sent
+
+    def stop(self) -> int:
+        self.pause()
         self._stop.set()
+        self._thread.join(5)
         self.sock.close()
-        self._thread.join(2)
+        return self.sent

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from carbon_servers import CarbonCache, FakeCarbon, needs_carbon, wait_for
+from carbon_servers import CarbonCache, FakeCarbon, GraphiteStream, needs_carbon, wait_for
 from test_statsite_proxy import StatsiteSink
 
 from tests.admin_helpers import Console
@@ -25,36 +24,6 @@ from tests.test_routes_live import http
 pytestmark = pytest.mark.integration
 
 TOKEN = "carbon-live-token"
-
-
-class Stream:
-    """Graphite lines ``<prefix>.n<i>`` over one TCP connection, ten at a time."""
-
-    def __init__(self, port: int, prefix: str = "stream") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.prefix = prefix.encode()
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            stamp = int(time.time())
-            self.sock.sendall(b"".join(b"%s.n%d 1 %d\n" % (self.prefix, self.sent + i, stamp)
-                                       for i in range(10)))
-            self.sent += 10
-            time.sleep(0.003)
-
-    def until(self, lines: int) -> None:
-        start = self.sent
-        wait_for(lambda: self.sent >= start + lines, what=f"{lines} more lines sent")
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        return self.sent
 
 
 def numbers(carbon: FakeCarbon) -> list[int]:
@@ -99,7 +68,7 @@ def test_console_routes_change_under_a_stream_and_survive_a_reload(start_daemon:
     main, copy, statsite, second = sinks
     daemon = relay_daemon(start_daemon, main, statsite)
     console_port, _ = ports(daemon)
-    stream = Stream(daemon.graphite_port)
+    stream = GraphiteStream(daemon.graphite_port)
     with Console(console_port) as console:
         assert console.ask(f"auth {TOKEN}") == "OK\n"
         stream.until(200)

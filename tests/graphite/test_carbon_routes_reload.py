@@ -6,64 +6,35 @@ with carbon up, during an outage and after recovery, all land in the carbon once
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from carbon_servers import FakeCarbon, wait_for
+from carbon_servers import FakeCarbon, GraphiteStream, wait_for
 
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 
-class Stream:
-    """Graphite lines ``reload.n<i>`` over one TCP connection, ten every few milliseconds,
-    until paused or stopped (TCP: nothing the daemon is sent is lost on the way)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.sent = 0
-        self.running = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.running.wait(0.05):
-                continue
-            stamp = int(time.time())
-            self.sock.sendall(b"".join(b"reload.n%d 1 %d\n" % (self.sent + i, stamp)
-                                       for i in range(10)))
-            self.sent += 10
-            time.sleep(0.003)
-
-    def run_for(self, lines: int) -> None:
-        start = self.sent
-        self.running.set()
-        wait_for(lambda: self.sent >= start + lines, what=f"{lines} more lines sent")
-
-    def pause(self) -> int:
-        self.running.clear()
-        time.sleep(0.1)  # a send in progress ends
-        return self.sent
-
-    def stop(self) -> int:
-        self.pause()
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        return self.sent
-
-
 def numbers(*carbons: FakeCarbon) -> list[int]:
     return sorted(int(path.rsplit(".n", 1)[1]) for carbon in carbons
                   for path, _, _ in carbon.snapshot())
+
+
+def spooling_relay(graphite_port: int, carbon_port: int) -> dict[str, Any]:
+    """A relay daemon's config: a graphite TCP listener on ``graphite_port``, one
+    ``carbon_routes`` section sending every line to ``carbon_port`` with a spool, and short
+    backoffs."""
+    return {
+        "flush_interval": 3600, "mode": "relay",
+        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
+        "forwarders": {"routes": {
+            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
+            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
+                {"address": f"127.0.0.1:{carbon_port}", "spool": True}]}]}}}
 
 
 def write(path: Path, queue_lines: int) -> None:
@@ -84,15 +55,9 @@ def test_reload_of_a_spooling_section_up_during_an_outage_and_after_recovery_los
     graphite_port = free_port()
     carbon = FakeCarbon()
     carbon_port = carbon.port
-    config = {
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{carbon_port}", "spool": True}]}]}}}
+    config = spooling_relay(graphite_port, carbon_port)
     daemon = start_daemon(config)
-    stream = Stream(graphite_port)
+    stream = GraphiteStream(graphite_port, "reload", paused=True)
     back: FakeCarbon | None = None
     try:
         # carbon up: lines flow while the section is reloaded (old drains, new connects)
@@ -149,14 +114,8 @@ def test_a_successor_that_cannot_start_leaves_the_previous_section_running_with_
 
     graphite_port = free_port()
     carbon = FakeCarbon()
-    daemon = start_daemon({
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{carbon.port}", "spool": True}]}]}}})
-    stream = Stream(graphite_port)
+    daemon = start_daemon(spooling_relay(graphite_port, carbon.port))
+    stream = GraphiteStream(graphite_port, "reload", paused=True)
     held = Spool(tmp_path / "held" / f"127_0_0_1_{carbon.port}", 1 << 20)
     try:
         stream.run_for(300)
@@ -184,13 +143,7 @@ def test_a_reload_that_changes_state_dir_keeps_the_running_spool_where_it_is(
     the forwarders nor open spools under the new directory (they would split one spool in
     two, and the daemon says the key was not applied)."""
     graphite_port = free_port()
-    config = {
-        "flush_interval": 3600, "mode": "relay",
-        "listeners": [{"protocol": "tcp", "port": graphite_port, "format": "graphite"}],
-        "forwarders": {"routes": {
-            "type": "carbon_routes", "backoff_min": 0.05, "backoff_max": 0.3,
-            "routes": [{"key": "all", "type": "send_all_match", "destinations": [
-                {"address": f"127.0.0.1:{free_port()}", "spool": True}]}]}}}
+    config = spooling_relay(graphite_port, free_port())
     daemon = start_daemon(config)
     elsewhere = tmp_path / "elsewhere"
     settings = yaml.safe_load(daemon.config_path.read_text())

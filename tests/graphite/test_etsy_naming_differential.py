@@ -6,10 +6,7 @@ Etsy user's dashboards (``mean_90``, ``upper_99_9``, ``sum_squares``...) keep th
 from __future__ import annotations
 
 import math
-import os
 import random
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +14,10 @@ from typing import Any
 import pytest
 from carbon_servers import FakeCarbon, wait_for
 
-from tests.conftest import free_port
+from tests.relay.conftest import EtsyStatsd
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-ETSY_STATSD = REPO / "build" / "npm" / "node_modules" / "statsd" / "stats.js"
 THRESHOLDS = [10, 50, 90, 95, 99.9]
 """Etsy's ``percentThreshold`` and our ``percentiles``: 10 takes no sample of a 3-sample timer
 (Etsy then writes nothing for it), 99.9 is named ``_99_9``."""
@@ -49,44 +44,13 @@ def timer_lines() -> dict[str, list[bytes]]:
     return lines
 
 
-class Etsy:
+def etsy_to_graphite(workdir: Path, graphite_port: int) -> EtsyStatsd:
     """Etsy statsd on loopback, its graphite backend writing to ``graphite_port`` each
     second."""
-
-    def __init__(self, workdir: Path, graphite_port: int) -> None:
-        if not ETSY_STATSD.exists():
-            pytest.skip("Etsy statsd not installed under build/npm (see CONTRIBUTING.md)")
-        self.port = free_port()
-        self.mgmt_port = free_port(socket.SOCK_STREAM)
-        config = workdir / "etsy.js"
-        config.write_text(
-            f"{{ port: {self.port}, address: '127.0.0.1', mgmt_port: {self.mgmt_port},"
-            " mgmt_address: '127.0.0.1', flushInterval: 1000,"
-            f" backends: ['./backends/graphite'], graphiteHost: '127.0.0.1',"
-            f" graphitePort: {graphite_port}, percentThreshold: {THRESHOLDS},"
-            " histogram: [" + ", ".join(f"{{metric: '{name}', bins: {bins}}}"
-                                        for name, bins in BINS.items()) + "],"
-            " deleteIdleStats: true }")
-        self.proc = subprocess.Popen(["node", str(ETSY_STATSD), str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     cwd=ETSY_STATSD.parent, env={**os.environ})
-        wait_for(self._up, 15, "Etsy statsd's management port")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.mgmt_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    histogram = ", ".join(f"{{metric: '{name}', bins: {bins}}}" for name, bins in BINS.items())
+    return EtsyStatsd(workdir, f"flushInterval: 1000, backends: ['./backends/graphite'],"
+                               f" graphiteHost: '127.0.0.1', graphitePort: {graphite_port},"
+                               f" percentThreshold: {THRESHOLDS}, histogram: [{histogram}]")
 
 
 @pytest.fixture
@@ -118,7 +82,7 @@ def test_etsy_timer_paths_and_values_match_etsy_statsd(start_daemon: Any, tmp_pa
     # One datagram to each: a flush cannot fall between its lines.
     payload = b"\n".join(line for series in lines.values() for line in series)
     assert len(payload) < 8192
-    etsy = Etsy(tmp_path, etsy_carbon.port)
+    etsy = etsy_to_graphite(tmp_path, etsy_carbon.port)
     try:
         daemon = start_daemon({
             "flush_interval": 1, "percentiles": THRESHOLDS,

@@ -4,14 +4,12 @@ that read them with the statsite decoder."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from carbon_servers import wait_for
+from carbon_servers import TcpSink, wait_for
 from statsite_wire import COUNTER, TIMER, frame, set_frame
 
 from forwarders import ForwarderContext, load_forwarder_class
@@ -23,54 +21,18 @@ from pystatsd.sample import Sample
 from pystatsd.selfstats import SelfStats
 
 
-class StatsiteSink:
+class StatsiteSink(TcpSink):
     """A statsite stand-in on TCP: decodes its stream as statsite would (ASCII and binary)."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
         self.samples: list[Sample] = []
-        self.connections = 0
         self.stats = SelfStats()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(0.1)
-        buffer = b""
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    chunk = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                samples, used = decode_statsite(buffer + chunk, self.stats, final=False)
-                buffer = (buffer + chunk)[used:]
-                self.samples.extend(samples)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(2)
+    def _take(self, buffer: bytes) -> bytes:
+        samples, used = decode_statsite(buffer, self.stats, final=False)
+        self.samples.extend(samples)
+        return buffer[used:]
 
 
 def build(tmp_path: Path, servers: list[dict[str, Any]], debug_mode: bool = False,

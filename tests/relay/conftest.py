@@ -228,10 +228,13 @@ def ensure_etsy_statsd() -> Path:
 
 
 class EtsyStatsd:
-    """Etsy statsd on loopback with a long flush interval and its management port, through
-    which the tests read its counters (``counters`` command) before any flush clears them."""
+    """Etsy statsd on loopback with its management port. By default with a long flush
+    interval and no backend, so that the tests read its counters (``counters`` command)
+    before any flush clears them; ``settings`` (entries of its JavaScript config object)
+    replace those two, e.g. to flush to a graphite backend."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path,
+                 settings: str = "flushInterval: 600000, backends: []") -> None:
         stats_js = ensure_etsy_statsd()
         self.port = free_udp_port()
         with socket.socket() as probe:
@@ -240,10 +243,9 @@ class EtsyStatsd:
         config = workdir / f"etsy-{self.port}.js"
         config.write_text(
             f"{{ port: {self.port}, address: '127.0.0.1', mgmt_port: {self.mgmt_port},"
-            " mgmt_address: '127.0.0.1', flushInterval: 600000, backends: [],"
-            " deleteIdleStats: true }")
+            f" mgmt_address: '127.0.0.1', {settings}, deleteIdleStats: true }}")
         self.proc = subprocess.Popen(["node", str(stats_js), str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd=stats_js.parent, env={**os.environ})
         if not wait_until(self._mgmt_up, timeout=15):
             self.close()
@@ -289,8 +291,6 @@ class EtsyStatsd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
