@@ -1,8 +1,9 @@
-"""Builds pystatsd's one optional C extension, the compiled line cache (pystatsd/_linecache.pyx).
+"""Builds pystatsd's optional C extensions: the compiled line cache (pystatsd/_linecache.pyx)
+and the native UDP receive (pystatsd/_receive.pyx, Linux only).
 
-Everything else is in setup.cfg. The extension is optional: without Cython or a C compiler,
-or if it fails to build, the install goes on without it (saying so loudly in the build log)
-and the daemon runs the pure-Python line cache, which is the reference anyway.
+Everything else is in setup.cfg. The extensions are optional: without Cython or a C compiler,
+or if one fails to build, the install goes on without it (saying so loudly in the build log)
+and the daemon runs the pure-Python line cache or receive loop, which are the reference anyway.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ BANNER = "*" * 78
 
 
 def warn(message: str) -> None:
-    print(f"{BANNER}\npystatsd: {message}\npystatsd: the daemon will run the pure-Python line "
-          f"cache (slower, same results)\n{BANNER}", file=sys.stderr, flush=True)
+    print(f"{BANNER}\npystatsd: {message}\npystatsd: the daemon will run the pure-Python code "
+          f"in its place (slower, same results)\n{BANNER}", file=sys.stderr, flush=True)
 
 
 class OptionalBuildExt(build_ext):
@@ -27,24 +28,26 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # any failure: fall back, loudly
-            warn(f"the compiled line cache was not built: {exc}")
+            warn(f"the compiled extensions were not built: {exc}")
 
     def build_extension(self, ext: object) -> None:
         try:
             super().build_extension(ext)
         except Exception as exc:
-            warn(f"the compiled line cache failed to build: {exc}")
+            warn(f"{getattr(ext, 'name', ext)} failed to build: {exc}")
 
 
 def extensions() -> list:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        warn("Cython is not installed, so the compiled line cache is not built")
+        warn("Cython is not installed, so the compiled extensions are not built")
         return []
     from setuptools import Extension
-    return cythonize([Extension("pystatsd._linecache", ["pystatsd/_linecache.pyx"])],
-                     compiler_directives={"language_level": "3"}, quiet=True)
+    modules = [Extension("pystatsd._linecache", ["pystatsd/_linecache.pyx"])]
+    if sys.platform == "linux":  # recvmmsg, futexes, MADV_DONTFORK
+        modules.append(Extension("pystatsd._receive", ["pystatsd/_receive.pyx"]))
+    return cythonize(modules, compiler_directives={"language_level": "3"}, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

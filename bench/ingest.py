@@ -2,7 +2,8 @@
 
 A C load generator (bench/loadgen.c, compiled here with gcc) sends statsd datagrams at a fixed
 rate to a receiver process running the daemon's receive path: ``pystatsd.listeners.UdpListener``
-(or, with ``--loop plain``, a bare blocking ``recv_into`` loop) delivering under a lock to
+(its native receive or, with ``--receive python``, its Python loop; or, with ``--loop plain``,
+a bare blocking ``recv_into`` loop) delivering under a lock to
 ``Pipeline.ingest``, with a flusher thread that swaps and snapshots every ``--flush-interval``
 seconds like the daemon. 10,000 names (counters, gauges, timers, sets; half with DogStatsD tags),
 1 and 20 lines per datagram. The rate steps up until loss passes 0.1%; lines aggregated are
@@ -234,6 +235,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short steps, about a minute")
     parser.add_argument("--loop", choices=["listener", "plain"], default="listener",
                         help="receive with pystatsd.listeners.UdpListener or a bare recv_into")
+    parser.add_argument("--receive", choices=["auto", "native", "python"], default="auto",
+                        help="the listener's UDP receive (PYSTATSD_UDP_RECEIVE for the "
+                        "receiver): the native drain thread and ring, or the Python loop")
     parser.add_argument("--flush-interval", type=float,
                         help="seconds between flushes (default: the step length, so every "
                         "step has one flush: 2 with --quick, else 10 like the daemon)")
@@ -248,6 +252,7 @@ def main() -> None:
         receiver(args.loop, args.flush_interval)
         return
 
+    os.environ["PYSTATSD_UDP_RECEIVE"] = args.receive  # the receiver process inherits it
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     flush_interval = args.flush_interval or seconds
     if args.quick:
@@ -260,7 +265,8 @@ def main() -> None:
         plans = {args.lines: plans[args.lines]}
     if args.rates:
         plans = {lines: [int(r) for r in args.rates.split(",")] for lines in plans}
-    print(f"machine: {machine()}; loop {args.loop}; flush every {flush_interval}s; "
+    print(f"machine: {machine()}; loop {args.loop} (udp receive {args.receive}); "
+          f"flush every {flush_interval}s; "
           f"{args.names} names; {seconds}s per step", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as workdir:

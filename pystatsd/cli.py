@@ -66,9 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 def _version_text() -> str:
     from forwarders import known_forwarder_names
     from pystatsd.aggregation import LINE_CACHE
+    from pystatsd.listeners import UDP_RECEIVE
 
     return (f"pystatsd {__version__} (forwarders: {', '.join(known_forwarder_names())}; "
-            f"line cache: {LINE_CACHE})")
+            f"udp receive: {UDP_RECEIVE}; line cache: {LINE_CACHE})")
 
 
 def _report(error: ConfigError) -> None:

@@ -17,7 +17,7 @@ fi
 # compiled line cache's source, which the editable install compiles into pystatsd/ once: an
 # edited .pyx, or a built module gone (git clean), must rebuild it.
 stamp=.venv/.installed-from
-want="$( (cat setup.cfg setup.py pystatsd/_linecache.pyx
+want="$( (cat setup.cfg setup.py pystatsd/_linecache.pyx pystatsd/_receive.pyx
           sed -n '/^\[build-system\]/,/^$/p' pyproject.toml) | sha1sum | cut -d' ' -f1)"
 if ! compgen -G 'pystatsd/_linecache.*.so' > /dev/null; then
     rm -f "$stamp"
