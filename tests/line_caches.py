@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 
+from pystatsd import aggregation
 from pystatsd import ingest as ingest_module
 from pystatsd.aggregation import PythonLineCache
 
 try:
     from pystatsd._linecache import LineCache as CompiledLineCache
+    from pystatsd._linecache import MemberSet
 except ImportError:  # not built: the tests of it are skipped, and one test says so
     CompiledLineCache = None
+    MemberSet = dict  # no compact set cells either: every set cell is a dict
 
 LINE_CACHES = [
     pytest.param(PythonLineCache, id="python"),
@@ -30,4 +33,21 @@ def pipelines_using(line_cache: Any) -> Iterator[None]:
     """Pipelines made inside use ``line_cache`` (as the daemon would with it selected)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ingest_module, "LineCache", line_cache)
+        yield
+
+
+SET_CELLS = [
+    pytest.param(dict, id="dict-cells"),
+    pytest.param(MemberSet, id="member-set-cells",
+                 marks=pytest.mark.skipif(CompiledLineCache is None,
+                                          reason="the compiled line cache is not built")),
+]
+"""Both kinds of set cell: the reference's dict of hashes and the compiled MemberSet."""
+
+
+@contextmanager
+def set_cells_of(kind: Any) -> Iterator[None]:
+    """New set cells made inside are ``kind`` (as with one line cache or the other selected)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aggregation, "new_set_cell", kind)
         yield
