@@ -78,13 +78,13 @@ cdef enum:
 cdef class _Entry:
     """One line shape: what the slow path made of it, and its cell in the bound epoch."""
     cdef int kind
+    cdef bint member_set  # a set's cell is a MemberSet: added to in C (beside kind: no padding)
     cdef long long epoch
     cdef object cell
     cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
     # A gauge cell of a list subclass (a receive worker's TimedGauge, which records when each
     # change came): updated through MetricMgr.update, so that its __setitem__ sees the change.
     cdef bint generic
-    cdef bint member_set  # a set's cell is a MemberSet: added to in C
     cdef double weight
     cdef object key
 
