@@ -20,11 +20,12 @@ except ImportError:  # not built: the tests of it are skipped, and one test says
     CompiledLineCache = None
     MemberSet = dict  # no compact set cells either: every set cell is a dict
 
+needs_compiled = pytest.mark.skipif(CompiledLineCache is None,
+                                    reason="the compiled line cache is not built")
+
 LINE_CACHES = [
     pytest.param(PythonLineCache, id="python"),
-    pytest.param(CompiledLineCache, id="compiled",
-                 marks=pytest.mark.skipif(CompiledLineCache is None,
-                                          reason="the compiled line cache is not built")),
+    pytest.param(CompiledLineCache, id="compiled", marks=needs_compiled),
 ]
 
 
@@ -38,9 +39,7 @@ def pipelines_using(line_cache: Any) -> Iterator[None]:
 
 SET_CELLS = [
     pytest.param(dict, id="dict-cells"),
-    pytest.param(MemberSet, id="member-set-cells",
-                 marks=pytest.mark.skipif(CompiledLineCache is None,
-                                          reason="the compiled line cache is not built")),
+    pytest.param(MemberSet, id="member-set-cells", marks=needs_compiled),
 ]
 """Both kinds of set cell: the reference's dict of hashes and the compiled MemberSet."""
 

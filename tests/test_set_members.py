@@ -28,14 +28,11 @@ from pystatsd.set_members import member_hash, text_member_hash
 from tests.line_caches import (
     LINE_CACHES,
     SET_CELLS,
-    CompiledLineCache,
     MemberSet,
+    needs_compiled,
     pipelines_using,
     set_cells_of,
 )
-
-needs_compiled = pytest.mark.skipif(CompiledLineCache is None,
-                                    reason="the compiled line cache is not built")
 
 NFC = unicodedata.normalize("NFC", "caf\u00e9")
 NFD = unicodedata.normalize("NFD", "caf\u00e9")
