@@ -27,16 +27,6 @@ LINE_CACHES = [
     pytest.param(PythonLineCache, id="python"),
     pytest.param(CompiledLineCache, id="compiled", marks=needs_compiled),
 ]
-
-
-@contextmanager
-def pipelines_using(line_cache: Any) -> Iterator[None]:
-    """Pipelines made inside use ``line_cache`` (as the daemon would with it selected)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ingest_module, "LineCache", line_cache)
-        yield
-
-
 SET_CELLS = [
     pytest.param(dict, id="dict-cells"),
     pytest.param(MemberSet, id="member-set-cells", marks=needs_compiled),
@@ -44,9 +34,18 @@ SET_CELLS = [
 """Both kinds of set cell: the reference's dict of hashes and the compiled MemberSet."""
 
 
+def pipelines_using(line_cache: Any) -> Any:
+    """Pipelines made inside use ``line_cache`` (as the daemon would with it selected)."""
+    return _patched(ingest_module, "LineCache", line_cache)
+
+
+def set_cells_of(kind: Any) -> Any:
+    """Inside, new set cells are ``kind`` (as with one line cache or the other selected)."""
+    return _patched(aggregation, "new_set_cell", kind)
+
+
 @contextmanager
-def set_cells_of(kind: Any) -> Iterator[None]:
-    """New set cells made inside are ``kind`` (as with one line cache or the other selected)."""
+def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(aggregation, "new_set_cell", kind)
+        patch.setattr(module, name, value)
         yield
