@@ -56,7 +56,8 @@ def main() -> None:
                 result = side_by_side.step(loadgen, proc, port, args.rate, args.seconds,
                                            args.lines, args)
                 print(f"{args.repo}: idle {idle:.1f} MB; after {args.seconds:g} s at "
-                      f"{args.rate:,} datagrams/s x {args.lines} lines: VmRSS "
+                      f"{args.rate:,} datagrams/s x {args.lines} lines (sent "
+                      f"{result['sent_rate']:,.0f}/s): VmRSS "
                       f"{status_mb(proc.pid, 'VmRSS'):.1f} MB, VmHWM "
                       f"{status_mb(proc.pid, 'VmHWM'):.1f} MB; loss {result['loss']:.3%}, "
                       f"{result['cpu_core']:.0%} of a core (load {os.getloadavg()[0]:.1f})",

@@ -3,7 +3,10 @@ shaped like bench/loadgen.c's (10,000 names; counters, gauges, timers, sets; hal
 plus the cost of one snapshot. For profiling: ``--profile`` prints the top cProfile entries.
 
     python bench/ingest_cpu.py [--lines 20] [--profile] [--slow] [--line-cache both]
-    python bench/ingest_cpu.py --instructions [--lines 20] [--line-cache both]
+    python bench/ingest_cpu.py --instructions [--lines 20] [--line-cache both] [--mix sets]
+
+``--mix sets`` makes every line a set line (the same names, members drawn from 10,000, so an
+interval's sets hold new members and repeats), to measure a set's update alone.
 
 ``--line-cache python|compiled|both`` measures the pure-Python line cache, the compiled one, or
 both in one run, one after the other (default: the one the daemon would run; the
@@ -46,10 +49,15 @@ from pystatsd.ingest import Pipeline  # noqa: E402
 from pystatsd.selfstats import SelfStats  # noqa: E402
 from pystatsd.tagging import Tagger  # noqa: E402
 
+MIX = "loadgen"
+"""Which lines ``make_line`` makes: ``loadgen`` (its mix) or ``sets`` (set lines only)."""
+
 
 def make_line(rng: random.Random, names: int) -> bytes:
     i = rng.randrange(names)
     tags = "|#region:eu-1,shard:7" if i & 1 else ""
+    if MIX == "sets":
+        return f"bench.svc{i % 100}.users{i}:u{rng.randrange(10_000)}|s{tags}".encode()
     kind = i % 4
     if kind == 0:
         text = f"bench.svc{i % 100}.requests{i}:1|c{tags}"
@@ -84,7 +92,7 @@ def instructions_per_line(lines: int, names: int, window: int,
     PYSTATSD_LINE_CACHE in os.environ, set by main)."""
     collected = instructions_in_map(__file__, [
         "--lines", str(lines), "--names", str(names), "--window", str(window), "--count-only",
-        *(["--mapping", mapping] if mapping else [])])
+        "--mix", MIX, *(["--mapping", mapping] if mapping else [])])
     return collected / (window * lines)
 
 
@@ -105,7 +113,11 @@ def main() -> None:
                         "50 rules)")
     parser.add_argument("--line-cache", choices=["python", "compiled", "both"],
                         help="which line cache to measure (default: the one selected)")
+    parser.add_argument("--mix", choices=["loadgen", "sets"], default="loadgen",
+                        help="the lines: loadgen's mix, or set lines only")
     args = parser.parse_args()
+    global MIX
+    MIX = args.mix
     if args.line_cache is None or args.count_only:
         run(args)
         return

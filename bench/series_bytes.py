@@ -6,7 +6,11 @@ and key in the interval's table, its line-cache entry). Then a flush (``swap`` +
 with no new lines: what stays is an *idle* series (the line-cache entry, and for gauges and
 cumulative traces the carried value), until the cache is emptied or the carried value expires.
 
-    python bench/series_bytes.py [--series 10000]
+Sets are measured again with ``--members`` distinct members each (and every member sent
+twice): the bytes per member are the difference from the one-member set, divided by the
+members added.
+
+    python bench/series_bytes.py [--series 10000] [--members 100]
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from pystatsd.aggregation import MetricMgr  # noqa: E402
 from pystatsd.config import build_config  # noqa: E402
@@ -28,7 +33,7 @@ LINES = {"counter": "c", "gauge": "g", "timer": "ms", "histogram": "h", "set": "
          "trace": ""}
 
 
-def measure(kind: str, series: int) -> tuple[float, float]:
+def measure(kind: str, series: int, members: int = 1) -> tuple[float, float]:
     config = build_config({"forwarders": {}, "trace_cumulative": kind == "trace"})
     manager = MetricMgr(config)
     pipeline = Pipeline(config, manager, SelfStats())
@@ -43,6 +48,9 @@ def measure(kind: str, series: int) -> tuple[float, float]:
                      + ("|#region:eu-1,shard:7" if i & 1 else "")).encode()
                     for i in range(series)]
         warm = [(b"warm." + p) for p in payloads[:100]]
+        if kind == "set" and members > 1:  # each series' members, each sent twice
+            payloads = [b"\n".join([p.replace(b":u1|", b":u%d|" % m) for m in range(members)]
+                                   * 2) for p in payloads]
     for payload in warm:  # interned strings, grown dicts of the pipeline itself
         pipeline.ingest(payload)
     manager.finish(manager.swap(), 10.0)
@@ -64,12 +72,18 @@ def measure(kind: str, series: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
+    parser.add_argument("--members", type=int, default=100, help="members of the larger sets")
     args = parser.parse_args()
     print(f"bytes per series ({args.series:,} of each type, half tagged), Python "
-          f"{sys.version.split()[0]}:")
+          f"{sys.version.split()[0]}, {REPO}:")
+    one_member = 0.0
     for kind in LINES:
         active, idle = measure(kind, args.series)
+        one_member = active if kind == "set" else one_member
         print(f"  {kind:9}  active {active:6,.0f}   idle {idle:6,.0f}")
+    active, idle = measure("set", args.series, args.members)
+    print(f"  set of {args.members} members: active {active:6,.0f}   idle {idle:6,.0f}   "
+          f"{(active - one_member) / (args.members - 1):.1f} bytes per member")
 
 
 if __name__ == "__main__":

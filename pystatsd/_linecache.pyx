@@ -22,7 +22,10 @@ is only how:
   through ``PyOS_string_to_double``, what ``float()`` calls, after the same byte check the
   Python class makes, so the grammar is the decoder's;
 - entries are C structs behind small extension types instead of lists, so reading the kind,
-  the epoch and the weight costs no Python objects.
+  the epoch and the weight costs no Python objects;
+- a set member is hashed here (MurmurHash3 x64 128, the value ``pystatsd.set_members``
+  documents, which the Python class gets from mmh3) and kept in a :class:`MemberSet`, the set
+  cell this module provides: 8 bytes a member, no object made for it.
 
 It imports nothing from pystatsd.aggregation at import time (that module imports this one);
 its limits are read from there when an instance is made, and on each ``remember``, so a test
@@ -36,6 +39,7 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
 from cpython.object cimport PyObject, Py_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
@@ -74,6 +78,7 @@ cdef enum:
 cdef class _Entry:
     """One line shape: what the slow path made of it, and its cell in the bound epoch."""
     cdef int kind
+    cdef bint member_set  # a set's cell is a MemberSet: added to in C (beside kind: no padding)
     cdef long long epoch
     cdef object cell
     cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
@@ -184,6 +189,241 @@ cdef int _parse_number(const char *value, Py_ssize_t length, double *out) except
         return 0
     out[0] = number
     return 1
+
+
+# -- set members: their hashes, and the set cell that keeps them -----------------------------
+
+cdef inline uint64_t _rotl64(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t _fmix64(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= 0xff51afd7ed558ccdULL
+    k ^= k >> 33
+    k *= 0xc4ceb9fe1a85ec53ULL
+    k ^= k >> 33
+    return k
+
+
+cdef int64_t _member_hash(const char *data, Py_ssize_t length) noexcept nogil:
+    """MurmurHash3_x64_128(data, length, seed 0), its first 64 bits, as ``mmh3.hash64(data)[0]``
+    gives them (Austin Appleby's reference, public domain; blocks read little-endian)."""
+    cdef const unsigned char *bytes_ = <const unsigned char *>data
+    cdef Py_ssize_t blocks = length // 16
+    cdef Py_ssize_t i, rest
+    cdef uint64_t h1 = 0, h2 = 0, k1, k2
+    cdef uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL
+    for i in range(blocks):
+        memcpy(&k1, bytes_ + 16 * i, 8)
+        memcpy(&k2, bytes_ + 16 * i + 8, 8)
+        k1 *= c1
+        k1 = _rotl64(k1, 31)
+        k1 *= c2
+        h1 ^= k1
+        h1 = _rotl64(h1, 27)
+        h1 += h2
+        h1 = h1 * 5 + 0x52dce729
+        k2 *= c2
+        k2 = _rotl64(k2, 33)
+        k2 *= c1
+        h2 ^= k2
+        h2 = _rotl64(h2, 31)
+        h2 += h1
+        h2 = h2 * 5 + 0x38495ab5
+    bytes_ += 16 * blocks
+    rest = length & 15
+    k1 = 0
+    k2 = 0
+    if rest > 8:
+        for i in range(8, rest):
+            k2 ^= (<uint64_t>bytes_[i]) << (8 * (i - 8))
+        k2 *= c2
+        k2 = _rotl64(k2, 33)
+        k2 *= c1
+        h2 ^= k2
+    if rest > 0:
+        for i in range(rest if rest < 8 else 8):
+            k1 ^= (<uint64_t>bytes_[i]) << (8 * i)
+        k1 *= c1
+        k1 = _rotl64(k1, 31)
+        k1 *= c2
+        h1 ^= k1
+    h1 ^= <uint64_t>length
+    h2 ^= <uint64_t>length
+    h1 += h2
+    h2 += h1
+    h1 = _fmix64(h1)
+    h2 = _fmix64(h2)
+    h1 += h2
+    return <int64_t>h1
+
+
+def member_hash(bytes member):
+    """The hash :func:`pystatsd.set_members.member_hash` gives (for the tests that hold the
+    two equal)."""
+    return _member_hash(PyBytes_AS_STRING(member), PyBytes_GET_SIZE(member))
+
+
+cdef bint _is_ascii(const char *data, Py_ssize_t length) noexcept:
+    cdef Py_ssize_t i
+    for i in range(length):
+        if <unsigned char>data[i] >= 0x80:
+            return False
+    return True
+
+
+cdef uint64_t _PROBE_KEY = 0
+"""Mixed into where a hash is looked for in every MemberSet of this process (set at import
+from os.urandom): members are hashed with a fixed, public function, so without it a client
+could choose members whose hashes share their low bits and make each insertion probe long."""
+
+cdef enum:
+    _FIRST_MEMBER_SLOTS = 8  # a power of two; doubled past 3/4 full
+
+
+cdef class MemberSet:
+    """A set cell: the distinct 64-bit hashes of its members (``pystatsd.set_members``), in an
+    open-addressing table of ``uint64`` (probed as CPython's dicts are: every bit of the hash
+    takes part), 8 bytes a slot, at most 3/4 full; no memory until the first member.
+
+    It answers what the pure-Python cell (a ``dict`` of hash -> None) answers, so code that
+    reads set cells takes either: ``cell[h] = None`` adds, ``len``, iteration (the hashes, in
+    no particular order), ``in``, ``clear``, ``update`` (from either kind), ``keys`` and
+    ``cell[h]`` (for ``dict.update``), pickling (a hot restart). It holds no Python object,
+    so the cyclic GC never walks it."""
+
+    cdef uint64_t *_slots  # 0: an empty slot (the hash 0 is kept in _zero)
+    cdef size_t _mask  # slots - 1; meaningless while _slots is NULL
+    cdef Py_ssize_t _used  # nonzero hashes held
+    cdef bint _zero
+
+    def __cinit__(self):
+        self._slots = NULL
+        self._mask = 0
+        self._used = 0
+        self._zero = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._slots)
+
+    cdef inline size_t _first(self, uint64_t hash_) noexcept:
+        return <size_t>_fmix64(hash_ ^ _PROBE_KEY)
+
+    cdef uint64_t *_find(self, uint64_t hash_) noexcept:
+        """The slot holding ``hash_`` (nonzero), or the empty one where it would go."""
+        cdef size_t perturb = self._first(hash_)
+        cdef size_t i = perturb & self._mask
+        cdef uint64_t *slot
+        while True:
+            slot = &self._slots[i]
+            if slot[0] == hash_ or slot[0] == 0:
+                return slot
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & self._mask
+
+    cdef int _resize(self, size_t slots) except -1:
+        cdef uint64_t *old = self._slots
+        cdef size_t old_slots = self._mask + 1 if old is not NULL else 0
+        cdef uint64_t *table = <uint64_t *>PyMem_Malloc(slots * sizeof(uint64_t))
+        cdef size_t i
+        if table is NULL:
+            raise MemoryError()
+        for i in range(slots):
+            table[i] = 0
+        self._slots = table
+        self._mask = slots - 1
+        for i in range(old_slots):
+            if old[i] != 0:
+                self._find(old[i])[0] = old[i]
+        PyMem_Free(old)
+        return 0
+
+    cdef int add(self, int64_t member) except -1:
+        """Add one member's hash."""
+        cdef uint64_t hash_ = <uint64_t>member
+        cdef uint64_t *slot
+        if hash_ == 0:
+            self._zero = True
+            return 0
+        if self._slots is NULL:
+            self._resize(_FIRST_MEMBER_SLOTS)
+        slot = self._find(hash_)
+        if slot[0] == 0:
+            slot[0] = hash_
+            self._used += 1
+            if <size_t>(self._used * 4) > (self._mask + 1) * 3:
+                self._resize((self._mask + 1) * 2)
+        return 0
+
+    cdef bint _has(self, int64_t member) noexcept:
+        cdef uint64_t hash_ = <uint64_t>member
+        if hash_ == 0:
+            return self._zero
+        return self._slots is not NULL and self._find(hash_)[0] == hash_
+
+    def __len__(self):
+        return self._used + self._zero
+
+    def __contains__(self, member):
+        return self._has(member)
+
+    def __setitem__(self, member, value):
+        self.add(member)
+
+    def __getitem__(self, member):
+        if not self._has(member):
+            raise KeyError(member)
+        return None
+
+    def keys(self):
+        """The hashes held, as a list (signed, as :func:`member_hash` gives them)."""
+        cdef list out = [0] if self._zero else []
+        cdef size_t i
+        if self._slots is not NULL:
+            for i in range(self._mask + 1):
+                if self._slots[i] != 0:
+                    out.append(<int64_t>self._slots[i])
+        return out
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def update(self, other):
+        """Add every hash of ``other``: another MemberSet, a dict cell, any iterable of them."""
+        for member in other:
+            self.add(member)
+
+    def clear(self):
+        """Forget every member and give the table's memory back."""
+        PyMem_Free(self._slots)
+        self._slots = NULL
+        self._mask = 0
+        self._used = 0
+        self._zero = False
+
+    def __reduce__(self):
+        return _member_set_of, (self.keys(),)
+
+    def __repr__(self):
+        return f"MemberSet({len(self)} members)"
+
+
+def _member_set_of(members):
+    """A MemberSet holding ``members`` (what a pickled one is made of again)."""
+    cdef MemberSet made = MemberSet()
+    made.update(members)
+    return made
+
+
+def _seed_probes(bytes key):
+    """Set the probe key (at import; the tests call it again to see that counts ignore it)."""
+    global _PROBE_KEY
+    memcpy(&_PROBE_KEY, PyBytes_AS_STRING(key), 8)
+
+
+import os as _os
+_seed_probes(_os.urandom(8))
 
 
 cdef class LineCache:
@@ -332,7 +572,7 @@ cdef class LineCache:
         cdef list cells
         cdef array values
         cdef double number = 0.0, total, moved, level
-        cdef object member = None
+        cdef int64_t member = 0
         if colon is NULL:  # no value: the Python class refuses it too
             return 0
         name_length = colon - start
@@ -353,10 +593,12 @@ cdef class LineCache:
         if entry.kind == _SET:
             if value_length == 0:
                 return 0
-            try:
-                member = value[:value_length].decode("utf-8")
-            except UnicodeDecodeError:
-                return 0
+            if not _is_ascii(value, value_length):  # strict UTF-8, as the decoder takes it
+                try:
+                    value[:value_length].decode("utf-8")
+                except UnicodeDecodeError:
+                    return 0
+            member = _member_hash(value, value_length)
         elif not _parse_number(value, value_length, &number):
             return 0
         manager = self._manager
@@ -366,6 +608,7 @@ cdef class LineCache:
                 self._unplaced_now += 1
                 return 1
             entry.generic = False
+            entry.member_set = entry.kind == _SET and type(cell) is MemberSet
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
                 entry.is_array = type(cell) is array and cell.typecode == "d"
@@ -427,7 +670,10 @@ cdef class LineCache:
                 cells[0] = number
                 cells[1] = 0.0
         elif entry.kind == _SET:
-            entry.cell[member] = None
+            if entry.member_set:
+                (<MemberSet>entry.cell).add(member)
+            else:  # the pure-Python cell (a dict), where that one is selected
+                entry.cell[member] = None
         elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
             manager.overflow(entry.key, number, entry.weight)
             self._unplaced_now += 1

@@ -7,9 +7,12 @@ Each series of the current interval has one mutable *cell* in the :class:`Interv
   counter            ``[sum of value / rate]``
   gauge              ``[absolute value or None, sum of +/- deltas since it]``
   timer, histogram   :class:`~pystatsd.distribution.Distribution`
-  set                ``dict`` of members -> None (a ``dict`` of str keys and None values is
-                     not tracked by the cyclic GC, a ``set`` always is: a full collection
-                     walked every member of every set, ~80 ns each, holding the GIL)
+  set                the members' 64-bit hashes (``pystatsd.set_members``): a
+                     ``MemberSet`` of the compiled module (8 bytes a slot) where the compiled
+                     line cache runs, else a ``dict`` of hash -> None (a ``dict`` of int keys
+                     and None values is not tracked by the cyclic GC, a ``set`` always is: a
+                     full collection walked every member of every set, holding the GIL);
+                     both take ``cell[hash] = None``, ``len`` and iteration
   trace              ``[events, each weighted 1 / rate]``
 
 The update rules are :meth:`MetricMgr.update`. :class:`LineCache`, the fast path the ingest
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from pystatsd.distribution import Distribution, Percentiles, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
+from pystatsd.set_members import member_hash, text_member_hash
 from pystatsd.snapshot import ETSY_TIMER_STATS, Event, ExtendedSeriesStats, SeriesStats
 
 log = logging.getLogger("pystatsd.aggregation")
@@ -133,7 +137,7 @@ def new_cell(kind: str) -> Any:
     if kind == GAUGE:
         return [None, 0.0]
     if kind == SET:
-        return {}
+        return new_set_cell()
     if kind == TIMER or kind == HISTOGRAM:
         return Distribution()
     raise ValueError(f"unknown metric type {kind!r}")
@@ -343,7 +347,7 @@ class MetricMgr:
                 return False
             cell.add(value, weight, self.exact_limit, self.accuracy)
         elif kind == SET:
-            cell[value] = None
+            cell[text_member_hash(value)] = None  # type: ignore[arg-type]
         elif kind == TRACE:
             total = cell[0] + weight
             if total - total != 0.0:
@@ -602,8 +606,9 @@ class MetricMgr:
         if kind == TIMER or kind == HISTOGRAM:
             return {key: [*cell.values.tolist(), *(v for v, _ in cell.weighted)]
                     for key, cell in cells.items()}
-        if kind == SET:
-            return {key: sorted(map(str, cell)) for key, cell in cells.items()}
+        if kind == SET:  # the members are gone: their hashes stand for them
+            return {key: sorted(f"{member & 0xFFFFFFFFFFFFFFFF:016x}" for member in cell)
+                    for key, cell in cells.items()}
         return {key: cell[0] for key, cell in cells.items()}
 
     def forget(self, keys: list[SeriesKey]) -> int:
@@ -797,10 +802,12 @@ class PythonLineCache:
             if kind == _SET:
                 if not value:
                     break
-                try:
-                    member = value.decode()
-                except UnicodeDecodeError:
-                    break
+                if not value.isascii():  # strict UTF-8, as the decoder takes it
+                    try:
+                        value.decode()
+                    except UnicodeDecodeError:
+                        break
+                member = member_hash(value)
             else:
                 if value.isdigit():  # the usual integer: nothing more to check
                     if len(value) > 300:  # float() would overflow to inf: let the decoder say so
@@ -943,8 +950,16 @@ def _select_line_cache() -> tuple[type[PythonLineCache], str]:
 if TYPE_CHECKING:
     LineCache = PythonLineCache
     LINE_CACHE: str
+    new_set_cell = dict
 else:
     LineCache, LINE_CACHE = _select_line_cache()
     """The line cache the pipeline makes: the compiled one when it is built, else
     :class:`PythonLineCache`; :data:`LINE_CACHE` says which (the daemon logs it at start and
     ``pystatsd --version`` prints it)."""
+
+    if LineCache is PythonLineCache:
+        new_set_cell = dict
+    else:
+        from pystatsd._linecache import MemberSet as new_set_cell
+    """What a new set cell is (:func:`new_cell`): the compiled ``MemberSet`` with the
+    compiled line cache, the ``dict`` of the pure-Python reference with it."""

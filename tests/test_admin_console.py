@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pystatsd.set_members import member_hash
 from tests.admin_helpers import Console, wait_until
 from tests.conftest import free_port
 
@@ -135,7 +136,9 @@ def test_etsy_commands_answer_in_etsys_formats_and_del_drops_what_is_flushed(
             "{ 'api.errors': 1, 'api.hits': 4, 'tagged;env=stage': 1 }\nEND\n\n")
         assert console.ask("gauges", until=b"END\n\n") == "{ cpu: 55, mem: 1.5 }\nEND\n\n"
         assert console.ask("timers", until=b"END\n\n") == "{ lat: [ 10, 30, 20 ] }\nEND\n\n"
-        assert console.ask("sets", until=b"END\n\n") == "{ users: [ 'a', 'b' ] }\nEND\n\n"
+        # A set keeps its members' hashes, not their text: the console shows those.
+        shown = ", ".join(sorted(f"'{member_hash(m) & (2**64 - 1):016x}'" for m in (b"a", b"b")))
+        assert console.ask("sets", until=b"END\n\n") == f"{{ users: [ {shown} ] }}\nEND\n\n"
         stats = console.ask("stats", until=b"END\n\n")
         assert re.match(r"uptime: \d+\nmessages\.last_msg_seen: \d+\n"
                         r"messages\.bad_lines_seen: 0\n", stats), stats

@@ -28,7 +28,7 @@ from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample
 from pystatsd.selfstats import SelfStats
 from pystatsd.snapshot import ETSY_TIMER_STATS
-from tests.line_caches import LINE_CACHES
+from tests.line_caches import LINE_CACHES, MemberSet
 
 
 def manager(**overrides: Any) -> MetricMgr:
@@ -473,8 +473,8 @@ def cell_state(cell: Any) -> Any:
         return (cell.values.tolist(), cell.weighted, cell.count, cell.total, cell.low,
                 cell.high, cell.mean, cell.m2, cell.sketch is not None,
                 cell.sketch.count if cell.sketch is not None else 0.0)
-    if isinstance(cell, dict):
-        return ("set", list(cell.items()))  # members in the order they came
+    if isinstance(cell, dict | MemberSet):  # a set: its members' hashes, in no order
+        return ("set", sorted(cell))
     return list(cell)
 
 

@@ -21,7 +21,7 @@ from pystatsd.decoders import DecodeError, parse_statsd_line
 from pystatsd.distribution import Distribution
 from pystatsd.selfstats import SelfStats
 from tests.conftest import REPO
-from tests.line_caches import CompiledLineCache
+from tests.line_caches import CompiledLineCache, MemberSet
 
 needs_compiled = pytest.mark.skipif(CompiledLineCache is None,
                                     reason="the compiled line cache is not built")
@@ -45,8 +45,8 @@ def cell_state(cell: Any) -> Any:
     if isinstance(cell, Distribution):
         return ("distribution", [repr(v) for v in cell.values], cell.weighted, cell.count,
                 cell.total, cell.sketch is not None)
-    if isinstance(cell, dict):
-        return ("set", list(cell))
+    if isinstance(cell, dict | MemberSet):  # a set: its members' hashes, in no order
+        return ("set", sorted(cell))
     return [repr(v) for v in cell]
 
 

@@ -14,12 +14,16 @@ Keys of a partial, by type:
                      pairs); past ``timer_exact_samples``: ``sketch`` (the ddsketch library's
                      own protobuf, ``ddsketch.pb``), ``count``, ``sum``, ``min``, ``max``,
                      ``mean`` and ``m2`` (the sum of squared deviations, for stddev)
-  set                ``members`` (every member) while the set has at most
+  set                ``members``: every member's 64-bit hash (``pystatsd.set_members``,
+                     the same on every host), while the set has at most
                      ``partial_set_members``; past that ``hll``: a HyperLogLog sketch (Apache
                      DataSketches' ``hll_sketch``, lg_k :data:`HLL_LG_K`, in the library's own
-                     compact serialised form, readable by its Java and C++ versions too)
+                     compact serialised form, readable by its Java and C++ versions too) fed
+                     those hashes as 64-bit integers, so that every host feeds it the same
+                     values for the same member
 
-Merging is exact for counters, traces, exact sets and exact samples; sketches of one relative
+Merging is exact for counters, traces, exact samples, and exact sets up to hash collisions
+(``pystatsd.set_members`` says how likely); sketches of one relative
 accuracy merge losslessly, so a merged percentile is within that accuracy of the percentile
 over the union of every host's samples. HyperLogLog unions are lossless too (the union of
 sketches is the sketch of the union), so a set that any host sketched is counted within the
@@ -42,11 +46,12 @@ from ddsketch.store import DenseStore
 
 from pystatsd.distribution import Distribution, Percentiles
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
+from pystatsd.set_members import text_member_hash
 
 if TYPE_CHECKING:
     from datasketches import hll_union
 
-__all__ = ["HLL_LG_K", "SeriesMerge", "cell_partial", "load_set_sketches",
+__all__ = ["HLL_LG_K", "SeriesMerge", "cell_partial", "load_set_sketches", "member_hashes",
            "ordered_gauge_partial", "set_partial", "sketch_bytes", "sketch_from_bytes"]
 
 HLL_LG_K = 12
@@ -101,20 +106,25 @@ def _store_from_message(message: StoreMessage) -> DenseStore:
     return store
 
 
-def set_partial(members: Collection[str], member_limit: int | None) -> dict[str, Any]:
-    """A set's partial: its members, or past ``member_limit`` of them (None: no limit) a
-    HyperLogLog sketch of them, so a set of a million members travels in 2.1 KB."""
+def set_partial(members: Collection[int], member_limit: int | None) -> dict[str, Any]:
+    """A set's partial from its cell (the members' hashes): the hashes, or past
+    ``member_limit`` of them (None: no limit) a HyperLogLog sketch of them, so a set of a
+    million members travels in 2.1 KB."""
     if member_limit is None or len(members) <= member_limit:
         return {"members": list(members)}
     library = _datasketches()
     sketch = library.hll_sketch(HLL_LG_K, library.tgt_hll_type.HLL_4)
     update = sketch.update
     for member in members:
-        try:
-            update(member)
-        except TypeError:  # no UTF-8 for it (a lone surrogate): never worth a lost flush
-            update(repr(member))
+        update(member)
     return {"hll": bytes(sketch.serialize_compact())}
+
+
+def member_hashes(members: Collection[Any]) -> list[int]:
+    """A ``members`` list as hashes: each already one, or (from a host that sent format 1,
+    the members' text) hashed as that host would now hash it."""
+    return [member if type(member) is int else text_member_hash(str(member))
+            for member in members]
 
 
 def cell_partial(kind: str, cell: Any, value: float,
@@ -168,7 +178,7 @@ class SeriesMerge:
         self.kind = kind
         self.total = 0.0
         self.gauge: tuple[bool, float, str, float] | None = None  # (fresh, at, host, value)
-        self.members: dict[str, None] = {}
+        self.members: dict[int, None] = {}  # hashes
         self.union: hll_union | None = None  # once any host sent its set as a sketch
         # Only a distribution's own: the others share one that nothing writes (a merge of
         # 100,000 series spent a fifth of its time making empty ones).
@@ -196,7 +206,7 @@ class SeriesMerge:
             if "hll" in partial:
                 self._add_hll(partial["hll"])
             else:
-                self.members.update(dict.fromkeys(partial["members"]))
+                self.members.update(dict.fromkeys(member_hashes(partial["members"])))
         elif kind == TIMER or kind == HISTOGRAM:
             self._add_distribution(partial, exact_limit, accuracy)
         else:
@@ -254,10 +264,7 @@ class SeriesMerge:
             return float(len(self.members))
         update = self.union.update
         for member in self.members:
-            try:
-                update(member)
-            except TypeError:  # as set_partial does
-                update(repr(member))
+            update(member)
         self.members.clear()
         return float(round(self.union.get_estimate()))
 

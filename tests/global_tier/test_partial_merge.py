@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from datasketches import hll_sketch
 from global_helpers import ACCURACY, assert_matches, corpus, host_snapshot, truth, union_values
@@ -179,24 +180,40 @@ def test_a_sketch_that_is_not_one_is_refused_not_merged() -> None:
     with pytest.raises(ValueError):
         merge.add({"hll": b"not a sketch"}, 0.0, "h", 10, ACCURACY)
     with pytest.raises(ValueError):  # base64 that is not: refused at decoding
-        decode_partial(b'{"format": "pystatsd-partials/1", "partial": {"hll": "%%%"}, '
+        decode_partial(b'{"format": "pystatsd-partials/2", "partial": {"hll": "%%%"}, '
                        b'"tags": []}')
     merge.add({"members": ["a", "b"]}, 0.0, "h", 10, ACCURACY)
     assert merge.stats(2.0, PERCENTILES, ACCURACY) == {"count": 2.0}
 
 
-def test_a_member_the_sketch_cannot_hash_costs_nothing_else() -> None:
-    """A member with no UTF-8 (a lone surrogate; the decoders make none, a plugin might) is
-    hashed by its repr: the flush's sketch is made and counts it once."""
-    from pystatsd.global_tier.partial_state import set_partial
+def test_hosts_partials_count_the_exact_distinct_members_of_a_known_corpus() -> None:
+    """Three hosts' members of one set, overlapping, under ``partial_set_members``: the
+    hashes travel, and the global count is the union's, exactly (members that differ only in
+    bytes, NFC and NFD of one word, are two)."""
+    corpora = [["caf\u00e9", "cafe\u0301"] + [f"visitor-{n}" for n in range(300)],
+               [f"visitor-{n}" for n in range(200, 700)] + ["caf\u00e9"],
+               [f"visitor-{n}" for n in range(650, 900)] * 2]
+    snapshots = [host_snapshot(host, 1000.0, [Sample("api.visitors", SET, m) for m in members],
+                               1000) for host, members in enumerate(corpora)]
+    assert all(isinstance(member, int) for snapshot in snapshots
+               for member in snapshot.series[0].partial["members"])
+    merged = merge_hosts(snapshots)[("api.visitors", SET, ())].stats(10.0, PERCENTILES, ACCURACY)
+    assert merged == {"count": float(len(set().union(*corpora)))} == {"count": 902.0}
 
-    members = [f"m{n}" for n in range(2000)] + ["bad\ud800", 7.5]
-    partial = set_partial(members, 1000)
-    merge = SeriesMerge(SET)
-    merge.add(partial, 0.0, "h", 10, ACCURACY)
-    merge.add({"members": ["bad\ud800", "m1"]}, 0.0, "h2", 10, ACCURACY)
-    stats = merge.stats(10.0, PERCENTILES, ACCURACY)
-    assert stats is not None and abs(stats["count"] - 2002) <= 0.033 * 2002
+
+def test_a_format_1_partial_joins_by_its_members_hashes_and_its_sketch_is_refused() -> None:
+    """A host not yet upgraded sends its members' text (format 1): hashed on arrival, they
+    are the members an upgraded host sends; its sketch (of the text) cannot join and is
+    refused (counted as undecodable by a global member), not merged wrong."""
+    old = {"format": "pystatsd-partials/1", "host": "old", "interval_start": 1000.0,
+           "interval": 10.0, "name": "api.visitors", "type": "set", "tags": []}
+    message = decode_partial(orjson.dumps({**old, "partial": {"members": ["a", "b", "c"]}}))
+    upgraded = host_snapshot(1, 1000.0, [Sample("api.visitors", SET, m) for m in "bcd"], 1000)
+    merge = merge_hosts([upgraded])[("api.visitors", SET, ())]
+    merge.add(message["partial"], 1010.0, "old", 1000, ACCURACY)
+    assert merge.stats(10.0, PERCENTILES, ACCURACY) == {"count": 4.0}
+    with pytest.raises(ValueError, match="cannot join"):
+        decode_partial(orjson.dumps({**old, "partial": {"hll": "AgEHDAMIAQA="}}))
 
 
 @pytest.mark.parametrize("partials", [False, True], ids=["no-partials", "partials"])

@@ -17,7 +17,7 @@ from pystatsd.selfstats import SelfStats
 from pystatsd.workers import gauge_order
 from pystatsd.workers.gauge_order import TimedMetricMgr
 from pystatsd.workers.merge import TableMerge, encode_table
-from tests.line_caches import LINE_CACHES, pipelines_using
+from tests.line_caches import LINE_CACHES, SET_CELLS, pipelines_using, set_cells_of
 
 
 def config(**overrides: Any) -> dict[str, Any]:
@@ -135,3 +135,28 @@ def test_gauge_lines_the_line_cache_takes_keep_their_arrival_order(
     values = {s.name: s.stats["value"] for s in parent.finish(merge.table(parent, SelfStats()),
                                                                10.0) if s.type == "gauge"}
     assert values == {"g": 17.0}  # 10 set at 3 ms, then +5 and +2 after it
+
+
+@pytest.mark.parametrize("cells", SET_CELLS)
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_a_sets_count_across_workers_is_the_exact_distinct_count(line_cache: Any,
+                                                                  cells: Any) -> None:
+    # Three workers each receive a share of one set's lines (every member several times,
+    # shared between workers): their partials carry hashes, and the merged count is exact.
+    members = [f"m{n}" for n in range(700)] + ["caf\u00e9", "cafe\u0301", "2001:db8::1"]
+    rng = random.Random(5)
+    lines = [b"users:%s|s|#env:a" % m.encode() for m in members for _ in range(3)]
+    rng.shuffle(lines)
+    with pipelines_using(line_cache), set_cells_of(cells):
+        workers = [TimedMetricMgr(config()) for _ in range(3)]
+        pipelines = [Pipeline(config(), worker, SelfStats()) for worker in workers]
+        for n in range(0, len(lines), 20):
+            pipelines[(n // 20) % 3].ingest(b"\n".join(lines[n:n + 20]))
+        parent = TimedMetricMgr(config())
+        merge = TableMerge(parent)
+        for worker in workers:
+            merge.add_encoded(encode_table(worker.swap(), {}, worker.accuracy))
+        merge.add_table(parent.swap())
+        table = merge.table(parent, SelfStats())
+        assert type(table.series[("users", "set", (("env", "a"),))]) is cells
+        assert finished(parent, table) == {("users", "set"): {"count": 703.0}}
