@@ -38,8 +38,6 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.string cimport memchr, memcmp, memcpy
 
-from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
-
 
 cdef extern from "Python.h":
     Py_hash_t _Py_HashBytes(const void *data, Py_ssize_t length) noexcept
@@ -47,13 +45,14 @@ cdef extern from "Python.h":
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
 
 
-# Entry kinds, as in the Python class.
+# Entry kinds, as in the Python class (``LineCache.__init__`` checks that they are its).
 cdef enum:
     _COUNTER = 0
     _GAUGE = 1
     _DISTRIBUTION = 2
     _SET = 3
     _OTHER = 4
+    _TIMED_GAUGE = 5
 
 cdef enum:
     _EXACT_DIGITS = 15  # up to 15 decimal digits an int64 and a double hold exactly
@@ -77,9 +76,8 @@ cdef class _Entry:
     cdef long long epoch
     cdef object cell
     cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
-    # A gauge cell of a list subclass (a receive worker's TimedGauge, which records when each
-    # change came): updated through MetricMgr.update, so that its __setitem__ sees the change.
-    cdef bint generic
+    # A timed gauge cell's record (a receive worker's TimedGauge: when each change came).
+    cdef list record
     cdef double weight
     cdef object key
 
@@ -202,11 +200,14 @@ cdef class LineCache:
     cdef Py_ssize_t _scratch_size
     cdef object _memory_generation
     cdef double _distribution_limit
+    cdef list _clock  # the manager's gauge_clock: None unless its gauge cells are timed
     # Of the apply under way:
     cdef long long _epoch
     cdef Py_ssize_t _exact_limit
     cdef long long _hits_now
     cdef long long _unplaced_now
+    cdef object _now  # the payload's millisecond (_clock[0]), for timed gauge cells
+    cdef long long _now_ms
 
     def __cinit__(self):
         self._slots = NULL
@@ -293,6 +294,12 @@ cdef class LineCache:
         self.bytes = 0
         self._memory_generation = manager.memory_generation
         self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
+        self._clock = manager.gauge_clock
+        if (aggregation._COUNTER, aggregation._GAUGE, aggregation._DISTRIBUTION, aggregation._SET,
+                aggregation._OTHER, aggregation._TIMED_GAUGE) != (
+                _COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER, _TIMED_GAUGE):
+            raise RuntimeError("pystatsd._linecache was built for other entry kinds than "
+                               "pystatsd.aggregation's: rebuild it")
 
     def __len__(self):
         return self._size
@@ -312,6 +319,29 @@ cdef class LineCache:
         self._exact_limit = manager.exact_limit
         self._hits_now = 0
         self._unplaced_now = 0
+        if self._clock is not None:
+            self._now = self._clock[0]
+            self._now_ms = self._now
+        return 0
+
+    cdef int _note_gauge_change(self, list record, double delta, bint is_delta) except -1:
+        """aggregation.note_gauge_change, in C: on a timed gauge cell's record
+        ``[at, ms, delta, ...]``, an absolute value sets ``at`` and drops the deltas before
+        it; a delta joins its millisecond's step or starts one."""
+        cdef Py_ssize_t length = len(record)
+        cdef object last
+        if not is_delta:
+            record[0] = self._now
+            if length > 1:
+                del record[1:]
+            return 0
+        if length > 1:
+            last = record[length - 2]
+            if last is self._now or <long long>last == self._now_ms:
+                record[length - 1] = <double>record[length - 1] + delta
+                return 0
+        record.append(self._now)
+        record.append(delta)
         return 0
 
     cdef int _end(self) except -1:
@@ -365,13 +395,19 @@ cdef class LineCache:
             if cell is None:  # too many series: rejected and counted by the manager
                 self._unplaced_now += 1
                 return 1
-            entry.generic = False
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
                 entry.is_array = type(cell) is array and cell.typecode == "d"
-            elif (entry.kind == _GAUGE and type(cell) is not list and isinstance(cell, list)
-                    and len(cell) >= 2):
-                entry.generic = True
+            elif entry.kind == _TIMED_GAUGE:
+                record = getattr(cell, "record", None)
+                # Stored into unchecked below, as a list: a list subclass that changed how
+                # it is stored into (__setitem__) would not see it, so none may.
+                if not (isinstance(cell, list) and len(cell) >= 2 and type(record) is list
+                        and len(record) >= 1 and type(cell).__setitem__ is list.__setitem__):
+                    raise TypeError(f"line cache: a timed gauge cell is "
+                                    f"{type(cell).__name__} {cell!r:.40}, not a list "
+                                    f"[value, delta] with a record")
+                entry.record = record
             elif (entry.kind == _COUNTER or entry.kind == _GAUGE) and not (
                     type(cell) is list and len(cell) >= (1 if entry.kind == _COUNTER else 2)):
                 # The loop below indexes these cells unchecked: a cell of another shape (a
@@ -404,13 +440,8 @@ cdef class LineCache:
                 entry.cell.append(number)
                 if len(entry.cell) > self._exact_limit:
                     manager.fold(entry.key)
-        elif entry.kind == _GAUGE and entry.generic:
-            if not manager.update(entry.key[1], entry.cell, number, entry.weight,
-                                  value[0] == 43 or value[0] == 45):
-                manager.overflow(entry.key, number, entry.weight)
-                self._unplaced_now += 1
-                return 1
-        elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+        elif entry.kind == _GAUGE or entry.kind == _TIMED_GAUGE:  # a sign makes a delta, as
+            # the decoder decides; a timed cell (a receive worker's) also notes when
             cells = <list>entry.cell
             if value[0] == 43 or value[0] == 45:  # "+" or "-"
                 moved = <double>cells[1] + number
@@ -423,9 +454,13 @@ cdef class LineCache:
                     self._unplaced_now += 1
                     return 1
                 cells[1] = moved
+                if entry.kind == _TIMED_GAUGE:
+                    self._note_gauge_change(entry.record, number, True)
             else:
                 cells[0] = number
                 cells[1] = 0.0
+                if entry.kind == _TIMED_GAUGE:
+                    self._note_gauge_change(entry.record, 0.0, False)
         elif entry.kind == _SET:
             entry.cell[member] = None
         elif not manager.update(entry.key[1], entry.cell, number, entry.weight, False):
@@ -486,17 +521,9 @@ cdef class LineCache:
             if bar is not NULL:
                 tail_length = length - (bar + 1 - start)
         kind = sample.type
+        code = aggregation.update_arm(kind, sample.rate, self.absolute_gauges,
+                                      self._clock is not None)
         weight = 1.0 / sample.rate
-        if kind == COUNTER:
-            code = _COUNTER
-        elif kind == GAUGE:
-            code = _OTHER if self.absolute_gauges else _GAUGE
-        elif kind == SET:
-            code = _SET
-        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
-            code = _DISTRIBUTION
-        else:
-            code = _OTHER
         cdef _Entry entry = _Entry.__new__(_Entry)
         entry.kind = code
         entry.epoch = -1
