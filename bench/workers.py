@@ -277,6 +277,8 @@ def live(args: argparse.Namespace) -> None:
                              (1, [25_000, 50_000, 100_000, 150_000])):
             if args.lines_only is not None and lines != args.lines_only:
                 continue
+            if args.rates:
+                rates = [int(rate) for rate in args.rates.split(",")]
             for label, tree, workers in ((label, tree, workers) for workers in (1, 2)
                                          for label, tree in trees):
                 daemon = Daemon(workers, workdir, flush_interval, tree)
@@ -424,6 +426,8 @@ def main() -> None:
                         help="run each daemon from TREE too (before), then from this tree")
     parser.add_argument("--lines-only", type=int, choices=(1, 20),
                         help="only the steps of this many lines a datagram")
+    parser.add_argument("--rates", help="with --lines-only: datagrams/s of each step, "
+                        "comma-separated (instead of the usual ladder)")
     parser.add_argument("--no-merge", action="store_true",
                         help="skip the merge cost (live steps only)")
     parser.add_argument("--instructions", action="store_true",
