@@ -221,7 +221,7 @@ def step(daemon: Daemon, loadgen: Path, rate: float, seconds: float, lines: int,
     counters = ThreadCounters(processes, workdir) if perf_usable() else None
     cpu_before, began = cpu_by_process(daemon), time.monotonic()
     sent, sender_cpu = blast(loadgen, daemon.port, rate, seconds, lines, senders)
-    time.sleep(2 * flush_interval + 0.5)  # the flushes that publish the last counts
+    settle(daemon, flush_interval)
     cpu_after, elapsed = cpu_by_process(daemon), time.monotonic() - began
     events = counters.stop() if counters is not None else {}
     aggregated_after, shares_after = daemon.counters()
@@ -243,6 +243,20 @@ def step(daemon: Daemon, loadgen: Path, rate: float, seconds: float, lines: int,
             "cpu_per_million": total,
             "sender_cpu_per_million": sender_cpu / (sent / 1e6) if sent else float("nan"),
             "shares": shares, "per_process": per_process, "load": load()}
+
+
+def settle(daemon: Daemon, flush_interval: float, longest: float = 30.0) -> None:
+    """Wait for the flushes that publish the step's last counts: two flush intervals, then
+    until a flush interval passes with the count unchanged (on a loaded machine a flush can
+    be late by seconds, and its counts would land in the next step)."""
+    time.sleep(2 * flush_interval + 0.5)
+    deadline = time.monotonic() + longest
+    count = daemon.counters()[0]
+    while time.monotonic() < deadline:
+        time.sleep(flush_interval)
+        count, before = daemon.counters()[0], count
+        if count == before:
+            return
 
 
 def describe_processes(per_process: dict[str, dict[str, float]]) -> str:
@@ -286,6 +300,7 @@ def live(args: argparse.Namespace) -> None:
                     best, best_found = 0.0, False
                     # warm: every series made (and the gauges carried) before the idle rate
                     blast(loadgen, daemon.port, rates[0], 1.0, lines, args.senders)
+                    settle(daemon, flush_interval)  # its counts are not the first step's
                     idle = idle_cpu_rates(daemon, 3 * flush_interval)
                     print(f"{label}workers {workers}: idle {sum(idle.values()):.3f} CPU-s/s ("
                           + ", ".join(f"{name} {rate:.3f}" for name, rate in idle.items())
