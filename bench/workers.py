@@ -6,13 +6,19 @@ line costs with the workers' timed gauge cells.
     python bench/workers.py                  # 5 s steps
     python bench/workers.py --merge          # merge cost per series only (no sockets)
     python bench/workers.py --instructions   # callgrind: per line, one process vs a worker
+    python bench/workers.py --quick --no-merge --compare ../before   # before/after, one run
 
 The live part runs ``python -m pystatsd`` with ``workers`` 1 and 2 (no forwarder; counts from
 its admin socket) and bench/loadgen.c as the sender: ``--senders`` processes (each one socket,
 so SO_REUSEPORT puts each on one worker; the shares are printed), 10,000 series, 20 lines per
 datagram and 1. For each rate step: lines sent, lines aggregated (loss), and the CPU-seconds
 the daemon and its workers used per million lines, from /proc (the daemon's own, its reaped
-children's, and each live worker's). The sender's CPU is printed too: on a 2-core machine it
+children's, and each live worker's), then the same per process ("per process" lines: user and
+system CPU-seconds per million lines, the idle rate taken off; context switches and system
+calls per 1,000 lines and instructions per line, user and kernel, from ``perf stat
+--per-thread`` on every thread of the daemon and its workers, where perf is installed and the
+machine has the counters: a VM without a PMU has no instruction counts, only the software
+events). The sender's CPU is printed too: on a 2-core machine it
 competes with the workers it feeds, so the highest lossless rate of 2 workers here is bounded
 by what the sender and the other users leave, not by the workers; CPU per line is the figure
 that carries over to a machine with free cores.
@@ -26,6 +32,8 @@ import platform
 import random
 import re
 import resource
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,38 +62,95 @@ def load() -> str:
 
 
 # -- the live daemon ------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """The daemon's CPU, its reaped children's (forked snapshots, dead workers) and each live
-    child's (the workers)."""
-    total = 0.0
+def cpu_times(pid: int) -> tuple[float, float, float]:
+    """User and system CPU-seconds of ``pid``, and those of its reaped children."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += sum(int(f) for f in fields[11:15]) / TICKS  # utime stime cutime cstime
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except FileNotFoundError:
-        return total
-    for child in children:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += sum(int(f) for f in fields[11:13]) / TICKS
-    return total
+        return 0.0, 0.0, 0.0
+    utime, stime, cutime, cstime = (int(f) / TICKS for f in fields[11:15])
+    return utime, stime, cutime + cstime
+
+
+def cpu_by_process(daemon: Daemon) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU-seconds by process: ``daemon``, ``reaped`` (its forked snapshots
+    and dead workers) and ``worker i`` for each live worker."""
+    user, system, reaped = cpu_times(daemon.proc.pid)
+    found = {"daemon": (user, system), "reaped": (reaped, 0.0)}
+    for index, pid in daemon.worker_pids().items():
+        found[f"worker {index}"] = cpu_times(pid)[:2]
+    return found
+
+
+def cpu_seconds(daemon: Daemon) -> float:
+    """The daemon's CPU, its reaped children's (forked snapshots, dead workers) and each live
+    child's (the workers)."""
+    return sum(user + system for user, system in cpu_by_process(daemon).values())
+
+
+EVENTS = ("instructions:u", "instructions:k", "context-switches", "raw_syscalls:sys_enter")
+
+
+class ThreadCounters:
+    """``perf stat --per-thread`` on every thread of the daemon and its workers while a step
+    runs (not the forked snapshots, which start later: their CPU is in ``reaped``)."""
+
+    def __init__(self, processes: dict[str, int], workdir: Path) -> None:
+        self.owner: dict[int, str] = {}
+        for name, pid in processes.items():
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    self.owner[int(tid)] = name
+            except FileNotFoundError:
+                continue
+        self.out = workdir / "perf-stat.csv"
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-x,", "--per-thread", "-e", ",".join(EVENTS), "-o",
+             str(self.out), "-p", ",".join(map(str, processes.values()))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Event -> count, by process name (events the machine lacks are left out)."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        found: dict[str, dict[str, float]] = {}
+        for row in self.out.read_text().splitlines():
+            fields = row.split(",")
+            if len(fields) < 4 or fields[3] not in EVENTS:
+                continue
+            name = self.owner.get(int(fields[0].rsplit("-", 1)[-1]))
+            try:
+                value = float(fields[1])
+            except ValueError:  # <not counted> (an idle thread), <not supported> (no PMU)
+                continue
+            if name is not None:
+                counts = found.setdefault(name, {})
+                counts[fields[3]] = counts.get(fields[3], 0.0) + value
+        return found
+
+
+def perf_usable() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    probe = subprocess.run(["perf", "stat", "-e", "context-switches", "--", "true"],
+                           capture_output=True)
+    return probe.returncode == 0
 
 
 class Daemon:
-    def __init__(self, workers: int, workdir: Path, flush_interval: float) -> None:
+    def __init__(self, workers: int, workdir: Path, flush_interval: float,
+                 tree: Path = ROOT) -> None:
         port = free_port()
         self.port = port
-        self.state = workdir / f"state-{workers}"
+        self.state = workdir / f"state-{workers}-{port}"
         config = {"bind_address": "127.0.0.1", "bind_port": port, "workers": workers,
                   "flush_interval": flush_interval, "state_dir": str(self.state),
                   "forwarders": {}, "self_metrics": {"enabled": False},
                   "logging": {"level": "WARNING"}}
-        path = workdir / f"workers-{workers}.yaml"
+        path = workdir / f"workers-{workers}-{port}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen([sys.executable, "-m", "pystatsd", "-c", str(path)],
-                                     cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -97,6 +162,10 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return ask(self.state / SOCKET_NAME)
+
+    def worker_pids(self) -> dict[int, int]:
+        return {w["index"]: w["pid"] for w in (self.status().get("workers") or [])
+                if w.get("alive")}
 
     def counters(self) -> tuple[int, list[int]]:
         status = self.status()
@@ -133,62 +202,125 @@ def blast(loadgen: Path, port: int, rate: float, seconds: float, lines: int,
     return sent, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def idle_cpu_rate(daemon: Daemon, seconds: float) -> float:
-    """CPU-seconds per second with no traffic: the flushes of the carried gauges, the
-    supervisor threads, the admin socket. Taken off each step's CPU."""
-    before, began = cpu_seconds(daemon.proc.pid), time.monotonic()
+def idle_cpu_rates(daemon: Daemon, seconds: float) -> dict[str, float]:
+    """CPU-seconds per second with no traffic, by process: the flushes of the carried gauges,
+    the supervisor threads, the admin socket. Taken off each step's CPU."""
+    before, began = cpu_by_process(daemon), time.monotonic()
     time.sleep(seconds)
-    return (cpu_seconds(daemon.proc.pid) - before) / (time.monotonic() - began)
+    after, elapsed = cpu_by_process(daemon), time.monotonic() - began
+    return {name: (sum(after[name]) - sum(before.get(name, (0.0, 0.0)))) / elapsed
+            for name in after}
 
 
 def step(daemon: Daemon, loadgen: Path, rate: float, seconds: float, lines: int,
-         senders: int, flush_interval: float, idle: float) -> dict[str, Any]:
+         senders: int, flush_interval: float, idle: dict[str, float],
+         workdir: Path) -> dict[str, Any]:
     aggregated_before, shares_before = daemon.counters()
-    cpu_before, began = cpu_seconds(daemon.proc.pid), time.monotonic()
+    processes = {"daemon": daemon.proc.pid,
+                 **{f"worker {i}": pid for i, pid in daemon.worker_pids().items()}}
+    counters = ThreadCounters(processes, workdir) if perf_usable() else None
+    cpu_before, began = cpu_by_process(daemon), time.monotonic()
     sent, sender_cpu = blast(loadgen, daemon.port, rate, seconds, lines, senders)
-    time.sleep(2 * flush_interval + 0.5)  # the flushes that publish the last counts
-    cpu = cpu_seconds(daemon.proc.pid) - cpu_before - idle * (time.monotonic() - began)
+    settle(daemon, flush_interval)
+    cpu_after, elapsed = cpu_by_process(daemon), time.monotonic() - began
+    events = counters.stop() if counters is not None else {}
     aggregated_after, shares_after = daemon.counters()
     aggregated = aggregated_after - aggregated_before
     shares = [a - b for a, b in zip(shares_after, shares_before or [0] * len(shares_after),
                                     strict=False)]
+    per_process: dict[str, dict[str, float]] = {}
+    for name, (user, system) in cpu_after.items():
+        user0, system0 = cpu_before.get(name, (0.0, 0.0))  # a restarted worker: from 0
+        used = (user - user0) + (system - system0) - idle.get(name, 0.0) * elapsed
+        found = per_process[name] = {
+            "cpu_per_million": used / (aggregated / 1e6) if aggregated else float("nan"),
+            "system_share": (system - system0) / max(user - user0 + system - system0, 1e-9)}
+        for event, count in events.get(name, {}).items():
+            found[event] = count / aggregated if aggregated else float("nan")
+    total = sum(p["cpu_per_million"] for p in per_process.values())
     return {"rate_lines": rate * lines, "sent": sent, "aggregated": aggregated,
             "loss": 1 - aggregated / sent if sent else 0.0,
-            "cpu_per_million": cpu / (aggregated / 1e6) if aggregated else float("nan"),
+            "cpu_per_million": total,
             "sender_cpu_per_million": sender_cpu / (sent / 1e6) if sent else float("nan"),
-            "shares": shares, "load": load()}
+            "shares": shares, "per_process": per_process, "load": load()}
+
+
+def settle(daemon: Daemon, flush_interval: float, longest: float = 30.0) -> None:
+    """Wait for the flushes that publish the step's last counts: two flush intervals, then
+    until a flush interval passes with the count unchanged (on a loaded machine a flush can
+    be late by seconds, and its counts would land in the next step)."""
+    time.sleep(2 * flush_interval + 0.5)
+    deadline = time.monotonic() + longest
+    count = daemon.counters()[0]
+    while time.monotonic() < deadline:
+        time.sleep(flush_interval)
+        count, before = daemon.counters()[0], count
+        if count == before:
+            return
+
+
+def describe_processes(per_process: dict[str, dict[str, float]]) -> str:
+    """One step's costs by process, per line aggregated."""
+    parts = []
+    for name, found in per_process.items():
+        text = (f"{name} {found['cpu_per_million']:.2f} CPU-s/M "
+                f"({found['system_share']:.0%} system)")
+        if "context-switches" in found:
+            text += f", {found['context-switches'] * 1000:.1f} switches/1k lines"
+        if "raw_syscalls:sys_enter" in found:
+            text += f", {found['raw_syscalls:sys_enter'] * 1000:.1f} syscalls/1k lines"
+        if "instructions:u" in found:
+            text += (f", {found['instructions:u']:,.0f} + "
+                     f"{found.get('instructions:k', float('nan')):,.0f} instructions/line "
+                     "(user + kernel)")
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def live(args: argparse.Namespace) -> None:
+    """``--compare TREE``: each daemon is run from TREE (another checkout, its line cache
+    built: "before") and then from this one ("after"), one after the other in one run."""
     seconds = 2.0 if args.quick else 5.0
     flush_interval = 2.0
+    trees = [("", ROOT)] if args.compare is None else [
+        ("before ", Path(args.compare).resolve()), ("after ", ROOT)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         loadgen = compile_loadgen(workdir)
         for lines, rates in ((20, [2_500, 5_000, 10_000, 20_000, 30_000]),
                              (1, [25_000, 50_000, 100_000, 150_000])):
-            for workers in (1, 2):
-                daemon = Daemon(workers, workdir, flush_interval)
+            if args.lines_only is not None and lines != args.lines_only:
+                continue
+            if args.rates:
+                rates = [int(rate) for rate in args.rates.split(",")]
+            for label, tree, workers in ((label, tree, workers) for workers in (1, 2)
+                                         for label, tree in trees):
+                daemon = Daemon(workers, workdir, flush_interval, tree)
                 try:
                     best, best_found = 0.0, False
                     # warm: every series made (and the gauges carried) before the idle rate
                     blast(loadgen, daemon.port, rates[0], 1.0, lines, args.senders)
-                    idle = idle_cpu_rate(daemon, 3 * flush_interval)
-                    print(f"workers {workers}: idle {idle:.3f} CPU-s/s, {load()}", flush=True)
+                    settle(daemon, flush_interval)  # its counts are not the first step's
+                    idle = idle_cpu_rates(daemon, 3 * flush_interval)
+                    print(f"{label}workers {workers}: idle {sum(idle.values()):.3f} CPU-s/s ("
+                          + ", ".join(f"{name} {rate:.3f}" for name, rate in idle.items())
+                          + f"), {load()}", flush=True)
                     for rate in rates:
                         found = step(daemon, loadgen, rate, seconds, lines, args.senders,
-                                     flush_interval, idle)
-                        print(f"workers {workers}, {lines:>2} lines/datagram, "
+                                     flush_interval, idle, workdir)
+                        print(f"{label}workers {workers}, {lines:>2} lines/datagram, "
                               f"{found['rate_lines']:>9,.0f} lines/s asked: sent "
                               f"{found['sent']:,}, loss {found['loss']:.2%}, daemon "
                               f"{found['cpu_per_million']:.2f} CPU-s/M lines, sender "
                               f"{found['sender_cpu_per_million']:.2f}, worker shares "
                               f"{found['shares']}, {found['load']}", flush=True)
+                        print("    per process: " + describe_processes(found["per_process"]),
+                              flush=True)
                         if found["loss"] <= LOSS_LIMIT and not best_found:
                             best = found["rate_lines"]
                         else:
                             best_found = True
-                    print(f"== workers {workers}, {lines} lines/datagram: highest lossless "
+                    print(f"== {label}workers {workers}, {lines} lines/datagram: highest lossless "
                           f"step {best:,.0f} lines/s", flush=True)
                 finally:
                     daemon.stop()
@@ -305,6 +437,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s steps")
     parser.add_argument("--senders", type=int, default=8, help="loadgen processes (sockets)")
     parser.add_argument("--merge", action="store_true", help="only the merge cost per series")
+    parser.add_argument("--compare", metavar="TREE",
+                        help="run each daemon from TREE too (before), then from this tree")
+    parser.add_argument("--lines-only", type=int, choices=(1, 20),
+                        help="only the steps of this many lines a datagram")
+    parser.add_argument("--rates", help="with --lines-only: datagrams/s of each step, "
+                        "comma-separated (instead of the usual ladder)")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="skip the merge cost (live steps only)")
     parser.add_argument("--instructions", action="store_true",
                         help="only instructions per gauge line, plain vs timed (valgrind)")
     parser.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
@@ -328,8 +468,9 @@ def main() -> None:
                       f"{'a worker (deliver)' if timed else 'one process (_deliver)'}: "
                       f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
         return
-    for series in (10_000, 100_000):
-        merge_cost(series, 2)
+    if not args.no_merge:
+        for series in (10_000, 100_000):
+            merge_cost(series, 2)
     if not args.merge:
         live(args)
 

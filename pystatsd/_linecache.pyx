@@ -42,22 +42,23 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
-from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER
-
 
 cdef extern from "Python.h":
     Py_hash_t _Py_HashBytes(const void *data, Py_ssize_t length) noexcept
+    PyObject *_list_item "PyList_GET_ITEM"(object items, Py_ssize_t index) noexcept
+    void _list_set_item "PyList_SET_ITEM"(object items, Py_ssize_t index, PyObject *value) noexcept
     # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
 
 
-# Entry kinds, as in the Python class.
+# Entry kinds, as in the Python class (``LineCache.__init__`` checks that they are its).
 cdef enum:
     _COUNTER = 0
     _GAUGE = 1
     _DISTRIBUTION = 2
     _SET = 3
     _OTHER = 4
+    _TIMED_GAUGE = 5
 
 cdef enum:
     _EXACT_DIGITS = 15  # up to 15 decimal digits an int64 and a double hold exactly
@@ -82,9 +83,8 @@ cdef class _Entry:
     cdef long long epoch
     cdef object cell
     cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
-    # A gauge cell of a list subclass (a receive worker's TimedGauge, which records when each
-    # change came): updated through MetricMgr.update, so that its __setitem__ sees the change.
-    cdef bint generic
+    # A timed gauge cell's record (a receive worker's TimedGauge: when each change came).
+    cdef list record
     cdef double weight
     cdef object key
 
@@ -92,6 +92,17 @@ cdef class _Entry:
 cdef inline bint _is_number_byte(unsigned char c) noexcept:
     # The bytes of _NUMBER_BYTES in pystatsd.aggregation: "0123456789.eE+-".
     return (48 <= c <= 57) or c == 46 or c == 101 or c == 69 or c == 43 or c == 45
+
+
+cdef inline void _store(list cell, Py_ssize_t index, object value) noexcept:
+    """``cell[index] = value`` into a gauge cell the binding checked: a list of at least two
+    items whose item store is list's own. Cython's store into a list subclass (a receive
+    worker's TimedGauge) takes the type's generic sequence slot, which looks ``__setitem__``
+    up and calls it with a tuple of arguments: measured, 4× the cost of a gauge line."""
+    cdef PyObject *old = _list_item(cell, index)
+    Py_INCREF(value)
+    _list_set_item(cell, index, <PyObject *>value)
+    Py_DECREF(<object>old)
 
 
 cdef double[23] _POWERS_OF_TEN = [
@@ -442,11 +453,14 @@ cdef class LineCache:
     cdef Py_ssize_t _scratch_size
     cdef object _memory_generation
     cdef double _distribution_limit
+    cdef list _clock  # the manager's gauge_clock: None unless its gauge cells are timed
     # Of the apply under way:
     cdef long long _epoch
     cdef Py_ssize_t _exact_limit
     cdef long long _hits_now
     cdef long long _unplaced_now
+    cdef object _now  # the payload's millisecond (_clock[0]), for timed gauge cells
+    cdef long long _now_ms
 
     def __cinit__(self):
         self._slots = NULL
@@ -533,6 +547,12 @@ cdef class LineCache:
         self.bytes = 0
         self._memory_generation = manager.memory_generation
         self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
+        self._clock = manager.gauge_clock
+        if (aggregation._COUNTER, aggregation._GAUGE, aggregation._DISTRIBUTION, aggregation._SET,
+                aggregation._OTHER, aggregation._TIMED_GAUGE) != (
+                _COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER, _TIMED_GAUGE):
+            raise RuntimeError("pystatsd._linecache was built for other entry kinds than "
+                               "pystatsd.aggregation's: rebuild it")
 
     def __len__(self):
         return self._size
@@ -552,6 +572,29 @@ cdef class LineCache:
         self._exact_limit = manager.exact_limit
         self._hits_now = 0
         self._unplaced_now = 0
+        if self._clock is not None:
+            self._now = self._clock[0]
+            self._now_ms = self._now
+        return 0
+
+    cdef int _note_gauge_change(self, list record, double delta, bint is_delta) except -1:
+        """aggregation.note_gauge_change, in C: on a timed gauge cell's record
+        ``[at, ms, delta, ...]``, an absolute value sets ``at`` and drops the deltas before
+        it; a delta joins its millisecond's step or starts one."""
+        cdef Py_ssize_t length = len(record)
+        cdef object last
+        if not is_delta:
+            record[0] = self._now
+            if length > 1:
+                del record[1:]
+            return 0
+        if length > 1:
+            last = record[length - 2]
+            if last is self._now or <long long>last == self._now_ms:
+                record[length - 1] = <double>record[length - 1] + delta
+                return 0
+        record.append(self._now)
+        record.append(delta)
         return 0
 
     cdef int _end(self) except -1:
@@ -607,14 +650,20 @@ cdef class LineCache:
             if cell is None:  # too many series: rejected and counted by the manager
                 self._unplaced_now += 1
                 return 1
-            entry.generic = False
             entry.member_set = entry.kind == _SET and type(cell) is MemberSet
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
                 entry.is_array = type(cell) is array and cell.typecode == "d"
-            elif (entry.kind == _GAUGE and type(cell) is not list and isinstance(cell, list)
-                    and len(cell) >= 2):
-                entry.generic = True
+            elif entry.kind == _TIMED_GAUGE:
+                record = getattr(cell, "record", None)
+                # Stored into unchecked below, as a list: a list subclass that changed how
+                # it is stored into (__setitem__) would not see it, so none may.
+                if not (isinstance(cell, list) and len(cell) >= 2 and type(record) is list
+                        and len(record) >= 1 and type(cell).__setitem__ is list.__setitem__):
+                    raise TypeError(f"line cache: a timed gauge cell is "
+                                    f"{type(cell).__name__} {cell!r:.40}, not a list "
+                                    f"[value, delta] with a record")
+                entry.record = record
             elif (entry.kind == _COUNTER or entry.kind == _GAUGE) and not (
                     type(cell) is list and len(cell) >= (1 if entry.kind == _COUNTER else 2)):
                 # The loop below indexes these cells unchecked: a cell of another shape (a
@@ -647,13 +696,8 @@ cdef class LineCache:
                 entry.cell.append(number)
                 if len(entry.cell) > self._exact_limit:
                     manager.fold(entry.key)
-        elif entry.kind == _GAUGE and entry.generic:
-            if not manager.update(entry.key[1], entry.cell, number, entry.weight,
-                                  value[0] == 43 or value[0] == 45):
-                manager.overflow(entry.key, number, entry.weight)
-                self._unplaced_now += 1
-                return 1
-        elif entry.kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+        elif entry.kind == _GAUGE or entry.kind == _TIMED_GAUGE:  # a sign makes a delta, as
+            # the decoder decides; a timed cell (a receive worker's) also notes when
             cells = <list>entry.cell
             if value[0] == 43 or value[0] == 45:  # "+" or "-"
                 moved = <double>cells[1] + number
@@ -665,10 +709,14 @@ cdef class LineCache:
                     manager.overflow(entry.key, number, entry.weight)
                     self._unplaced_now += 1
                     return 1
-                cells[1] = moved
+                _store(cells, 1, moved)
+                if entry.kind == _TIMED_GAUGE:
+                    self._note_gauge_change(entry.record, number, True)
             else:
-                cells[0] = number
-                cells[1] = 0.0
+                _store(cells, 0, number)
+                _store(cells, 1, 0.0)
+                if entry.kind == _TIMED_GAUGE:
+                    self._note_gauge_change(entry.record, 0.0, False)
         elif entry.kind == _SET:
             if entry.member_set:
                 (<MemberSet>entry.cell).add(member)
@@ -732,17 +780,9 @@ cdef class LineCache:
             if bar is not NULL:
                 tail_length = length - (bar + 1 - start)
         kind = sample.type
+        code = aggregation.update_arm(kind, sample.rate, self.absolute_gauges,
+                                      self._clock is not None)
         weight = 1.0 / sample.rate
-        if kind == COUNTER:
-            code = _COUNTER
-        elif kind == GAUGE:
-            code = _OTHER if self.absolute_gauges else _GAUGE
-        elif kind == SET:
-            code = _SET
-        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
-            code = _DISTRIBUTION
-        else:
-            code = _OTHER
         cdef _Entry entry = _Entry.__new__(_Entry)
         entry.kind = code
         entry.epoch = -1

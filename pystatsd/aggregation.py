@@ -151,6 +151,12 @@ class MetricMgr:
     :class:`LineCache`) under its ingest lock; :meth:`finish` runs on the main thread without
     it and is the only reader and writer of the carried state."""
 
+    gauge_clock: list[int] | None = None
+    """None here: gauge cells are plain. A manager whose gauge cells record when they changed
+    (``pystatsd.workers.gauge_order``) sets the one-item list holding the millisecond the
+    payload being applied arrived; the line caches read it once per payload and take their
+    timed gauge arm (:func:`update_arm`)."""
+
     def __init__(self, config: Config, stats: SelfStats | None = None) -> None:
         self.stats = stats if stats is not None else SelfStats()
         """Where ``too_many_series`` rejects are counted; the pipeline points it at the
@@ -708,8 +714,47 @@ COUNTER_LINE_BYTES = 256
 """Whole counter lines remembered: at most this many, each at most this long."""
 _ENTRY_OVERHEAD = 300
 
-# Entry kinds.
-_COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER = range(5)
+# Entry kinds: the arm of :meth:`PythonLineCache.apply` (and of its compiled twin, which
+# checks that its own numbers are these) that replays a shape's lines.
+_COUNTER, _GAUGE, _DISTRIBUTION, _SET, _OTHER, _TIMED_GAUGE = range(6)
+
+
+def update_arm(kind: str, rate: float, absolute_gauges: bool, timed_gauges: bool) -> int:
+    """Which arm replays the lines of a shape the slow path decoded to one sample of type
+    ``kind`` at sample rate ``rate``: both line caches' ``remember`` ask this. Counters, sets,
+    distributions at unit rate and gauges have their own; a gauge of a manager with timed
+    gauge cells (``timed_gauges``: a receive worker's) also notes when it changed. Gauges of
+    ``gauge_sign: absolute`` listeners (``absolute_gauges``: a signed value is the value, the
+    decoder's ``delta`` is always False) and everything else go through
+    :meth:`MetricMgr.update`."""
+    if kind == COUNTER:
+        return _COUNTER
+    if kind == GAUGE:
+        if absolute_gauges:
+            return _OTHER
+        return _TIMED_GAUGE if timed_gauges else _GAUGE
+    if kind == SET:
+        return _SET
+    if (kind == TIMER or kind == HISTOGRAM) and 1.0 / rate == 1.0:
+        return _DISTRIBUTION
+    return _OTHER
+
+
+def note_gauge_change(record: list[Any], now: int, delta: float | None) -> None:
+    """Note on a timed gauge cell's ``record`` (``[at, ms, delta, ms, delta, ...]``, see
+    ``pystatsd.workers.gauge_order``) one change applied to its cell at millisecond ``now``:
+    an absolute value (``delta`` None) sets ``at`` and drops the deltas before it; a delta
+    joins the step of its millisecond, or starts one. :meth:`MetricMgr.update` of a timed
+    manager and the timed gauge arm of both line caches call this (the compiled one in C)."""
+    if delta is None:
+        record[0] = now
+        if len(record) > 1:
+            del record[1:]
+    elif len(record) > 1 and record[-2] == now:
+        record[-1] += delta
+    else:
+        record.append(now)
+        record.append(delta)
 
 _NUMBER_BYTES = b"0123456789.eE+-"
 """A value made only of these bytes that ``float()`` accepts is exactly what the decoder's
@@ -780,6 +825,8 @@ class PythonLineCache:
             self.clear()
         epoch = manager.epoch
         exact_limit = manager.exact_limit
+        clock = manager.gauge_clock
+        now = clock[0] if clock is not None else 0
         shapes = self._shapes
         counter_lines = self._counter_lines
         hits = 0
@@ -855,7 +902,8 @@ class PythonLineCache:
                 cell.append(number)
                 if len(cell) > exact_limit:
                     manager.fold(key)
-            elif kind == _GAUGE:  # a sign makes a delta, as the decoder decides
+            elif kind == _GAUGE or kind == _TIMED_GAUGE:  # a sign makes a delta, as the
+                # decoder decides; a timed cell (a receive worker's) also notes when
                 if value[0] == _PLUS or value[0] == _MINUS:
                     moved = cell[1] + number
                     level = moved if cell[0] is None else cell[0] + moved
@@ -864,9 +912,13 @@ class PythonLineCache:
                         self.unplaced += 1
                         continue
                     cell[1] = moved
+                    if kind == _TIMED_GAUGE:
+                        note_gauge_change(cell.record, now, number)
                 else:
                     cell[0] = number
                     cell[1] = 0.0
+                    if kind == _TIMED_GAUGE:
+                        note_gauge_change(cell.record, now, None)
             elif kind == _SET:
                 cell[member] = None
             elif not manager.update(key[1], cell, number, weight, False):
@@ -901,19 +953,9 @@ class PythonLineCache:
         name, _, rest = line.partition(b":")
         _, _, tail = rest.partition(b"|")
         kind = sample.type
+        code = update_arm(kind, sample.rate, self.absolute_gauges,
+                          self._manager.gauge_clock is not None)
         weight = 1.0 / sample.rate
-        if kind == COUNTER:
-            code = _COUNTER
-        elif kind == GAUGE:
-            # _GAUGE applies a signed value as a change; the general rule takes the decoder's
-            # ``delta`` (always False with absolute gauges).
-            code = _OTHER if self.absolute_gauges else _GAUGE
-        elif kind == SET:
-            code = _SET
-        elif (kind == TIMER or kind == HISTOGRAM) and weight == 1.0:
-            code = _DISTRIBUTION
-        else:
-            code = _OTHER
         if self._size >= CACHE_ENTRIES or self.bytes >= CACHE_BYTES:
             self.clear()
         by_name = self._shapes.setdefault(tail, {})

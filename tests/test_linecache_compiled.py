@@ -20,6 +20,8 @@ from pystatsd.config import build_config
 from pystatsd.decoders import DecodeError, parse_statsd_line
 from pystatsd.distribution import Distribution
 from pystatsd.selfstats import SelfStats
+from pystatsd.workers import gauge_order
+from pystatsd.workers.gauge_order import TimedGauge, TimedMetricMgr
 from tests.conftest import REPO
 from tests.line_caches import CompiledLineCache, MemberSet
 
@@ -47,18 +49,25 @@ def cell_state(cell: Any) -> Any:
                 cell.total, cell.sketch is not None)
     if isinstance(cell, dict | MemberSet):  # a set: its members' hashes, in no order
         return ("set", sorted(cell))
+    if isinstance(cell, TimedGauge):  # a receive worker's: when each change came, too
+        return [repr(v) for v in cell], [repr(v) for v in cell.record]
     return [repr(v) for v in cell]
 
 
 def run_lines(line_cache: Any, lines: list[bytes], absolute: bool,
+              manager_type: type[MetricMgr] = MetricMgr, times: list[int] | None = None,
               **config: Any) -> tuple[dict, list[bool], dict]:
     """The cells after ``lines`` (each the first of its shape decoded and remembered, as the
-    pipeline does), which lines the cache took, and the manager's counts."""
-    manager = MetricMgr(build_config({"forwarders": {}, **config}), SelfStats())
-    cache = line_cache(manager, absolute_gauges=absolute)
+    pipeline does), which lines the cache took, and the manager's counts. ``line_cache``
+    None: the decoder and ``add`` alone; ``times``: the millisecond each line's payload
+    arrived, as a receive worker stamps it for its ``TimedMetricMgr``."""
+    manager = manager_type(build_config({"forwarders": {}, **config}), SelfStats())
+    cache = None if line_cache is None else line_cache(manager, absolute_gauges=absolute)
     taken = []
-    for line in lines:
-        missed = cache.apply([line])
+    for n, line in enumerate(lines):
+        if times is not None:
+            gauge_order._now[0] = times[n]
+        missed = line if cache is None else cache.apply([line])
         taken.append(missed is None)
         if missed is not None:
             assert missed is line
@@ -68,7 +77,7 @@ def run_lines(line_cache: Any, lines: list[bytes], absolute: bool,
                 continue
             for sample in samples:
                 manager.add(sample)
-            if len(samples) == 1 and samples[0].timestamp is None:
+            if cache is not None and len(samples) == 1 and samples[0].timestamp is None:
                 cache.remember(line, samples[0])
     cells = {key: cell_state(cell) for key, cell in manager.swap().series.items()}
     return cells, taken, dict(manager.stats.counters)
@@ -126,6 +135,48 @@ def test_the_compiled_cache_takes_and_refuses_what_the_reference_does(absolute: 
                                                                       lines: list) -> None:
     assert_twins(SEEDS + [shape % value for shape, value in lines] * 2, absolute,
                  timer_exact_samples=5)
+
+
+TIMED_SHAPES = [b"g:%s|g", b"g:%s|g|#k:v", b"h:%s|g", b"n:%s|c"]
+
+
+def run_timed(line_cache: Any, steps: list[tuple[int, bytes]], absolute: bool) -> tuple:
+    """A receive worker's cells (timed gauges) after ``steps`` (the millisecond, the line)."""
+    times, lines = [at for at, _ in steps], [line for _, line in steps]
+    return run_lines(line_cache, lines, absolute, TimedMetricMgr, times)[:2]
+
+
+@needs_compiled
+@pytest.mark.parametrize("absolute", [False, True], ids=["signed-gauges", "absolute-gauges"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(TIMED_SHAPES),
+                          st.one_of(VALUES, st.sampled_from([b"5", b"+1", b"-2.5", b"+0"]))),
+                min_size=1, max_size=40))
+def test_a_workers_gauge_changes_are_timed_alike_on_every_path(absolute: bool,
+                                                               lines: list) -> None:
+    # The cells and when each change came (a timed gauge's record, which orders gauges across
+    # workers) as the slow path leaves them, whichever line cache takes the lines.
+    steps, at = [], 1000
+    for advance, shape, value in lines * 2:  # twice: the second time the caches know them
+        at += advance
+        steps.append((at, shape % value))
+    by_decoder = run_timed(None, steps, absolute)[0]
+    reference, reference_taken = run_timed(PythonLineCache, steps, absolute)
+    compiled, compiled_taken = run_timed(CompiledLineCache, steps, absolute)
+    assert compiled_taken == reference_taken
+    assert compiled == reference == by_decoder
+
+
+@needs_compiled
+@pytest.mark.parametrize("line_cache", [PythonLineCache, CompiledLineCache],
+                         ids=["python", "compiled"])
+def test_the_cache_takes_a_workers_gauge_lines_and_notes_when_each_came(line_cache: Any) -> None:
+    steps = [(1, b"g:5|g"), (1, b"g:+1|g"), (2, b"g:+2|g"), (2, b"g:-1|g"), (3, b"g:7|g"),
+             (4, b"g:+3|g"), (4, b"g:+3|g"), (6, b"g:-0.5|g")]
+    cells, taken = run_timed(line_cache, steps, absolute=False)
+    assert taken == [False] + [True] * 7  # all but the first on the cache's own gauge arm
+    # 7 set at 3 ms, then +6 at 4 ms (one step) and -0.5 at 6; what came before 7 is gone
+    assert cells == {("g", "gauge", ()): (["7.0", "5.5"], ["3", "4", "6.0", "6", "-0.5"])}
 
 
 @needs_compiled

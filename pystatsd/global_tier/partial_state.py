@@ -151,15 +151,11 @@ def cell_partial(kind: str, cell: Any, value: float,
 
 def ordered_gauge_partial(cell: Any) -> dict[str, Any]:
     """The ordered partial of a gauge cell (``[base or None, deltas since]``) that has not been
-    finished: ``at``, ``times`` and ``deltas`` from a cell that records them (the receive
-    workers' ``TimedGauge``), else as if everything happened at time 0, in cell order."""
+    finished and did not record when it changed, as if everything happened at time 0, in cell
+    order (a cell that did, a receive worker's ``TimedGauge``, makes its own)."""
     base, moved = cell[0], cell[1]
-    times = getattr(cell, "times", None)
-    if times is None:
-        return {"base": base, "moved": moved, "at": None if base is None else 0,
-                "times": [0] if moved else [], "deltas": [moved] if moved else []}
-    return {"base": base, "moved": moved, "at": cell.at if base is not None else None,
-            "times": list(times), "deltas": list(cell.deltas)}
+    return {"base": base, "moved": moved, "at": None if base is None else 0,
+            "times": [0] if moved else [], "deltas": [moved] if moved else []}
 
 
 _NEVER = -1

@@ -5,27 +5,29 @@ Etsy's rule for one gauge is sequential: an absolute value replaces everything b
 each later ``+n``/``-n`` moves it. With several workers one gauge's lines can land in several
 processes; the merge needs, per worker, when its last absolute value was set and when each
 delta since came, on one clock. ``CLOCK_MONOTONIC`` is system-wide, so every worker reads the
-same clock; it is read in milliseconds when a line is applied (not when the kernel received
-it), and deltas within one millisecond are kept as one step. A worker's own order is exact;
-across workers, lines less than a millisecond apart (or reordered by one worker's backlog) are
-ordered as the workers applied them.
+same clock; it is read in milliseconds when a payload is delivered (not when the kernel
+received it), and deltas within one millisecond are kept as one step. A worker's own order is
+exact; across workers, lines less than a millisecond apart (or reordered by one worker's
+backlog) are ordered as the workers applied them.
 
-The fast path (``LineCache``) and ``MetricMgr.update`` write a gauge cell as ``cell[0] =
-value; cell[1] = 0.0`` (absolute) or ``cell[1] = moved`` (a delta): a ``list`` subclass sees
-both through ``__setitem__`` and costs nothing on the other types."""
+A :class:`TimedGauge` is a plain gauge cell (``[base or None, moved]``: everything that reads
+gauge cells reads it unchanged) with a ``record`` beside it. Whoever changes the cell notes the
+change on the record: :meth:`TimedMetricMgr.update` (the slow path) and both line caches' timed
+gauge arm (``aggregation.update_arm``; the compiled one in C, at the cost of a plain gauge line
+plus a store or an append), all by ``aggregation.note_gauge_change``'s rules."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, SupportsIndex
+from typing import Any
 
-from pystatsd.aggregation import MetricMgr, SeriesKey
+from pystatsd.aggregation import MetricMgr, SeriesKey, note_gauge_change
 from pystatsd.sample import GAUGE
 
 _now = [0]
 """The millisecond the payload being applied arrived: set once per payload by the receiver
-(:func:`stamp`), read by every gauge line in it (a clock read per line cost more than the
-rest of the line's bookkeeping)."""
+(:func:`stamp`), read by every gauge change in it (a clock read per line cost more than the
+rest of the line's bookkeeping). :attr:`TimedMetricMgr.gauge_clock`."""
 
 
 def stamp() -> None:
@@ -34,58 +36,40 @@ def stamp() -> None:
 
 
 class TimedGauge(list):  # type: ignore[type-arg]
-    """``[base or None, moved]`` plus ``at`` (the millisecond ``base`` was set) and the deltas
-    since, by millisecond (``times``, ``deltas``)."""
+    """``[base or None, moved]`` and ``record``: ``[at, ms, delta, ms, delta, ...]``, ``at``
+    the millisecond ``base`` was set, then the deltas since by millisecond (pickled with the
+    cell for a hot restart: a list subclass with slots pickles both)."""
 
-    __slots__ = ("at", "times", "deltas")
+    __slots__ = ("record",)
 
     def __init__(self, cell: list[Any]) -> None:
         super().__init__(cell)
-        self.at = 0
-        self.times: list[int] = []
-        self.deltas: list[float] = []
-        if cell[1]:
-            self.times.append(_now[0])
-            self.deltas.append(cell[1])
+        self.record: list[Any] = [0, _now[0], cell[1]] if cell[1] else [0]
 
-    def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
-        # Kept short: it runs for every gauge line a worker takes (twice for an absolute one).
-        if index:
-            old = self[1]
-            if value != old:
-                now = _now[0]
-                times = self.times
-                if times and times[-1] == now:
-                    self.deltas[-1] += value - old
-                else:
-                    times.append(now)
-                    self.deltas.append(value - old)
-                list.__setitem__(self, 1, value)
-        else:  # an absolute value: what came before it no longer counts
-            self.at = _now[0]
-            if self.times:
-                self.times = []
-                self.deltas = []
-            list.__setitem__(self, 1, 0.0)
-            list.__setitem__(self, 0, value)
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:  # a hot restart pickles cells
-        return (_rebuild, (list(self), self.at, self.times, self.deltas))
-
-
-def _rebuild(cell: list[Any], at: int, times: list[int], deltas: list[float]) -> TimedGauge:
-    gauge = TimedGauge([cell[0], 0.0])
-    list.__setitem__(gauge, 1, cell[1])
-    gauge.at, gauge.times, gauge.deltas = at, times, deltas
-    return gauge
+    def partial(self) -> dict[str, Any]:
+        """The ordered gauge partial (``pystatsd.global_tier.partial_state``) of this cell."""
+        record, base = self.record, self[0]
+        return {"base": base, "moved": self[1], "at": None if base is None else record[0],
+                "times": record[1::2], "deltas": record[2::2]}
 
 
 class TimedMetricMgr(MetricMgr):
     """A :class:`MetricMgr` whose gauge cells are :class:`TimedGauge` (each receive worker's,
     and the parent's when it receives on Unix sockets beside its workers)."""
 
+    gauge_clock = _now
+
     def cell(self, key: SeriesKey) -> Any:
         cell = super().cell(key)
         if key[1] == GAUGE and type(cell) is list:
             cell = self._table.series[key] = TimedGauge(cell)
         return cell
+
+    def update(self, kind: str, cell: Any, value: float | str, weight: float,
+               delta: bool) -> bool:
+        if not super().update(kind, cell, value, weight, delta):
+            return False
+        if kind == GAUGE and type(cell) is TimedGauge:  # not a stamped sample's plain cell
+            note_gauge_change(cell.record, _now[0],
+                              value if delta else None)  # type: ignore[arg-type]
+        return True

@@ -23,12 +23,13 @@ from pystatsd.aggregation import IntervalTable, MetricMgr, new_cell
 from pystatsd.global_tier.partial_state import SeriesMerge, cell_partial, ordered_gauge_partial
 from pystatsd.sample import GAUGE, HISTOGRAM, SET, TIMER, TRACE
 from pystatsd.selfstats import SelfStats
+from pystatsd.workers.gauge_order import TimedGauge
 
 
 def cell_to_partial(kind: str, cell: Any, accuracy: float) -> dict[str, Any]:
     """The partial of an unfinished cell."""
-    if kind == GAUGE:
-        return ordered_gauge_partial(cell)
+    if kind == GAUGE:  # timed (arrival order kept) unless a stamped sample's
+        return cell.partial() if type(cell) is TimedGauge else ordered_gauge_partial(cell)
     if (kind == TIMER or kind == HISTOGRAM) and cell.sketch is not None:
         cell.fold(accuracy)  # cell_partial wants the kept samples inside the sketch
     return cell_partial(kind, cell, 0.0)
