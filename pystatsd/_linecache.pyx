@@ -217,6 +217,12 @@ cdef inline uint64_t _fmix64(uint64_t k) noexcept nogil:
     return k
 
 
+cdef inline uint64_t _scramble(uint64_t k, uint64_t first, int rotation,
+                               uint64_t second) noexcept nogil:
+    """MurmurHash3's mixing of one 64-bit block half before it joins its lane."""
+    return _rotl64(k * first, rotation) * second
+
+
 cdef int64_t _member_hash(const char *data, Py_ssize_t length) noexcept nogil:
     """MurmurHash3_x64_128(data, length, seed 0), its first 64 bits, as ``mmh3.hash64(data)[0]``
     gives them (Austin Appleby's reference, public domain; blocks read little-endian)."""
@@ -228,20 +234,10 @@ cdef int64_t _member_hash(const char *data, Py_ssize_t length) noexcept nogil:
     for i in range(blocks):
         memcpy(&k1, bytes_ + 16 * i, 8)
         memcpy(&k2, bytes_ + 16 * i + 8, 8)
-        k1 *= c1
-        k1 = _rotl64(k1, 31)
-        k1 *= c2
-        h1 ^= k1
-        h1 = _rotl64(h1, 27)
-        h1 += h2
-        h1 = h1 * 5 + 0x52dce729
-        k2 *= c2
-        k2 = _rotl64(k2, 33)
-        k2 *= c1
-        h2 ^= k2
-        h2 = _rotl64(h2, 31)
-        h2 += h1
-        h2 = h2 * 5 + 0x38495ab5
+        h1 ^= _scramble(k1, c1, 31, c2)
+        h1 = (_rotl64(h1, 27) + h2) * 5 + 0x52dce729
+        h2 ^= _scramble(k2, c2, 33, c1)
+        h2 = (_rotl64(h2, 31) + h1) * 5 + 0x38495ab5
     bytes_ += 16 * blocks
     rest = length & 15
     k1 = 0
@@ -249,17 +245,11 @@ cdef int64_t _member_hash(const char *data, Py_ssize_t length) noexcept nogil:
     if rest > 8:
         for i in range(8, rest):
             k2 ^= (<uint64_t>bytes_[i]) << (8 * (i - 8))
-        k2 *= c2
-        k2 = _rotl64(k2, 33)
-        k2 *= c1
-        h2 ^= k2
+        h2 ^= _scramble(k2, c2, 33, c1)
     if rest > 0:
         for i in range(rest if rest < 8 else 8):
             k1 ^= (<uint64_t>bytes_[i]) << (8 * i)
-        k1 *= c1
-        k1 = _rotl64(k1, 31)
-        k1 *= c2
-        h1 ^= k1
+        h1 ^= _scramble(k1, c1, 31, c2)
     h1 ^= <uint64_t>length
     h2 ^= <uint64_t>length
     h1 += h2
