@@ -4,6 +4,7 @@ plus the cost of one snapshot. For profiling: ``--profile`` prints the top cProf
 
     python bench/ingest_cpu.py [--lines 20] [--profile] [--slow] [--line-cache both]
     python bench/ingest_cpu.py --instructions [--lines 20] [--line-cache both] [--mix sets]
+                               [--batch 64]
 
 ``--mix sets`` makes every line a set line (the same names, members drawn from 10,000, so an
 interval's sets hold new members and repeats), to measure a set's update alone.
@@ -12,14 +13,19 @@ interval's sets hold new members and repeats), to measure a set's update alone.
 both in one run, one after the other (default: the one the daemon would run; the
 ``PYSTATSD_LINE_CACHE`` switch of pystatsd.aggregation).
 
+``--batch N`` hands the payloads to ``Pipeline.ingest_batch`` N at a time, as the native UDP
+receive hands a ring's batch (one Python call per batch); without it, ``Pipeline.ingest`` one
+payload at a time (the Python receive loop's way, and the only entry of older trees).
+
 ``--slow`` measures the reference path instead, without the line cache: decode_payload, the
 tagger and MetricMgr.add per sample (what every line cost before the fast path).
 
 ``--instructions`` counts CPU instructions per line under ``valgrind --tool=callgrind``, which
 unlike the clock repeats on a shared machine: after a warm-up (every name seen, the line cache
-full, the cells bound) it ingests ``--window`` payloads through ``map()``, and callgrind counts
-only inside ``map``'s C ``next`` (``--toggle-collect=map_next``): ``Pipeline.ingest`` in its
-steady state within one interval (no swap, no snapshot), plus one ``map`` step per payload.
+full, the cells bound) it ingests ``--window`` payloads through ``starmap()``, and callgrind
+counts only inside its C ``next`` (``--toggle-collect=starmap_next``): ``Pipeline.ingest`` in
+its steady state within one interval (no swap, no snapshot), plus one step per payload (or
+batch)
 Address randomisation is turned off (``setarch -R``) and the hash seed fixed, so that the
 allocator's and the dicts' work repeats too (bench/callgrind_count.py, which
 bench/graphite_ingest.py shares).
@@ -76,23 +82,36 @@ def make_payloads(count: int, lines: int, names: int, seed: int = 1) -> list[byt
     return [b"\n".join(make_line(rng, names) for _ in range(lines)) for _ in range(count)]
 
 
-def count_only(lines: int, names: int, window: int, mapping: str | None = None) -> None:
+def count_only(lines: int, names: int, window: int, mapping: str | None = None,
+               batch: int = 0) -> None:
     """The workload run under callgrind: warm up, then ingest ``window`` payloads through
-    ``map``. Uses only ``Pipeline.ingest``, so it runs on older trees too (without
-    ``mapping``, a ``mapping_file``)."""
+    ``starmap``. Without ``batch`` it uses only ``Pipeline.ingest``, so it runs on older
+    trees too (without ``mapping``, a ``mapping_file``)."""
     config = build_config({"forwarders": {}, **({"mapping_file": mapping} if mapping else {})})
     pipeline = Pipeline(config, MetricMgr(config), SelfStats())
     warm = max(names, 200_000 // lines)  # ~200k lines: every name is seen (coupon collector)
-    warm_then_map(pipeline.ingest, make_payloads(warm + window, lines, names), warm)
+    if batch:
+        warm = -(-warm // batch) * batch
+    payloads = make_payloads(warm + window, lines, names)
+    if not batch:
+        warm_then_map(pipeline.ingest, payloads, warm)
+        return
+
+    def failed(payload: bytes) -> None:
+        raise AssertionError("a bench payload failed")
+
+    batches = [payloads[at:at + batch] for at in range(0, len(payloads), batch)]
+    warm_then_map(lambda chunk: pipeline.ingest_batch(chunk, failed), batches, warm // batch)
 
 
 def instructions_per_line(lines: int, names: int, window: int,
-                          mapping: str | None = None) -> float:
+                          mapping: str | None = None, batch: int = 0) -> float:
     """Instructions callgrind counts per line inside ``count_only``'s ``map`` (the line cache:
     PYSTATSD_LINE_CACHE in os.environ, set by main)."""
     collected = instructions_in_map(__file__, [
         "--lines", str(lines), "--names", str(names), "--window", str(window), "--count-only",
-        "--mix", MIX, *(["--mapping", mapping] if mapping else [])])
+        "--mix", MIX, *(["--mapping", mapping] if mapping else []),
+        *(["--batch", str(batch)] if batch else [])])
     return collected / (window * lines)
 
 
@@ -109,6 +128,8 @@ def main() -> None:
                         help="payloads measured by --instructions (default: 100,000 lines' "
                         "worth)")
     parser.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=0,
+                        help="payloads per Pipeline.ingest_batch call (0: ingest each)")
     parser.add_argument("--mapping", help="a mapping_file to apply (bench/mapping-50.yml: "
                         "50 rules)")
     parser.add_argument("--line-cache", choices=["python", "compiled", "both"],
@@ -136,12 +157,16 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     window = args.window or max(1, 100_000 // args.lines)
+    if args.batch:  # whole batches only
+        window = -(-window // args.batch) * args.batch
     if args.count_only:
-        count_only(args.lines, args.names, window, args.mapping)
+        count_only(args.lines, args.names, window, args.mapping, args.batch)
         return
     if args.instructions:
-        per_line = instructions_per_line(args.lines, args.names, window, args.mapping)
-        print(f"{args.lines} lines/payload: {per_line:,.0f} instructions/line "
+        per_line = instructions_per_line(args.lines, args.names, window, args.mapping,
+                                         args.batch)
+        entry = f"ingest_batch of {args.batch}" if args.batch else "ingest"
+        print(f"{args.lines} lines/payload, {entry}: {per_line:,.0f} instructions/line "
               f"(callgrind, {window * args.lines:,} lines measured)")
         return
 

@@ -435,6 +435,8 @@ cdef class LineCache:
     cdef public bint absolute_gauges
     cdef public long long hits  # C integers: Python ints cost ~150 instructions a payload
     cdef public long long unplaced
+    cdef public long long lines
+    cdef public Py_ssize_t position
     cdef public Py_ssize_t bytes
     cdef _Slot *_slots
     cdef size_t _mask  # slots - 1
@@ -534,6 +536,8 @@ cdef class LineCache:
         self.absolute_gauges = absolute_gauges
         self.hits = 0
         self.unplaced = 0
+        self.lines = 0
+        self.position = 0
         self.bytes = 0
         self._memory_generation = manager.memory_generation
         self._distribution_limit = aggregation.DISTRIBUTION_LIMIT
@@ -749,6 +753,44 @@ cdef class LineCache:
         finally:
             self._end()
         return taken, None
+
+    def apply_payloads(self, list payloads, Py_ssize_t start, bytes unusual_starts):
+        # One _begin for the batch: nothing between two of its payloads changes the manager
+        # (the caller holds the ingest lock throughout, and a line that moves the epoch, an
+        # overflow, re-reads it where it happens, as within one payload).
+        cdef Py_ssize_t index, count = len(payloads)
+        cdef Py_ssize_t taken, size
+        cdef const char *first = PyBytes_AS_STRING(unusual_starts)
+        cdef Py_ssize_t firsts = PyBytes_GET_SIZE(unusual_starts)
+        cdef const char *start_
+        cdef const char *end
+        cdef const char *newline
+        cdef object payload
+        self._begin()
+        try:
+            for index in range(start, count):
+                self.position = index
+                payload = <object>_list_item(payloads, index)
+                if type(payload) is not bytes:
+                    raise TypeError(f"apply_payloads: a payload is {type(payload).__name__}")
+                start_ = PyBytes_AS_STRING(payload)
+                size = PyBytes_GET_SIZE(payload)
+                if size == 0 or memchr(first, start_[0], firsts) is not NULL:
+                    return index, 0, None
+                end = start_ + size
+                taken = 0
+                while start_ < end:  # as apply_payload
+                    newline = <const char *>memchr(start_, 10, end - start_)
+                    if newline is NULL:
+                        newline = end
+                    if not self._apply_line(start_, newline - start_):
+                        return index, taken, start_[:newline - start_]
+                    taken += 1
+                    start_ = newline + 1
+                self.lines += taken
+        finally:
+            self._end()
+        return count, 0, None
 
     def remember(self, bytes line, sample):
         from pystatsd import aggregation

@@ -442,12 +442,15 @@ cdef class Ring:
                 pthread_join(self._thread, NULL)
             self._joined = True
 
-    def deliver(self, deliver, failed):
+    def deliver(self, deliver, failed, deliver_batch=None):
         """Wait for datagrams, then hand each to ``deliver`` (``failed(payload)`` is called
-        inside the ``except`` when it raises). Returns (payload bytes delivered, empty
-        datagrams seen (the watchdog's probes), receive errors (errno values), whether the
-        drain has ended and everything it published is delivered)."""
+        inside the ``except`` when it raises); or, given ``deliver_batch``, hand them all to
+        it in one call, ``deliver_batch(payloads, failed)``, which calls ``failed`` itself
+        (one Python call per batch, not per datagram). Returns (payload bytes delivered,
+        empty datagrams seen (the watchdog's probes), receive errors (errno values), whether
+        the drain has ended and everything it published is delivered)."""
         cdef rx_ring *r = self._ring
+        cdef list batch = [] if deliver_batch is not None else None
         cdef uint64_t tail = rx_tail(r)
         cdef uint64_t head
         cdef int32_t *header
@@ -482,10 +485,15 @@ cdef class Ring:
             tail += rx_record_bytes(length)
             rx_release(r, tail)  # copied out: the drain thread may reuse the room at once
             delivered += length
+            if batch is not None:
+                batch.append(payload)
+                continue
             try:
                 deliver(payload)
             except Exception:
                 failed(payload)
+        if batch:  # (the probes and errors are only counted: they need no place among them)
+            deliver_batch(batch, failed)
         # The end flag first: the drain thread publishes its last record before setting it.
         ended = rx_ended(r) and tail == rx_head(r)
         return delivered, probes, errors or (), ended

@@ -793,6 +793,11 @@ class PythonLineCache:
         self.hits = 0
         """Lines applied: each one sample decoded and aggregated. The pipeline reads and
         zeroes it when it publishes its counts."""
+        self.lines = 0
+        """Lines of the payloads :meth:`apply_payloads` took whole (``received.lines``; read
+        and zeroed with ``hits``)."""
+        self.position = 0
+        """The payload :meth:`apply_payloads` is at: after it raised, the one that raised."""
         self.unplaced = 0
         """Lines decoded but dropped because their series would pass ``max_series`` or their
         value would overflow an aggregate (the manager counts them as ``too_many_series`` or
@@ -943,6 +948,27 @@ class PythonLineCache:
             lines.pop()
         missed = self.apply(lines)
         return (len(lines), None) if missed is None else (lines.index(missed), missed)
+
+    def apply_payloads(self, payloads: list[bytes], start: int,
+                       unusual_starts: bytes) -> tuple[int, int, bytes | None]:
+        """:meth:`apply_payload` to ``payloads[start:]`` in order while each is taken whole,
+        adding their lines to :attr:`lines`: one call for a batch of datagrams (the native
+        receive's, pystatsd.ingest.Pipeline.ingest_batch). Stops at the first payload that is
+        empty or starts with a byte of ``unusual_starts`` (untouched: ``(index, 0, None)``) or
+        has a line not taken (``(index, lines taken before it, that line)``, as
+        :meth:`apply_payload` says); ``(len(payloads), 0, None)`` if all were taken.
+        :attr:`position` is the payload under way, the one that raised if one did."""
+        index = start
+        for index in range(start, len(payloads)):
+            self.position = index
+            payload = payloads[index]
+            if not payload or payload[0] in unusual_starts:
+                return index, 0, None
+            taken, missed = self.apply_payload(payload)
+            if missed is not None:
+                return index, taken, missed
+            self.lines += taken
+        return len(payloads), 0, None
 
     def remember(self, line: bytes, sample: Sample) -> None:
         """Cache the shape of ``line`` with what the slow path made of it: ``sample``, the one

@@ -161,7 +161,8 @@ class Daemon:
             specs = [spec for spec in specs if spec not in pooled]
             self.workers = WorkerPool(self.worker_count, pooled, self.config, self.stats)
         self.listeners = open_listeners(specs, self._deliver if self.workers is None
-                                        else self._deliver_stamped, self.stats)
+                                        else self._deliver_stamped, self.stats,
+                                        self._deliver_batch if self.workers is None else None)
         if self.workers is not None:
             self.workers.start()
             for address in self.workers.addresses:
@@ -280,6 +281,14 @@ class Daemon:
         with self.lock:
             assert self.pipeline is not None
             self.pipeline.ingest(payload, fmt, absolute_gauges, graphite)
+
+    def _deliver_batch(self, payloads: list[bytes], failed: Callable[[bytes], object],
+                       absolute_gauges: bool = False) -> None:
+        """A batch of a UDP statsd listener's datagrams, under one hold of the ingest lock (a
+        swap lands between two batches, never inside a datagram)."""
+        with self.lock:
+            assert self.pipeline is not None
+            self.pipeline.ingest_batch(payloads, failed, absolute_gauges)
 
     def _deliver_stamped(self, payload: bytes, fmt: str = "statsd",
                          absolute_gauges: bool = False,

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -117,6 +118,15 @@ class Forward(Pipeline):
         # The listener's options (input format, ...) travel with the payload, whatever they are
         self.channel.send(DATA, pickle.dumps((payload, options), pickle.HIGHEST_PROTOCOL))
         self.forwarded += 1
+
+    def ingest_batch(self, payloads: list[bytes], failed: Callable[[bytes], object],
+                     absolute_gauges: bool = False) -> None:
+        # Each payload as its own frame, with the options the per-payload delivery passes.
+        for payload in payloads:
+            try:
+                self.ingest(payload, "statsd", absolute_gauges, None)
+            except Exception:
+                failed(payload)
 
     def publish_counts(self) -> None:
         pass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from forwarders import RelayForwarder
 from pystatsd.aggregation import Config, LineCache, MetricMgr
@@ -101,9 +101,10 @@ class Pipeline:
         belong to), and on the old pipeline before a reload replaces it."""
         hits = self._cache.hits + self._absolute_cache.hits
         unplaced = self._cache.unplaced + self._absolute_cache.unplaced
+        batched_lines = self._cache.lines + self._absolute_cache.lines
         stats = self._stats
         for name, amount in (("received.datagrams", self._datagrams),
-                             ("received.lines", self._lines),
+                             ("received.lines", self._lines + batched_lines),
                              ("decoded.samples", self._decoded + hits + unplaced),
                              ("aggregated.samples", self._aggregated + hits)):
             if amount:
@@ -114,7 +115,7 @@ class Pipeline:
                 stats.incr(name, amount)
         self._graphite_counts = {}
         for cache in (self._cache, self._absolute_cache):
-            cache.hits = cache.unplaced = 0
+            cache.hits = cache.unplaced = cache.lines = 0
 
     def ingest(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
                graphite: GraphiteSource | None = None) -> None:
@@ -141,6 +142,49 @@ class Pipeline:
         if missed is None:
             self._lines += taken
             return
+        self._ingest_missed(payload, missed, cache)
+
+    def ingest_batch(self, payloads: list[bytes], failed: Callable[[bytes], object],
+                     absolute_gauges: bool = False) -> None:
+        """``ingest(payload, "statsd", absolute_gauges)`` for each of ``payloads`` in order,
+        calling ``failed(payload)`` inside the ``except`` for one that raised, then going on:
+        the native receive's batch of datagrams in one call. The line cache takes the run of
+        payloads it takes whole in one call of its own (``apply_payloads``: no Python frame
+        per datagram); each payload it stops at goes the way ``ingest`` sends it, and the
+        cache resumes after it. The counts are ``ingest``'s, datagram for datagram."""
+        if self._relaying:  # the relays see every payload: ingest's own way
+            for payload in payloads:
+                try:
+                    self.ingest(payload, "statsd", absolute_gauges)
+                except Exception:
+                    failed(payload)
+            return
+        self._datagrams += len(payloads)
+        cache = self._absolute_cache if absolute_gauges else self._cache
+        index, count = 0, len(payloads)
+        while index < count:
+            try:
+                index, taken, missed = cache.apply_payloads(payloads, index, _SLOW_START)
+            except Exception:
+                index = cache.position
+                failed(payloads[index])
+                index += 1
+                continue
+            if index == count:
+                return
+            payload = payloads[index]
+            try:
+                if missed is None:  # empty, JSON or an odd start
+                    self._ingest_decoded(payload, absolute_gauges)
+                else:
+                    self._ingest_missed(payload, missed, cache)
+            except Exception:
+                failed(payload)
+            index += 1
+
+    def _ingest_missed(self, payload: bytes, missed: bytes, cache: LineCache) -> None:
+        """The rest of a payload whose line ``missed`` the cache did not take (the lines
+        before it it took): that line through the slow path, then the lines after it."""
         lines = payload.split(b"\n")
         if not lines[-1]:
             lines.pop()

@@ -47,6 +47,15 @@ class Deliver(Protocol):
     def __call__(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
                  graphite: GraphiteSource | None = None) -> None: ...
 
+
+class DeliverBatch(Protocol):
+    """Where the native UDP receive hands a batch of a statsd listener's datagrams: as
+    ``Deliver`` on each in order, calling ``failed(payload)`` inside the ``except`` for one
+    that raised (the daemon's ``Pipeline.ingest_batch`` under one hold of the ingest lock)."""
+
+    def __call__(self, payloads: list[bytes], failed: Callable[[bytes], object],
+                 absolute_gauges: bool = False) -> None: ...
+
 # Linux's SO_RCVBUFFORCE (not exported by the socket module): with CAP_NET_ADMIN it sets the
 # receive buffer past net.core.rmem_max.
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
@@ -241,10 +250,17 @@ class UdpListener(_Listener):
     dropped on this socket because its receive buffer was full, so that loss is counted too."""
 
     def __init__(self, spec: dict[str, Any], deliver: Deliver, stats: SelfStats, *,
-                 native: bool | None = None) -> None:
+                 native: bool | None = None, deliver_batch: DeliverBatch | None = None) -> None:
         """``native``: whether to run the native receive (None: as :data:`UDP_RECEIVE` says;
-        True where it is not built: the Python loop, as for ``auto``)."""
+        True where it is not built: the Python loop, as for ``auto``). ``deliver_batch``:
+        what the native receive hands its batches to instead of ``deliver`` on each (a
+        statsd listener's only; the Python loop always calls ``deliver``)."""
         super().__init__(spec, deliver, stats)
+        self._deliver_batch: Callable[..., None] | None = None
+        if deliver_batch is not None and spec.get("format", "statsd") == "statsd":
+            self._deliver_batch = deliver_batch if spec.get(
+                "gauge_sign", self.GAUGE_SIGN_DEFAULT) != "absolute" else functools.partial(
+                    deliver_batch, absolute_gauges=True)
         if spec["receive_buffer_bytes"]:
             self._size_receive_buffer(spec["receive_buffer_bytes"])
         self._stopping = _StopFlag()
@@ -385,9 +401,9 @@ class UdpListener(_Listener):
     def _run_native(self, ring: Any) -> None:
         """Deliver what the drain thread puts in the ring, until it ends: at the empty
         datagram that stops it, after what the socket held then (as :meth:`_run_python`)."""
-        deliver, failed = self._deliver, self._ingest_failed
+        deliver, failed, batch = self._deliver, self._ingest_failed, self._deliver_batch
         while True:
-            delivered, probes, errors, ended = ring.deliver(deliver, failed)
+            delivered, probes, errors, ended = ring.deliver(deliver, failed, batch)
             self.bytes_received += delivered
             if probes:  # the watchdog's probe came through the ring: neither thread is wedged
                 self.last_alive = time.monotonic()
@@ -903,10 +919,11 @@ def connection_caps(specs: list[dict[str, Any]]) -> list[int]:
     return caps
 
 
-def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
-                   stats: SelfStats) -> list[Any]:
+def open_listeners(specs: list[dict[str, Any]], deliver: Deliver, stats: SelfStats,
+                   deliver_batch: DeliverBatch | None = None) -> list[Any]:
     """Bind every listener (raising :class:`ListenerError` and closing the rest on failure);
-    none receives until ``start``."""
+    none receives until ``start``. ``deliver_batch``: the UDP statsd listeners' batch entry
+    (:class:`DeliverBatch`), if the caller has one."""
     from pystatsd.uds_listeners import UNIX_LISTENERS  # it builds on this module's classes
 
     opened: list[Any] = []
@@ -922,7 +939,8 @@ def open_listeners(specs: list[dict[str, Any]], deliver: Deliver,
             if spec["protocol"] in UNIX_LISTENERS:
                 opened.append(UNIX_LISTENERS[spec["protocol"]](spec, spec_deliver, stats))
             elif spec["protocol"] == "udp":
-                opened.append(UdpListener(spec, spec_deliver, stats))
+                opened.append(UdpListener(spec, spec_deliver, stats,
+                                          deliver_batch=deliver_batch))
             else:
                 opened.append(TcpListener(spec, spec_deliver, stats, next(caps)))
     except Exception:

@@ -165,6 +165,80 @@ def test_fast_path_equals_slow_path_on_generated_lines(line_cache: Any,
     assert fast_rejects == slow_rejects
 
 
+def through(line_cache: Any, intervals: list[list[bytes]], batches: list[int] | None,
+            absolute_gauges: bool = False) -> tuple[list[list[SeriesStats]], dict]:
+    """Each interval's payloads through ``ingest`` one by one (``batches`` None), or through
+    ``ingest_batch`` cut into batches of the sizes in ``batches`` (in turn): the snapshots and
+    every self-counter."""
+    built = build_config(BASE)
+    stats = SelfStats()
+    manager = MetricMgr(built)
+    with pipelines_using(line_cache):
+        pipeline = Pipeline(built, manager, stats)
+    failures: list[bytes] = []
+    sizes = iter(batches * 1000 if batches else [])
+    snapshots = []
+    for payloads in intervals:
+        if batches is None:
+            for payload in payloads:
+                pipeline.ingest(payload, "statsd", absolute_gauges)
+        else:
+            at = 0
+            while at < len(payloads):
+                size = next(sizes)
+                pipeline.ingest_batch(payloads[at:at + size], failures.append, absolute_gauges)
+                at += size
+        pipeline.publish_counts()
+        snapshots.append(manager.finish(manager.swap(), 10.0))
+    assert failures == []
+    return snapshots, dict(stats.counters)
+
+
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+@pytest.mark.parametrize("absolute_gauges", [False, True], ids=["delta", "absolute"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(intervals=workloads(), batches=st.lists(st.integers(1, 5), min_size=1, max_size=4))
+def test_a_batch_of_datagrams_gives_what_each_ingested_alone_gives(
+        line_cache: Any, absolute_gauges: bool, intervals: list[list[bytes]],
+        batches: list[int]) -> None:
+    intervals = [*intervals, CORPUS, CORPUS[::-1]]  # JSON, empty and odd starts among them
+    alone = through(line_cache, intervals, None, absolute_gauges)
+    batched = through(line_cache, intervals, batches, absolute_gauges)
+    assert batched == alone
+    assert batched[1]["received.datagrams"] == sum(map(len, intervals))
+
+
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_a_datagram_that_raises_in_a_batch_is_reported_and_the_rest_are_ingested(
+        line_cache: Any, monkeypatch: Any) -> None:
+    config = build_config({"forwarders": {}})
+    stats = SelfStats()
+    manager = MetricMgr(config)
+    with pipelines_using(line_cache):
+        pipeline = Pipeline(config, manager, stats)
+    pipeline.ingest(b"a:1|c\nb:1|c\nc:1|c")  # every shape cached
+    pipeline.publish_counts()
+    stats.take()
+    manager.swap()  # a new interval: each shape binds its cell again, through manager.cell
+    bind = manager.cell
+
+    def cell(key: Any) -> Any:
+        if key[0] == "b":
+            raise RuntimeError("a bug binding b")
+        return bind(key)
+
+    monkeypatch.setattr(manager, "cell", cell)
+    failed: list[bytes] = []
+    pipeline.ingest_batch([b"a:1|c", b"a:1|c\nb:1|c", b'{"bad json', b"c:2|c", b"a:1|c"],
+                          failed.append)
+    assert failed == [b"a:1|c\nb:1|c"]
+    pipeline.publish_counts()
+    counts = {s.name: s.stats["count"] for s in manager.finish(manager.swap(), 1.0)}
+    assert counts == {"a": 3, "c": 2}  # a's line before the failure in its datagram counts
+    taken = stats.take()
+    assert taken["received.datagrams"] == 5 and taken["rejected.bad_json"] == 1
+
+
 def test_counts_received_decoded_and_aggregated_at_swap() -> None:
     config = build_config({"forwarders": {}, "max_series": 2})
     stats = SelfStats()

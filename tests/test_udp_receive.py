@@ -24,8 +24,11 @@ from pystatsd.listeners import UdpListener
 from pystatsd.selfstats import SelfStats
 
 NATIVE_BUILT = listeners._RING_BUILT is not None
-RECEIVES = [pytest.param("native", marks=pytest.mark.skipif(
-    not NATIVE_BUILT, reason="the native receive is not built")), "python"]
+_NOT_BUILT = pytest.mark.skipif(not NATIVE_BUILT, reason="the native receive is not built")
+RECEIVES = [pytest.param("native", marks=_NOT_BUILT),
+            pytest.param("native-batch", marks=_NOT_BUILT), "python"]
+"""``native-batch``: the native receive handing its batches to a ``deliver_batch`` (as the
+daemon's listeners do), which delivers each payload as the tests' ``deliver`` would."""
 
 
 def udp_spec(**keys: Any) -> dict[str, Any]:
@@ -63,9 +66,22 @@ def make_listener(receive: str) -> Iterator[Any]:
     made: list[UdpListener] = []
 
     def make(deliver: Any, stats: SelfStats | None = None, **keys: Any) -> UdpListener:
+        batches: list[int] = []
+
+        def deliver_batch(payloads: list[bytes], failed: Any) -> None:
+            batches.append(len(payloads))
+            for payload in payloads:
+                try:
+                    deliver(payload)
+                except Exception:
+                    failed(payload)
+
         listener = UdpListener(udp_spec(**keys), deliver, stats or SelfStats(),
-                               native=receive == "native")
-        assert listener.receive == receive
+                               native=receive != "python",
+                               deliver_batch=deliver_batch if receive == "native-batch"
+                               else None)
+        assert listener.receive == receive.split("-")[0]
+        listener.batches = batches  # type: ignore[attr-defined]
         listener.start()
         made.append(listener)
         return listener
@@ -80,7 +96,8 @@ def sender() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
-def test_stop_delivers_everything_sent_before_it_under_a_stream(make_listener: Any) -> None:
+def test_stop_delivers_everything_sent_before_it_under_a_stream(make_listener: Any,
+                                                                 receive: str) -> None:
     got = Collected()
     listener = make_listener(got)
     sent = 0
@@ -110,6 +127,8 @@ def test_stop_delivers_everything_sent_before_it_under_a_stream(make_listener: A
     assert delivered == [b"stream.n:%d|c" % n for n in range(len(delivered))]
     assert listener.bytes_received == sum(len(p) for p in delivered)
     assert not listener._thread.is_alive()
+    if receive == "native-batch":  # all of them through the batch entry
+        assert sum(listener.batches) == len(delivered)
 
 
 def test_a_datagram_longer_than_max_datagram_bytes_is_truncated_to_it(
