@@ -8,11 +8,15 @@ is only how:
 
 - ``apply_payload`` walks a payload's newlines with ``memchr`` and makes a line object only
   for the line it hands back;
-- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape (``name:tail``,
-  copied into a scratch buffer) looked up in a table of its own: one hash, the one Python's
-  dicts use (SipHash, seeded per process, so clients cannot make names that collide), and no
-  object made for the key; a dict keyed by bytes cost an allocation, a free and a compare
-  through the object protocol on every line;
+- a line is scanned once with ``memchr`` for its ``:`` and ``|``, and its shape (the name and
+  the tail, read in place) looked up in a table of its own, with no object made for the key (a
+  dict keyed by bytes cost an allocation, a free and a compare through the object protocol on
+  every line). The hash reads 8 bytes at a step with one multiply, seeded per process: SipHash
+  (Python's) was the largest single cost, ~200 instructions a line. It is not built to resist
+  clients who choose names that collide; the table is: a lookup gives up after
+  ``_MAX_PROBES`` slots and the line takes the slow path (whose dicts hash with SipHash), and
+  a shape that finds no slot so near is not remembered, so colliding names cost what names
+  never seen before cost, and no more;
 - no whole-line cache of counter lines: in C the shape's lookup and the value's parse cost
   less than hashing every line once more to look it up there (measured: the second hash was
   the largest single cost, ~190 instructions a line);
@@ -37,14 +41,13 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
 from cpython.object cimport PyObject, Py_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 
 cdef extern from "Python.h":
-    Py_hash_t _Py_HashBytes(const void *data, Py_ssize_t length) noexcept
     PyObject *_list_item "PyList_GET_ITEM"(object items, Py_ssize_t index) noexcept
     void _list_set_item "PyList_SET_ITEM"(object items, Py_ssize_t index, PyObject *value) noexcept
     # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
@@ -67,13 +70,15 @@ cdef enum:
 
 
 cdef struct _Slot:
-    char *key  # NULL: an empty slot; else name ":" tail, owned by the table
-    Py_ssize_t length
-    Py_hash_t hash
+    char *key  # NULL: an empty slot; else the name then the tail, owned by the table
+    Py_ssize_t length  # of both
+    Py_ssize_t name_length
+    uint64_t hash
     PyObject *entry  # a reference to its _Entry, owned by the table
 
 cdef enum:
     _FIRST_SLOTS = 64  # a power of two; the table doubles when half full (linear probing)
+    _MAX_PROBES = 64  # slots a lookup looks at, at most (see the module's docstring)
 
 
 cdef class _Entry:
@@ -423,8 +428,57 @@ def _seed_probes(bytes key):
     memcpy(&_PROBE_KEY, PyBytes_AS_STRING(key), 8)
 
 
+# -- line shapes: their hash -----------------------------------------------------------------
+
+cdef uint64_t _SHAPE_KEY = 0
+"""The seed of every shape's hash in this process (set at import from os.urandom)."""
+
+cdef inline uint64_t _load64(const char *at) noexcept nogil:
+    cdef uint64_t word
+    memcpy(&word, at, 8)
+    return word
+
+
+cdef inline uint64_t _fold(uint64_t h, const char *data, Py_ssize_t length) noexcept nogil:
+    """``length`` bytes folded into ``h`` 8 at a step (the last step overlaps the one before
+    it when the length is no multiple of 8, so no byte loop but under 8 bytes), then the
+    length, so that where the name ends and the tail begins is part of the hash."""
+    cdef Py_ssize_t at = 0
+    cdef uint64_t word = 0
+    while at + 8 <= length:
+        h = _rotl64((h ^ _load64(data + at)) * 0x9e3779b97f4a7c15ULL, 31)
+        at += 8
+    if at < length:
+        if length >= 8:
+            word = _load64(data + length - 8)
+        else:
+            for at in range(length):
+                word |= (<uint64_t>(<const unsigned char *>data)[at]) << (8 * at)
+        h = _rotl64((h ^ word) * 0x9e3779b97f4a7c15ULL, 31)
+    return (h ^ <uint64_t>length) * 0xff51afd7ed558ccdULL
+
+
+cdef inline uint64_t _shape_hash(const char *name, Py_ssize_t name_length, const char *tail,
+                                 Py_ssize_t tail_length) noexcept nogil:
+    return _fmix64(_fold(_fold(_SHAPE_KEY, name, name_length), tail, tail_length))
+
+
+def shape_hash(bytes name, bytes tail):
+    """The hash of the shape ``name:<value>|tail`` in this process (for the tests that make
+    shapes collide)."""
+    return _shape_hash(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                       PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))
+
+
+def _seed_shapes(bytes key):
+    """Set the shape hash's seed (at import; before any LineCache holds a shape)."""
+    global _SHAPE_KEY
+    memcpy(&_SHAPE_KEY, PyBytes_AS_STRING(key), 8)
+
+
 import os as _os
 _seed_probes(_os.urandom(8))
+_seed_shapes(_os.urandom(8))
 
 
 cdef class LineCache:
@@ -441,8 +495,6 @@ cdef class LineCache:
     cdef _Slot *_slots
     cdef size_t _mask  # slots - 1
     cdef Py_ssize_t _size
-    cdef char *_scratch  # where a line's shape key is put together
-    cdef Py_ssize_t _scratch_size
     cdef object _memory_generation
     cdef double _distribution_limit
     cdef list _clock  # the manager's gauge_clock: None unless its gauge cells are timed
@@ -456,13 +508,10 @@ cdef class LineCache:
 
     def __cinit__(self):
         self._slots = NULL
-        self._scratch = NULL
-        self._scratch_size = 0
         self._new_table(_FIRST_SLOTS)
 
     def __dealloc__(self):
         self._free_table()
-        PyMem_Free(self._scratch)
 
     cdef int _new_table(self, size_t slots) except -1:
         cdef _Slot *table = <_Slot *>PyMem_Malloc(slots * sizeof(_Slot))
@@ -487,16 +536,23 @@ cdef class LineCache:
         PyMem_Free(self._slots)
         self._slots = NULL
 
-    cdef _Slot *_find(self, const char *key, Py_ssize_t length, Py_hash_t hash) noexcept:
-        """The slot holding ``key``, or the empty one where it would go."""
+    cdef _Slot *_find(self, const char *name, Py_ssize_t name_length, const char *tail,
+                      Py_ssize_t tail_length, uint64_t hash) noexcept:
+        """The slot holding this shape, or the empty one where it would go; NULL if neither
+        is within ``_MAX_PROBES`` slots of where its hash points."""
         cdef size_t i = <size_t>hash & self._mask
         cdef _Slot *slot
-        while True:
+        cdef int probes
+        for probes in range(_MAX_PROBES):
             slot = &self._slots[i]
-            if slot.key is NULL or (slot.hash == hash and slot.length == length
-                                    and memcmp(slot.key, key, length) == 0):
+            if slot.key is NULL or (
+                    slot.hash == hash and slot.name_length == name_length
+                    and slot.length == name_length + tail_length
+                    and memcmp(slot.key, name, name_length) == 0
+                    and memcmp(slot.key + name_length, tail, tail_length) == 0):
                 return slot
             i = (i + 1) & self._mask
+        return NULL
 
     cdef int _grow(self) except -1:
         cdef _Slot *old = self._slots
@@ -508,27 +564,17 @@ cdef class LineCache:
         self._size = size
         for i in range(old_slots):
             if old[i].key is not NULL:
-                slot = self._find(old[i].key, old[i].length, old[i].hash)
+                slot = self._find(old[i].key, old[i].name_length,
+                                  old[i].key + old[i].name_length,
+                                  old[i].length - old[i].name_length, old[i].hash)
+                if slot is NULL:  # (colliding names only) forgotten: the slow path has it
+                    PyMem_Free(old[i].key)
+                    Py_DECREF(<object>old[i].entry)
+                    self._size -= 1
+                    continue
                 slot[0] = old[i]
         PyMem_Free(old)
         return 0
-
-    cdef Py_ssize_t _shape_key(self, const char *name, Py_ssize_t name_length,
-                               const char *tail, Py_ssize_t tail_length) except -1:
-        """Put ``name:tail`` in the scratch buffer; its length."""
-        cdef Py_ssize_t length = name_length + 1 + tail_length
-        cdef char *grown
-        if length > self._scratch_size:
-            grown = <char *>PyMem_Realloc(self._scratch, length)
-            if grown is NULL:
-                raise MemoryError()
-            self._scratch = grown
-            self._scratch_size = length
-        memcpy(self._scratch, name, name_length)
-        self._scratch[name_length] = 58  # ":"
-        if tail_length:
-            memcpy(self._scratch + name_length + 1, tail, tail_length)
-        return length
 
     def __init__(self, manager, absolute_gauges=False):
         from pystatsd import aggregation
@@ -602,8 +648,8 @@ cdef class LineCache:
         cdef const char *colon = <const char *>memchr(start, 58, length)  # ":"
         cdef const char *value
         cdef const char *bar
-        cdef Py_ssize_t value_length, name_length, tail_length, key_length
-        cdef Py_hash_t key_hash
+        cdef const char *tail
+        cdef Py_ssize_t value_length, name_length, tail_length
         cdef _Slot *slot
         cdef _Entry entry
         cdef list cells
@@ -617,14 +663,15 @@ cdef class LineCache:
         bar = <const char *>memchr(value, 124, length - name_length - 1)  # "|"
         if bar is NULL:
             value_length = length - name_length - 1
+            tail = value + value_length
             tail_length = 0
         else:
             value_length = bar - value
+            tail = bar + 1
             tail_length = length - name_length - 2 - value_length
-        key_length = self._shape_key(start, name_length, bar + 1, tail_length)
-        key_hash = _Py_HashBytes(self._scratch, key_length)
-        slot = self._find(self._scratch, key_length, key_hash)
-        if slot.key is NULL:
+        slot = self._find(start, name_length, tail, tail_length,
+                          _shape_hash(start, name_length, tail, tail_length))
+        if slot is NULL or slot.key is NULL:
             return 0
         entry = <_Entry>slot.entry
         if entry.kind == _SET:
@@ -798,9 +845,9 @@ cdef class LineCache:
         cdef Py_ssize_t length = PyBytes_GET_SIZE(line)
         cdef const char *colon = <const char *>memchr(start, 58, length)
         cdef const char *bar = NULL
+        cdef const char *tail = start + length
         cdef Py_ssize_t name_length, tail_length = 0
-        cdef Py_ssize_t key_length
-        cdef Py_hash_t key_hash
+        cdef uint64_t key_hash
         cdef _Slot *slot
         cdef char *key
         cdef int code
@@ -810,6 +857,7 @@ cdef class LineCache:
             name_length = colon - start
             bar = <const char *>memchr(colon + 1, 124, length - name_length - 1)
             if bar is not NULL:
+                tail = bar + 1
                 tail_length = length - (bar + 1 - start)
         kind = sample.type
         code = aggregation.update_arm(kind, sample.rate, self.absolute_gauges,
@@ -823,22 +871,24 @@ cdef class LineCache:
         entry.key = (sample.name, kind, sample.tags)
         if self._size >= aggregation.CACHE_ENTRIES or self.bytes >= aggregation.CACHE_BYTES:
             self.clear()
-        key_length = self._shape_key(start, name_length, bar + 1 if bar is not NULL else NULL,
-                                     tail_length)
-        key_hash = _Py_HashBytes(self._scratch, key_length)
-        slot = self._find(self._scratch, key_length, key_hash)
+        key_hash = _shape_hash(start, name_length, tail, tail_length)
+        slot = self._find(start, name_length, tail, tail_length, key_hash)
+        if slot is NULL:  # (colliding names only) not remembered: its lines take the slow path
+            return
         Py_INCREF(entry)
         if slot.key is not NULL:  # the same shape again (remembered after a refused value)
             Py_DECREF(<object>slot.entry)
             slot.entry = <PyObject *>entry
             return
-        key = <char *>PyMem_Malloc(key_length if key_length else 1)
+        key = <char *>PyMem_Malloc(name_length + tail_length + 1)
         if key is NULL:
             Py_DECREF(entry)
             raise MemoryError()
-        memcpy(key, self._scratch, key_length)
+        memcpy(key, start, name_length)
+        memcpy(key + name_length, tail, tail_length)
         slot.key = key
-        slot.length = key_length
+        slot.length = name_length + tail_length
+        slot.name_length = name_length
         slot.hash = key_hash
         slot.entry = <PyObject *>entry
         self._size += 1

@@ -19,11 +19,12 @@ from pystatsd.aggregation import MetricMgr, PythonLineCache
 from pystatsd.config import build_config
 from pystatsd.decoders import DecodeError, parse_statsd_line
 from pystatsd.distribution import Distribution
+from pystatsd.ingest import Pipeline
 from pystatsd.selfstats import SelfStats
 from pystatsd.workers import gauge_order
 from pystatsd.workers.gauge_order import TimedGauge, TimedMetricMgr
 from tests.conftest import REPO
-from tests.line_caches import CompiledLineCache, MemberSet
+from tests.line_caches import CompiledLineCache, MemberSet, pipelines_using
 
 needs_compiled = pytest.mark.skipif(CompiledLineCache is None,
                                     reason="the compiled line cache is not built")
@@ -301,3 +302,31 @@ def test_a_cell_of_another_shape_is_an_error_not_a_crash() -> None:
     cache.remember(b"n:1|c", parse_statsd_line(b"n:1|c")[0])
     with pytest.raises(TypeError, match="counter cell is tuple"):
         cache.apply_payload(b"n:2|c")
+
+
+@needs_compiled
+def test_shapes_made_to_collide_are_aggregated_right_on_the_slow_path() -> None:
+    # The compiled cache's shape hash does not resist names chosen to collide; its table
+    # bounds the cost instead: a lookup gives up after 64 slots and the line is decoded as a
+    # new one would be. 150 names whose hashes share their low 12 bits (found here, as a
+    # client who knew the seed would) all want one slot of the table (<= 512 slots).
+    from pystatsd._linecache import shape_hash
+
+    names: list[bytes] = []
+    candidate = 0
+    target = shape_hash(b"collide0", b"c") & 0xFFF
+    while len(names) < 150:
+        name = b"collide%d" % candidate
+        if shape_hash(name, b"c") & 0xFFF == target:
+            names.append(name)
+        candidate += 1
+    payloads = [b"\n".join(b"%s:%d|c" % (name, n) for name in names) for n in range(1, 4)]
+    config = build_config({"forwarders": {}})
+    manager = MetricMgr(config)
+    with pipelines_using(CompiledLineCache):
+        pipeline = Pipeline(config, manager, SelfStats())
+    for payload in payloads:
+        pipeline.ingest(payload)
+    assert 64 <= pipeline.cached_shapes < len(names)  # the rest were not remembered
+    counts = {s.name: s.stats["count"] for s in manager.finish(manager.swap(), 1.0)}
+    assert counts == {name.decode(): 6.0 for name in names}
