@@ -11,9 +11,17 @@ Two measures:
 - default: CPU seconds (user + system, all threads, from /proc) per datagram of a receiver
   process while ``build/udp_blast`` offers ``--rate`` datagrams/s for ``--seconds``: the
   kernel's side included, at a rate where batches are small; noisy on a shared machine (the
-  load is printed).
+  load is printed). ``--rate`` takes a list (``0,1000,10000``; 0: idle, nothing sent), and
+  each line also says the receiver's CPU as a share of one core, user and system apart:
+  what the native receive's naps (0.2 ms in the drain thread after a short read, 1 ms in the
+  delivering thread when the ring is empty) cost at low rates.
+
+The receiver delivers as the daemon does: the native receive hands its batches to
+``Pipeline.ingest_batch`` (where the tree has it) under the lock, the Python loop each
+datagram to ``Pipeline.ingest``.
 
     python bench/receive_cpu.py [--callgrind] [--lines 1,20] [--receive native,python]
+                                [--rate 0,1000,10000]
 """
 
 from __future__ import annotations
@@ -73,8 +81,16 @@ def receiver(receive: str, lines: int, queued: int) -> None:
         if delivered[0] == queued:
             done.set()
 
+    def deliver_batch(payloads: list[bytes], failed: object) -> None:
+        with lock:
+            pipeline.ingest_batch(payloads, failed)
+        delivered[0] += len(payloads)
+        if delivered[0] == queued:
+            done.set()
+
+    batched = {"deliver_batch": deliver_batch} if hasattr(pipeline, "ingest_batch") else {}
     listener = UdpListener(config["listeners"][0], deliver, stats,
-                           native=receive == "native")
+                           native=receive == "native", **batched)
     assert listener.receive == receive
     if queued:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
@@ -104,13 +120,15 @@ def callgrind_instructions(receive: str, lines: int, queued: int) -> int:
         return int(found.group(1))
 
 
-def process_cpu(pid: int) -> float:
-    """User + system seconds of every thread of ``pid`` so far."""
+def process_cpu(pid: int) -> tuple[float, float]:
+    """User and system seconds of every thread of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def blast_cpu(receive: str, lines: int, rate: int, seconds: float) -> tuple[float, int, int]:
+def blast_cpu(receive: str, lines: int, rate: int,
+              seconds: float) -> tuple[tuple[float, float], int, int]:
     sys.path.insert(0, str(REPO / "bench"))
     from flush_pause import build_blast
 
@@ -120,11 +138,16 @@ def blast_cpu(receive: str, lines: int, rate: int, seconds: float) -> tuple[floa
     port = int(proc.stdout.readline())
     time.sleep(0.5)
     before = process_cpu(proc.pid)
-    sent = subprocess.run([str(build_blast()), "127.0.0.1", str(port), str(rate),
-                           str(seconds), str(lines), str(NAMES)], capture_output=True,
-                          text=True, check=True).stdout
+    if rate:
+        sent = subprocess.run([str(build_blast()), "127.0.0.1", str(port), str(rate),
+                               str(seconds), str(lines), str(NAMES)], capture_output=True,
+                              text=True, check=True).stdout
+    else:  # idle: what the receive costs with nothing to receive
+        time.sleep(seconds)
+        sent = "0"
     time.sleep(0.3)
-    used = process_cpu(proc.pid) - before
+    after = process_cpu(proc.pid)
+    used = (after[0] - before[0], after[1] - before[1])
     proc.stdin.close()
     delivered = int(proc.stdout.readline())
     proc.wait(10)
@@ -137,7 +160,8 @@ def main() -> None:
     parser.add_argument("--lines", default="1,20")
     parser.add_argument("--receive", default="native,python")
     parser.add_argument("--datagrams", type=int, default=2000, help="N, with --callgrind")
-    parser.add_argument("--rate", type=int, default=50_000, help="datagrams/s offered")
+    parser.add_argument("--rate", default="50000",
+                        help="datagrams/s offered, or a list of rates (0: idle)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--receiver", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,12 +178,18 @@ def main() -> None:
                 print(f"{lines:2d} lines/datagram, {receive:6}: {per:,.0f} instructions per "
                       f"datagram ({per / lines:,.0f} per line), callgrind, N={n}", flush=True)
             else:
-                used, sent, delivered = blast_cpu(receive, lines, args.rate, args.seconds)
-                print(f"{lines:2d} lines/datagram, {receive:6}: "
-                      f"{used / max(delivered, 1) * 1e6:.2f} µs CPU per datagram "
-                      f"({delivered:,} of {sent:,} delivered at {args.rate:,}/s offered; "
-                      f"load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})",
-                      flush=True)
+                for rate in (int(r) for r in args.rate.split(",")):
+                    (user, system), sent, delivered = blast_cpu(receive, lines, rate,
+                                                                args.seconds)
+                    span = args.seconds + 0.3
+                    per = (f"{(user + system) / delivered * 1e6:.2f} µs CPU per datagram, "
+                           if delivered else "")
+                    print(f"{lines:2d} lines/datagram, {receive:6}, {rate:>7,}/s: {per}"
+                          f"{(user + system) / span * 100:.2f}% of a core (user "
+                          f"{user / span * 100:.2f}%, system {system / span * 100:.2f}%; "
+                          f"{delivered:,} of {sent:,} delivered; load "
+                          f"{os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})",
+                          flush=True)
 
 
 if __name__ == "__main__":
