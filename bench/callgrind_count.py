@@ -4,9 +4,9 @@ payloads through ``itertools.starmap``, and callgrind counts only inside its C `
 (``--toggle-collect=starmap_next``). Not ``map``: the toggle also fires in every other ``map``,
 and the warm-up runs ``map`` itself (each line decoded on the slow path calls
 ``Sample._replace``, which namedtuple writes with ``map``): with 10,000 names that counted
-~20M instructions of warm-up, ~200 a line on a 100,000-line window. Unlike the clock, that count repeats on a shared machine;
-address randomisation is off (``setarch -R``) and the hash seed fixed, so that the
-allocator's and the dicts' work repeats too.
+~20M instructions of warm-up, ~200 a line on a 100,000-line window. Unlike the clock, that
+count repeats on a shared machine; address randomisation is off (``setarch -R``) and the hash
+seed fixed, so that the allocator's and the dicts' work repeats too.
 
 A script that measures an older tree (copied into it) needs this file beside it."""
 
