@@ -32,6 +32,14 @@ def _wrap(cls):
                 threading.Event().wait()  # this receive thread is wedged from here on
             deliver(payload)
 
+        batch = keywords.get("deliver_batch")
+        if batch is not None:  # the native UDP receive's batches
+            def batch_or_hang(payloads, *more, **options):
+                if any(payload.startswith(b"test.hang") for payload in payloads):
+                    threading.Event().wait()
+                batch(payloads, *more, **options)
+
+            keywords["deliver_batch"] = batch_or_hang
         original(self, spec, deliver_or_hang, *rest, **keywords)
 
     cls.__init__ = hanging_init
