@@ -44,7 +44,7 @@ from pystatsd.graphite_ingest import GraphiteSource
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
 from pystatsd.inherited_sockets import close_unclaimed
-from pystatsd.listeners import TcpListener, UdpListener, open_listeners
+from pystatsd.listeners import UDP_RECEIVE, TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
 from pystatsd.route_overlay import RouteOverlay
@@ -180,9 +180,9 @@ class Daemon:
             self._take_over(successor)
         self._start_admin()
         self._start_admin_interfaces()
-        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s; line cache: %s",
-                 self.config["mode"], self.config["flush_interval"],
-                 ", ".join(self.forwarders) or "none", LINE_CACHE)
+        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s; udp receive: %s;"
+                 " line cache: %s", self.config["mode"], self.config["flush_interval"],
+                 ", ".join(self.forwarders) or "none", UDP_RECEIVE, LINE_CACHE)
         systemd.notify("READY=1")
 
     def _warn_about_clashes(self) -> None:
