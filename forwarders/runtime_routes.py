@@ -13,7 +13,6 @@ import copy
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-
 from forwarders.schema import fill_defaults
 
 __all__ = ["by_identity", "hook_routes", "retire", "route_entries"]

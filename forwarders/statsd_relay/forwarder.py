@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-
 from forwarders.base import ForwarderContext
 from forwarders.relay import RelayForwarder
 from forwarders.schema import fill_defaults

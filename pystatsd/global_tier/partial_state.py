@@ -46,8 +46,8 @@ from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
 from pystatsd.set_members import text_member_hash
 
 if TYPE_CHECKING:
-    from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
     from datasketches import hll_union
+    from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
 
 __all__ = ["HLL_LG_K", "SeriesMerge", "cell_partial", "load_set_sketches", "member_hashes",
            "ordered_gauge_partial", "set_partial", "sketch_bytes", "sketch_from_bytes"]
