@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, action="append",
                         help="a checkout whose code runs (repeat for before/after)")
     parser.add_argument("--pool", type=int, help="loadgen's distinct datagrams (see above)")
+    parser.add_argument("--interval", dest="flush_interval", type=int, default=10,
+                        help="the daemon's flush_interval: at rate R and interval I the table "
+                        "holds what R x I / 10 gives at the default 10 s")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--probe", action="store_true")
@@ -143,15 +146,19 @@ def run_one(args: argparse.Namespace, workdir: Path, loadgen: Path, shim: Path, 
         prober = None
         if args.probe:
             prober = threading.Thread(target=probe_around_flush,
-                                      args=(args.probe_dir, args.seconds), daemon=True)
+                                      args=(args.probe_dir, args.seconds, args.flush_interval),
+                                      daemon=True)
             prober.start()
         result = side_by_side.step(loadgen, proc, port, rate, args.seconds, args.lines, args)
         if prober is not None:
             prober.join()
         sampler.done.set()
         sampler.join()
+        timer_samples = result["sent_rate"] * args.lines / 4 * args.flush_interval / (
+            args.names / 4)
         print(f"{repo}: {rate:,} datagrams/s x {args.lines} lines, pool {args.pool:,} (sent "
-              f"{result['sent_rate']:,.0f}/s) for {args.seconds:g} s: idle "
+              f"{result['sent_rate']:,.0f}/s; {args.flush_interval} s flushes: "
+              f"~{timer_samples:,.0f} samples a timer an interval) for {args.seconds:g} s: idle "
               f"{idle['total']:.1f} MB; VmRSS "
               f"{status_mb(proc.pid, 'VmRSS'):.1f} MB at the end, VmHWM "
               f"{status_mb(proc.pid, 'VmHWM'):.1f} MB; loss {result['loss']:.3%}, "

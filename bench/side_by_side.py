@@ -81,7 +81,8 @@ def start(system: str, port: int, workdir: Path, shim: Path, args: argparse.Name
     else:
         config = workdir / "pystatsd.yaml"
         config.write_text(yaml.safe_dump({
-            "bind_address": "127.0.0.1", "bind_port": port, "flush_interval": 10,
+            "bind_address": "127.0.0.1", "bind_port": port,
+            "flush_interval": getattr(args, "flush_interval", 10),
             "state_dir": str(workdir / "state"), "forwarders": {},
             "self_metrics": {"enabled": False}}))
         command = [sys.executable, "-m", "pystatsd", "-c", str(config)]

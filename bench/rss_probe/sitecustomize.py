@@ -34,7 +34,6 @@ def _write(label: str) -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    _who_holds(out)
     import tracemalloc
 
     if tracemalloc.is_tracing():
@@ -45,28 +44,6 @@ def _write(label: str) -> None:
             for stat in stats[:40]:
                 handle.write(f"{stat.size / 1e6:8.2f} MB {stat.count:9d} "
                              f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}\n")
-
-
-def _who_holds(out: str) -> None:
-    """How many flushed series (``SeriesStats``) are alive, and what refers to them (the flush
-    freezes the heap: unfrozen here so that the collector sees it; the next flush refreezes)."""
-    import gc
-    from collections import Counter
-
-    snapshot = sys.modules.get("pystatsd.snapshot")
-    if snapshot is None:
-        return
-    gc.unfreeze()
-    alive = [o for o in gc.get_objects() if isinstance(o, snapshot.SeriesStats)]
-    holders: Counter = Counter()
-    for obj in alive[:200]:
-        for ref in gc.get_referrers(obj):
-            if ref is alive:
-                continue
-            holders[type(ref).__name__ + (f" len {len(ref)}" if hasattr(ref, "__len__") else "")] += 1
-    with open(out, "a") as handle:
-        handle.write(f"== SeriesStats alive: {len(alive)}; referrers of 200: {dict(holders)}\n")
-    del alive
 
 
 def _poll() -> None:
