@@ -25,7 +25,6 @@ from pystatsd.config import build_config
 from pystatsd.daemon import Daemon
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
-
 from tests.line_caches import LINE_CACHES, pipelines_using
 
 
