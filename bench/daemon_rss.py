@@ -60,6 +60,7 @@ class Sampler(threading.Thread):
         self.pid, self.done = pid, threading.Event()
         self.peak: dict[str, float] = {"total": 0.0}
         self.series: list[tuple[float, float]] = []
+        self.samples: list[dict[str, float]] = []
 
     def run(self) -> None:
         began = time.monotonic()
@@ -69,8 +70,16 @@ class Sampler(threading.Thread):
             except (FileNotFoundError, ProcessLookupError):
                 return
             self.series.append((time.monotonic() - began, sample["total"]))
+            self.samples.append(sample)
             if sample["total"] > self.peak["total"]:
                 self.peak = sample
+
+    def largest_jump(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """The samples a second apart with the largest rise between them (a flush's)."""
+        pairs = list(zip(self.samples, self.samples[2:], strict=False))
+        if not pairs:
+            return None
+        return max(pairs, key=lambda pair: pair[1]["total"] - pair[0]["total"])
 
 
 def probe(directory: Path, label: str, timeout: float = 10.0) -> None:
@@ -167,6 +176,10 @@ def run_one(args: argparse.Namespace, workdir: Path, loadgen: Path, shim: Path, 
             print(f"  idle (MB): {show(idle)}")
             print(f"  peak (MB): {show(sampler.peak)}")
             print(f"  end  (MB): {show(rss_breakdown.breakdown(proc.pid))}")
+            jump = sampler.largest_jump()
+            if jump is not None:
+                print("  largest rise in a second (MB): " + ", ".join(
+                    f"{kind} {jump[1][kind] - jump[0][kind]:+.1f}" for kind in jump[0]))
             print("  total by second: " + " ".join(f"{total:.0f}" for at, total in
                                                    sampler.series[1::2]), flush=True)
     finally:
