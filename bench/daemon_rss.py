@@ -13,6 +13,10 @@ members at 20 lines and, at one line per datagram, shows the daemon only ~3,400 
 names); the default here is 40,000 datagrams at 20 lines (each set then sees ~300 distinct
 members of loadgen's 1,000) and 60,000 at one line (~99.8% of the names).
 
+``--interval`` sets the daemon's flush interval: what the parent holds depends on what one
+interval puts in the table, so a rate R with interval I holds what R x I / 10 holds at the
+default 10 s (the lossless rate of a quiet machine, emulated on a busy one).
+
 ``--breakdown`` samples /proc/PID/smaps each half second (``bench/rss_breakdown.py``: heap,
 glibc's thread arenas, stacks, the ring, other anonymous, files) and prints it at the peak and
 at the end. ``--probe`` also asks the daemon (``bench/rss_probe``, on its PYTHONPATH only) for
@@ -20,7 +24,7 @@ glibc's ``malloc_info``, pymalloc's stats and (with ``PYTHONTRACEMALLOC=1`` in t
 tracemalloc's largest sites, just before and just after the last flush of the run, into
 ``--probe-dir``.
 
-    python bench/daemon_rss.py [--rates 6000,20000] [--lines 20] [--seconds 25]
+    python bench/daemon_rss.py [--rates 6000,20000] [--lines 20] [--seconds 25] [--interval 10]
         [--repo /work/main --repo .] [--pool N] [--breakdown] [--probe --probe-dir DIR]
 """
 
