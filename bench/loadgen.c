@@ -1,14 +1,16 @@
 /* UDP statsd load generator for bench/ingest.py: sends pre-built datagrams at a fixed rate
  * (the sender is bench/paced_udp.h).
  *
- * usage: loadgen HOST PORT RATE SECONDS LINES_PER_DATAGRAM NAMES SEED [TAGS]
- * RATE is datagrams per second. Name i always has type i % 4 (counter, gauge, timer, set)
- * and, for odd i, DogStatsD tags (unless TAGS is 0: statsite rejects a line with tags), so
- * NAMES names make NAMES series.
+ * usage: loadgen HOST PORT RATE SECONDS LINES_PER_DATAGRAM NAMES SEED [TAGS [POOL]]
+ * RATE is datagrams per second. POOL (default 4096) distinct datagrams are built and sent over
+ * and over: a set then sees only the members its lines in the pool name (~8 each at 20 lines
+ * over 10,000 names), and at one line per datagram only ~3,400 of 10,000 names ever come.
+ * Name i always has type i % 4 (counter, gauge, timer, set) and, for odd i, DogStatsD tags
+ * (unless TAGS is 0: statsite rejects a line with tags), so NAMES names make NAMES series.
  * Prints "sent_datagrams sent_lines" on stdout when done. */
 #include "paced_udp.h"
 
-#define POOL 4096
+#define POOL 4096 /* the default */
 #define MAX_LINE 96 /* the longest line below: 62 bytes (a tagged timer, i of 10 digits) */
 
 struct mix {
@@ -49,17 +51,19 @@ static int mixed_line(char *out, int index, void *state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8 && argc != 9) {
-        fprintf(stderr, "usage: %s HOST PORT RATE SECONDS LINES NAMES SEED [TAGS]\n", argv[0]);
+    if (argc < 8 || argc > 10) {
+        fprintf(stderr, "usage: %s HOST PORT RATE SECONDS LINES NAMES SEED [TAGS [POOL]]\n",
+                argv[0]);
         return 2;
     }
     struct mix mix = {strtoull(argv[7], NULL, 10) * 2654435761u + 1, atoi(argv[6]),
-                      argc == 9 ? atoi(argv[8]) : 1};
+                      argc >= 9 ? atoi(argv[8]) : 1};
+    int pool = argc == 10 ? atoi(argv[9]) : POOL;
     double rate = atof(argv[3]), seconds = atof(argv[4]);
     int lines = atoi(argv[5]);
     int fd = connect_udp(argv[1], argv[2]);
     if (fd < 0) return 1;
-    struct ring ring = build_ring(POOL, lines, MAX_LINE, mixed_line, &mix);
+    struct ring ring = build_ring(pool, lines, MAX_LINE, mixed_line, &mix);
     long sent = send_paced(fd, &ring, rate, seconds, (struct pacing){32, 20});
     printf("%ld %ld\n", sent, sent * lines);
     close(fd);

@@ -67,10 +67,10 @@ def statsite_command(binary: Path, port: int, workdir: Path, rcvbuf: int) -> lis
     return [str(binary), "-f", str(config)]
 
 
-def start(system: str, port: int, workdir: Path, shim: Path, args: argparse.Namespace
-          ) -> subprocess.Popen:
+def start(system: str, port: int, workdir: Path, shim: Path, args: argparse.Namespace,
+          pythonpath: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "LD_PRELOAD": str(shim), "BENCH_RCVBUF": str(args.rcvbuf),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join((*pythonpath, str(REPO)))}
     if system == "statsite":
         command = statsite_command(args.statsite, port, workdir, args.rcvbuf)
     elif system == "etsy":
@@ -81,7 +81,8 @@ def start(system: str, port: int, workdir: Path, shim: Path, args: argparse.Name
     else:
         config = workdir / "pystatsd.yaml"
         config.write_text(yaml.safe_dump({
-            "bind_address": "127.0.0.1", "bind_port": port, "flush_interval": 10,
+            "bind_address": "127.0.0.1", "bind_port": port,
+            "flush_interval": getattr(args, "flush_interval", 10),
             "state_dir": str(workdir / "state"), "forwarders": {},
             "self_metrics": {"enabled": False}}))
         command = [sys.executable, "-m", "pystatsd", "-c", str(config)]
@@ -132,7 +133,8 @@ def step(loadgen: Path, proc: subprocess.Popen, port: int, rate: int, seconds: f
          lines: int, args: argparse.Namespace) -> dict[str, float]:
     dropped, cpu, began = drops(port), cpu_seconds(proc.pid), time.monotonic()
     sent = subprocess.run([str(loadgen), "127.0.0.1", str(port), str(rate), str(seconds),
-                           str(lines), str(args.names), str(rate), str(int(args.tags))],
+                           str(lines), str(args.names), str(rate), str(int(args.tags)),
+                           *([str(args.pool)] if getattr(args, "pool", None) else [])],
                           check=True, capture_output=True, text=True).stdout.split()
     end = time.monotonic() + 5
     while queued(port) and time.monotonic() < end:  # let it drain its buffer

@@ -13,8 +13,6 @@ import copy
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-import jsonschema
-
 from forwarders.schema import fill_defaults
 
 __all__ = ["by_identity", "hook_routes", "retire", "route_entries"]
@@ -43,6 +41,8 @@ def route_entries(routes: list[dict[str, Any]], *, list_key: str, name_key: str,
         if name is not None:
             entry[name_key] = name
         entries.append(entry)
+    import jsonschema  # at a route change only: a daemon keeps it out of its RSS otherwise
+
     faults = sorted(jsonschema.Draft202012Validator(schema).iter_errors(entries),
                     key=lambda e: list(e.path))
     if faults:

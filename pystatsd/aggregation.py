@@ -143,6 +143,17 @@ def new_cell(kind: str) -> Any:
     raise ValueError(f"unknown metric type {kind!r}")
 
 
+def free_cell(kind: str, cell: Any) -> None:
+    """Let go of a finished cell's samples or members now. A line-cache entry keeps the cell
+    it was bound to until its series has a line again, so an idle timer would otherwise keep
+    its last interval's samples (up to ``timer_exact_samples`` doubles) for as long as its
+    entry lives; the forked snapshot frees them in its child only."""
+    if kind == TIMER or kind == HISTOGRAM:
+        cell.release()
+    elif kind == SET:
+        cell.clear()
+
+
 class MetricMgr:
     """Aggregates samples per series for the current interval and turns a finished interval
     into its :class:`~pystatsd.snapshot.SeriesStats`.

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import orjson
 
 from pystatsd import __version__
-from pystatsd.config import Config, ConfigError, build_config, load_config
+from pystatsd.config import Config, ConfigError, build_config, load_config, validate_in_child
 
 DEFAULT_CONFIG_PATH = "/etc/pystatsd/pystatsd.conf"
 
@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.check_config, args.as_user)
         return 0
     path = args.config
+    validate_in_child()  # a daemon (or --status) keeps jsonschema out of its memory
     if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
         path = DEFAULT_CONFIG_PATH
     try:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forwarders import (
     AggregateForwarder,
@@ -44,7 +44,7 @@ from pystatsd.graphite_ingest import GraphiteSource
 from pystatsd.hot_restart import Predecessor, Successor, predecessor_pid
 from pystatsd.ingest import Pipeline
 from pystatsd.inherited_sockets import close_unclaimed
-from pystatsd.listeners import TcpListener, UdpListener, open_listeners
+from pystatsd.listeners import UDP_RECEIVE, TcpListener, UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.pidfile import PidFile, PidFileError
 from pystatsd.route_overlay import RouteOverlay
@@ -55,7 +55,9 @@ from pystatsd.tagging import Tagger
 from pystatsd.workers import worker_count
 from pystatsd.workers.gauge_order import TimedMetricMgr, stamp
 from pystatsd.workers.merge import TableMerge
-from pystatsd.workers.pool import WorkerPool
+
+if TYPE_CHECKING:  # imported in start() when there are workers: multiprocessing is ~3 MB
+    from pystatsd.workers.pool import WorkerPool
 
 log = logging.getLogger("pystatsd.daemon")
 
@@ -157,6 +159,8 @@ class Daemon:
         self.pipeline = Pipeline(self.config, self.manager, self.stats, self._relays())
         specs = listeners(self.config)
         if self.worker_count > 1:  # UDP and TCP go to the workers; Unix sockets stay here
+            from pystatsd.workers.pool import WorkerPool
+
             pooled = [spec for spec in specs if spec["protocol"] in ("udp", "tcp")]
             specs = [spec for spec in specs if spec not in pooled]
             self.workers = WorkerPool(self.worker_count, pooled, self.config, self.stats)
@@ -181,9 +185,9 @@ class Daemon:
             self._take_over(successor)
         self._start_admin()
         self._start_admin_interfaces()
-        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s; line cache: %s",
-                 self.config["mode"], self.config["flush_interval"],
-                 ", ".join(self.forwarders) or "none", LINE_CACHE)
+        log.info("pystatsd started: mode %s, flush every %ss, forwarders: %s; udp receive: %s;"
+                 " line cache: %s", self.config["mode"], self.config["flush_interval"],
+                 ", ".join(self.forwarders) or "none", UDP_RECEIVE, LINE_CACHE)
         systemd.notify("READY=1")
 
     def _warn_about_clashes(self) -> None:

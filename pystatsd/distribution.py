@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
-from ddsketch import DDSketch
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.mapping import LogarithmicMapping
+from ddsketch.store import DenseStore
 
 Percentiles = list[tuple[float, str]]
 """The configured percentiles with their stats keys: [(99.9, "p99_9"), ...]."""
@@ -27,6 +29,70 @@ Percentiles = list[tuple[float, str]]
 _RANK_EPSILON = 1e-9
 """Slack when comparing a cumulative weight with a rank, so that 7 * 100 / 100 landing a hair
 above 7 in floating point does not push nearest-rank one element up."""
+
+
+class ArrayStore(DenseStore):
+    """The ddsketch library's ``DenseStore`` (the store ``DDSketch`` uses), its bins in an
+    array of C doubles instead of a list of float objects: 8 bytes a bin where the list takes
+    8 for the slot and 24 for each bin's float. Past ``timer_exact_samples`` every timer of an
+    interval holds one sketch, so this halves what a folded timer costs (measured: 7.9 -> 3.9
+    KiB a sketch of 1,000 samples with 1,000 distinct values, 4.4 -> 2.9 KiB with 80). The same
+    bins, offsets and keys as the library's (a property test compares them); only the three
+    methods that make or shift the bins are the library's written for an array."""
+
+    def __init__(self, chunk_size: int = 128) -> None:
+        super().__init__(chunk_size)
+        self.bins: array[float] = array("d")  # type: ignore[assignment]
+
+    def add(self, key: int, weight: float = 1.0) -> None:
+        # The library's add with its _get_index inlined: an array's item costs a float object
+        # made where the list had one; one Python call less per sample folded makes up for most
+        # of it (bench/fold_cost.py: 8,843 instructions a sample folded with the list, 8,940
+        # with this, 9,377 without the inlining).
+        if key < self.min_key or key > self.max_key:
+            self._extend_range(key)
+        self.bins[key - self.offset] += weight
+        self.count += weight
+
+    def copy(self, store: DenseStore) -> None:
+        super().copy(store)
+        self.bins = array("d", store.bins)  # type: ignore[assignment]
+
+    def _extend_range(self, key: int, second_key: int | None = None) -> None:
+        if second_key is None:
+            second_key = key
+        new_min_key = min(key, second_key, self.min_key)
+        new_max_key = max(key, second_key, self.max_key)
+        if not self.bins:
+            self.bins = _zeros(self._get_new_length(new_min_key, new_max_key))  # type: ignore[assignment]
+            self.offset = new_min_key
+            self._adjust(new_min_key, new_max_key)
+        elif new_min_key >= self.min_key and new_max_key < self.offset + len(self.bins):
+            self.min_key = new_min_key
+            self.max_key = new_max_key
+        else:
+            new_length = self._get_new_length(new_min_key, new_max_key)
+            if new_length > len(self.bins):
+                self.bins.extend(_zeros(new_length - len(self.bins)))
+            self._adjust(new_min_key, new_max_key)
+
+    def _shift_bins(self, shift: int) -> None:
+        if shift > 0:
+            self.bins = _zeros(shift) + self.bins[:-shift]  # type: ignore[operator]
+        elif shift < 0:
+            self.bins = self.bins[-shift:] + _zeros(-shift)  # type: ignore[operator]
+        self.offset -= shift
+
+
+def _zeros(count: int) -> array[float]:
+    return array("d", bytes(8 * count))
+
+
+def new_sketch(accuracy: float) -> BaseDDSketch:
+    """What ``DDSketch(relative_accuracy=accuracy)`` makes (its mapping, unbounded dense
+    stores), with :class:`ArrayStore` for both stores."""
+    return BaseDDSketch(mapping=LogarithmicMapping(accuracy), store=ArrayStore(),
+                        negative_store=ArrayStore(), zero_count=0.0)
 
 
 class Distribution:
@@ -44,7 +110,7 @@ class Distribution:
         # An array of C doubles: 8 bytes a sample where a list of floats takes 32.
         self.values: array[float] = array("d")
         self.weighted: list[tuple[float, float]] = []
-        self.sketch: DDSketch | None = None
+        self.sketch: BaseDDSketch | None = None
         # Exact moments of what was folded into the sketch (Chan et al.'s parallel update).
         self.count = 0.0
         self.total = 0.0
@@ -71,7 +137,7 @@ class Distribution:
         if not values and not weighted:
             return
         if self.sketch is None:
-            self.sketch = DDSketch(relative_accuracy=accuracy)
+            self.sketch = new_sketch(accuracy)
         add = self.sketch.add
         for value in values:
             add(value)
@@ -402,7 +468,7 @@ def _running_sums(ordered: list[float], cuts: set[int]) -> dict[int, tuple[float
     return running
 
 
-def _sketch_bins(sketch: DDSketch, low: float, high: float) -> list[tuple[float, float]]:
+def _sketch_bins(sketch: BaseDDSketch, low: float, high: float) -> list[tuple[float, float]]:
     """The sketch's non-empty bins as (value, weight), in ascending value, each value kept
     inside the exact extremes. The library has no public walk over its bins: these are the
     attributes its own protobuf conversion (``ddsketch.pb.proto``) reads."""

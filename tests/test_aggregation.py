@@ -222,6 +222,72 @@ def test_timer_switches_to_a_sketch_past_the_limit_within_its_relative_accuracy(
     assert abs(stats["median"] - statistics.median(values)) <= accuracy * stats["median"]
 
 
+SKETCH_VALUES = st.lists(st.tuples(
+    # magnitudes from 1e-3 to 1e6 (a key span of ~1,000 bins), either sign, and zero
+    st.one_of(st.builds(lambda magnitude, negative: -magnitude if negative else magnitude,
+                        st.floats(1e-3, 1e6), st.booleans()), st.just(0.0)),
+    st.sampled_from([1.0, 2.0, 0.5, 10.0])), max_size=200)
+
+
+def _store_state(store: Any) -> tuple[Any, ...]:
+    return (list(store.bins), store.offset, store.min_key, store.max_key, store.count)
+
+
+def _sketch_state(sketch: Any) -> tuple[Any, ...]:
+    quantiles = [sketch.get_quantile_value(q) for q in (0.0, 0.01, 0.5, 0.9, 0.99, 1.0)]
+    return (_store_state(sketch._store), _store_state(sketch._negative_store),
+            sketch._zero_count, sketch.count, quantiles)
+
+
+@settings(max_examples=60, deadline=None)
+@given(SKETCH_VALUES, SKETCH_VALUES)
+def test_the_array_store_keeps_the_bins_the_librarys_store_keeps(
+        first: list[tuple[float, float]], second: list[tuple[float, float]]) -> None:
+    """A folded timer's sketch keeps its bins in an array (8 bytes a bin, not a float
+    object): it must count, shift, grow and merge exactly as the library's own."""
+    from ddsketch import DDSketch
+
+    ours, theirs = distribution_module.new_sketch(0.01), DDSketch(relative_accuracy=0.01)
+    ours_b, theirs_b = distribution_module.new_sketch(0.01), DDSketch(relative_accuracy=0.01)
+    for value, weight in first:
+        ours.add(value, weight)
+        theirs.add(value, weight)
+    for value, weight in second:
+        ours_b.add(value, weight)
+        theirs_b.add(value, weight)
+    assert _sketch_state(ours) == _sketch_state(theirs)
+    mixed = distribution_module.new_sketch(0.01)
+    mixed.merge(theirs_b)  # a list-backed sketch (a partial's, decoded) into an array one
+    assert _sketch_state(mixed) == _sketch_state(theirs_b)
+    ours.merge(ours_b)
+    theirs.merge(theirs_b)
+    assert _sketch_state(ours) == _sketch_state(theirs)
+
+
+def test_a_folded_timer_survives_the_hot_restarts_pickle_and_the_partials_protobuf() -> None:
+    import pickle
+
+    from pystatsd.global_tier.partial_state import sketch_bytes, sketch_from_bytes
+
+    cell = Distribution()
+    for value in range(1, 300):
+        cell.add(value * 1.5, 1.0, 100, 0.01)
+    assert cell.sketch is not None
+    again = pickle.loads(pickle.dumps(cell))
+    assert _sketch_state(again.sketch) == _sketch_state(cell.sketch)
+    decoded = sketch_from_bytes(sketch_bytes(cell))  # its own layout: compare key -> count
+
+    def counts(sketch: Any) -> tuple[dict[int, float], list[float]]:
+        store = sketch._store
+        return ({store.offset + index: count for index, count in enumerate(store.bins) if count},
+                [sketch.get_quantile_value(q) for q in (0.0, 0.5, 0.99, 1.0)])
+
+    assert counts(decoded)[0] == counts(cell.sketch)[0]
+    assert len(counts(decoded)[0]) > 100
+    # the mapping's parameters cross as doubles, so its values may move in the last digits
+    assert counts(decoded)[1] == pytest.approx(counts(cell.sketch)[1], rel=1e-12)
+
+
 def test_sketch_keeps_weights() -> None:
     mgr = manager(timer_exact_samples=10, percentiles=[50])
     for _ in range(100):

@@ -225,3 +225,60 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("pystatsd ")
+
+
+# -- validation in a forked child (what the daemon does, to keep jsonschema out of its RSS) --
+VALID = {"flush_interval": 5, "forwarders": {"k": {"type": "kafka", "kafka_topic": "m"}}}
+INVALID = {"flush_intervl": 5, "percentiles": [101],
+           "forwarders": {"k": {"type": "kafka", "bogus": 1}}}
+
+
+@pytest.fixture
+def in_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation in a child, as in a daemon that has never imported jsonschema (the test
+    process has)."""
+    import pystatsd.config as config_module
+
+    monkeypatch.setattr(config_module, "_in_child", True)
+    monkeypatch.setattr(config_module, "_jsonschema_loaded", lambda: False)
+
+
+def test_a_config_validated_in_a_child_is_the_one_validated_here(in_child: None) -> None:
+    import pystatsd.config as config_module
+
+    assert config_module._build_in_child(VALID, "f")[0] == "config"
+    in_process = config_module._build_config(VALID, "f")
+    assert build_config(VALID, "f") == in_process
+    assert in_process["forwarders"]["k"]["kafka_topic"] == "m"
+    assert in_process["flush_interval"] == 5
+
+
+def test_the_errors_found_in_a_child_are_the_ones_found_here(in_child: None) -> None:
+    import pystatsd.config as config_module
+
+    with pytest.raises(ConfigError) as here:
+        config_module._build_config(INVALID, "f")
+    kind, lines = config_module._build_in_child(INVALID, "f")
+    assert (kind, lines) == ("errors", here.value.errors)
+    with pytest.raises(ConfigError) as through_child:
+        build_config(INVALID, "f")
+    assert through_child.value.errors == here.value.errors
+    assert through_child.value.source == "f"
+    assert any("did you mean 'flush_interval'" in line for line in lines)
+
+
+def test_a_child_that_fails_leaves_the_validation_to_this_process(
+        in_child: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pystatsd.config as config_module
+
+    real = config_module._build_config
+    parent = __import__("os").getpid()
+
+    def broken_in_child(raw: object, source: str) -> dict:
+        if __import__("os").getpid() != parent:
+            raise RuntimeError("a bug in the child")
+        return real(raw, source)
+
+    monkeypatch.setattr(config_module, "_build_config", broken_in_child)
+    assert config_module._build_in_child(VALID, "f")[0] == "failed"
+    assert build_config(VALID, "f") == real(VALID, "f")

@@ -25,6 +25,7 @@ from pystatsd.config import build_config
 from pystatsd.daemon import Daemon
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
+from tests.line_caches import LINE_CACHES, pipelines_using
 
 
 @pytest.fixture(autouse=True)
@@ -277,6 +278,26 @@ def test_release_frees_every_cell() -> None:
     table = manager.swap()
     forked_snapshot.release(table)
     assert len(table) == 0
+
+
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_a_forked_flush_frees_the_samples_a_cache_entry_still_holds(line_cache: Any) -> None:
+    """An idle timer or set keeps no samples or members after its flush: its line-cache
+    entry still holds the finished cell until the series has a line again."""
+    with pipelines_using(line_cache):
+        config = build_config({"forwarders": {}})
+        manager = MetricMgr(config)
+        pipeline = Pipeline(config, manager, manager.stats)
+        for i in range(50):
+            pipeline.ingest(b"idle.timer:%d|ms\nidle.users:u%d|s" % (i, i))
+    cells = dict(manager.current_series())
+    assert {len(cell.values) if key[1] == TIMER else len(cell) for key, cell in cells.items()} \
+        == {50}
+    table = manager.swap()
+    forked_snapshot.finish_forked(manager, table, 10.0, threading.Lock())
+    forked_snapshot.release(table)
+    for key, cell in cells.items():
+        assert len(cell.values if key[1] == TIMER else cell) == 0, key
 
 
 @pytest.mark.integration

@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import jsonschema
-
 from forwarders.base import ForwarderContext
 from forwarders.relay import RelayForwarder
 from forwarders.schema import fill_defaults
@@ -426,6 +424,8 @@ def _named(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _validated_groups(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import jsonschema  # at a route change only: a daemon keeps it out of its RSS otherwise
+
     sections = copy.deepcopy(routes)
     validator = jsonschema.Draft202012Validator(
         _GROUPS_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)

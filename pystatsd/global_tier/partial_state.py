@@ -39,9 +39,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from ddsketch.ddsketch import BaseDDSketch, DDSketch
-from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
-from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
-from ddsketch.pb.proto import DDSketchProto, KeyMappingProto
 from ddsketch.store import DenseStore
 
 from pystatsd.distribution import Distribution, Percentiles
@@ -50,6 +47,7 @@ from pystatsd.set_members import text_member_hash
 
 if TYPE_CHECKING:
     from datasketches import hll_union
+    from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
 
 __all__ = ["HLL_LG_K", "SeriesMerge", "cell_partial", "load_set_sketches", "member_hashes",
            "ordered_gauge_partial", "set_partial", "sketch_bytes", "sketch_from_bytes"]
@@ -68,24 +66,40 @@ def _datasketches() -> ModuleType:
     return datasketches
 
 
+@functools.cache
+def _protobuf() -> tuple[Any, Any, Any]:
+    """The sketches' protobuf form, imported at its first use: protobuf's upb module is ~5 MB
+    of RSS, which only a daemon with a ``partials`` forwarder, or with receive workers whose
+    timers pass ``timer_exact_samples``, needs (this module is imported by every daemon, for
+    the workers' merge)."""
+    from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
+    from ddsketch.pb.proto import DDSketchProto, KeyMappingProto
+
+    return DDSketchMessage, DDSketchProto, KeyMappingProto
+
+
 def load_set_sketches() -> None:
-    """Import the HyperLogLog library now: a daemon that sends partials calls this at start-up
-    and reload, so each forked snapshot child inherits it instead of importing it again."""
+    """Import the HyperLogLog library and the sketches' protobuf form now: a daemon that sends
+    partials calls this at start-up and reload, so each forked snapshot child inherits them
+    instead of importing them again."""
     _datasketches()
+    _protobuf()
 
 
 def sketch_bytes(distribution: Distribution) -> bytes:
     assert distribution.sketch is not None
-    return bytes(DDSketchProto.to_proto(distribution.sketch).SerializeToString())
+    sketch_proto = _protobuf()[1]
+    return bytes(sketch_proto.to_proto(distribution.sketch).SerializeToString())
 
 
 def sketch_from_bytes(data: bytes) -> BaseDDSketch:
     """The sketch of :func:`sketch_bytes`, as ``DDSketchProto.from_proto`` reads it, about
     three times faster: that adds every bin of the store's array (zeros included) in key order,
     growing the store at nearly each one, which made most of a member's merge time."""
-    message = DDSketchMessage()
+    message_type, _, mapping_proto = _protobuf()
+    message = message_type()
     message.ParseFromString(data)
-    return BaseDDSketch(mapping=KeyMappingProto.from_proto(message.mapping),
+    return BaseDDSketch(mapping=mapping_proto.from_proto(message.mapping),
                         store=_store_from_message(message.positiveValues),
                         negative_store=_store_from_message(message.negativeValues),
                         zero_count=message.zeroCount)

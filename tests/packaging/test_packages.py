@@ -435,7 +435,9 @@ def test_receive_and_flush_as_pystatsd_user(installed: Installed) -> None:
             proc.stderr.close()  # type: ignore[union-attr]
         assert returncode == 0, err
         started = [line for line in err if "pystatsd started" in line]
+        # Both compiled parts were built inside the package, not only the line cache.
         assert started and "; line cache: compiled" in started[0], err
+        assert "; udp receive: native;" in started[0], err
     finally:
         shutil.rmtree(workdir)
 
