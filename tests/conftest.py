@@ -66,6 +66,7 @@ class DaemonProcess:
         self.config_path = workdir / "pystatsd.conf"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = config.get("bind_port")
+        self.state_dir = Path(config.get("state_dir", workdir / "state"))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(REPO), *pythonpath)),
                "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -110,6 +111,14 @@ class DaemonProcess:
     def send_tcp(self, data: bytes, port: int | None = None) -> None:
         with socket.create_connection(("127.0.0.1", port or self.port), timeout=5) as sock:
             sock.sendall(data)
+
+    def status(self) -> dict[str, Any]:
+        """What ``pystatsd --status`` prints, asked on the admin socket from this process:
+        polling through the CLI costs a Python start-up (0.5-1.5 s here) per look.
+        tests/test_daemon.py runs the CLI itself."""
+        from pystatsd.admin import SOCKET_NAME, ask
+
+        return ask(self.state_dir / SOCKET_NAME)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

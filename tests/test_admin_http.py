@@ -101,6 +101,7 @@ def test_healthz_status_and_readyz_follow_health_down(start_daemon) -> None:
 def test_readyz_is_unready_while_a_forwarder_cannot_deliver(start_daemon) -> None:
     dead = free_port(socket.SOCK_STREAM)  # nothing listens here
     config = http_config()
+    config["shutdown_timeout"] = 1  # the stop cannot deliver to the dead backend: do not wait 10 s
     config["forwarders"] = {"relay": {"type": "statsd_relay",
                                       "groups": [{"backends": [f"127.0.0.1:{dead}:tcp"]}]}}
     daemon = start_daemon(config)

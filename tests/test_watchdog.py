@@ -72,6 +72,20 @@ class NotifySocket:
             got.append(message)
         return got
 
+    def count_until(self, message: str, count: int, timeout: float) -> int:
+        """How many ``message`` arrive, collecting until ``count`` of them did or ``timeout``
+        seconds went by (so a healthy daemon does not make the test wait the whole window)."""
+        end = time.monotonic() + timeout
+        seen = 0
+        while seen < count and time.monotonic() < end:
+            try:
+                got = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), got))
+            seen += got == message
+        return seen
+
     def drain(self) -> list[str]:
         """Take what is already queued on the socket."""
         got = []
@@ -109,11 +123,11 @@ def test_pings_while_idle_and_stop_when_a_receive_thread_hangs(
     daemon = start_daemon({"flush_interval": 3600}, pythonpath=(str(hook),))
     assert "READY=1" in notify_socket.collect(0.5)
     # Idle (no traffic, no flush due for an hour): every part still answers.
-    pings = notify_socket.collect(3.0).count("WATCHDOG=1")
-    assert pings >= 3, notify_socket.messages  # one each 0.5 s: 6, less on a busy machine
+    pings = notify_socket.count_until("WATCHDOG=1", 3, timeout=3.0)
+    assert pings >= 3, notify_socket.messages  # one each 0.5 s: 6 in 3 s, less on a busy machine
     daemon.send_udp(b"normal:1|c")
     daemon.send_tcp(b"normal:1|c\n")
-    assert notify_socket.collect(1.5).count("WATCHDOG=1") >= 2
+    assert notify_socket.count_until("WATCHDOG=1", 2, timeout=1.5) >= 2
 
     if protocol == "udp":
         daemon.send_udp(b"test.hang:1|c")
@@ -122,7 +136,8 @@ def test_pings_while_idle_and_stop_when_a_receive_thread_hangs(
     line = daemon.wait_for_log("watchdog pings stopped", timeout=5)
     assert f"{protocol} listener 127.0.0.1:" in line
     notify_socket.drain()  # pings sent before the verdict, queued while we waited for it
-    assert notify_socket.collect(3.0).count("WATCHDOG=1") == 0
+    # Four ping periods (0.5 s each) without one: long enough to see pings that went on.
+    assert notify_socket.collect(2.0).count("WATCHDOG=1") == 0
     log = "".join(daemon.stderr)
     assert "makes progress again" not in log
     # Only the wedged part is blamed: the other listener and the main loop still answer.
@@ -135,7 +150,7 @@ def test_without_watchdog_usec_nothing_is_pinged(start_daemon, notify_socket,
                                                  monkeypatch) -> None:
     monkeypatch.delenv("WATCHDOG_USEC")
     daemon = start_daemon({"flush_interval": 3600})
-    messages = notify_socket.collect(2.5)
+    messages = notify_socket.collect(1.5)  # READY=1, then three ping periods (0.5 s) with none
     assert "READY=1" in messages and "WATCHDOG=1" not in messages
     assert daemon.stop() == 0
 
@@ -144,5 +159,5 @@ def test_a_watchdog_meant_for_another_pid_is_not_ours(start_daemon, notify_socke
                                                       monkeypatch) -> None:
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))  # the test's pid, not the daemon's
     daemon = start_daemon({"flush_interval": 3600})
-    assert "WATCHDOG=1" not in notify_socket.collect(2.5)
+    assert "WATCHDOG=1" not in notify_socket.collect(1.5)  # three ping periods (0.5 s)
     assert daemon.stop() == 0

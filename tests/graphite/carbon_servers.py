@@ -21,6 +21,19 @@ from pystatsd.decoders.graphite_pickle import parse_pickle_frame
 
 CARBON_CACHE = shutil.which("carbon-cache")
 WHISPER_FETCH = shutil.which("whisper-fetch")
+# whisper-fetch's own interpreter (its #! line), which has the whisper library it uses.
+WHISPER_PYTHON = (Path(WHISPER_FETCH).read_text().splitlines()[0][2:].strip()
+                  if WHISPER_FETCH else "")
+# What whisper-fetch --json --from=FROM does, for each {path: file} read from stdin.
+_FETCH_ALL = """
+import json, sys, whisper
+since = int(sys.argv[1])
+out = {}
+for path, file in json.load(sys.stdin).items():
+    (start, _end, step), values = whisper.fetch(file, since)
+    out[path] = (start, step, values)
+print(json.dumps(out))
+"""
 needs_carbon = pytest.mark.skipif(CARBON_CACHE is None or WHISPER_FETCH is None,
                                   reason="graphite-carbon / python3-whisper not installed "
                                          "(apt-get install graphite-carbon)")
@@ -124,16 +137,24 @@ ENABLE_TAGS = False
         return self.whisper / (path.replace(".", "/") + ".wsp")
 
     def values(self, path: str, since: int) -> dict[int, float]:
-        """The non-null (timestamp, value) points of ``path`` from ``since``, by whisper-fetch."""
-        file = self.file_of(path)
-        if not file.exists():
-            return {}
+        """The non-null (timestamp, value) points of ``path`` from ``since``."""
+        return self.values_of([path], since)[path]
+
+    def values_of(self, paths: list[str], since: int) -> dict[str, dict[int, float]]:
+        """:meth:`values` of each path, read in one process by the whisper library that
+        whisper-fetch runs (one whisper-fetch per path costs ~0.15 s of start-up each)."""
+        files = {path: self.file_of(path) for path in paths}
+        found = {path: str(file) for path, file in files.items() if file.exists()}
+        out: dict[str, dict[int, float]] = {path: {} for path in paths}
+        if not found:
+            return out
         assert WHISPER_FETCH is not None
-        out = subprocess.run([WHISPER_FETCH, "--json", f"--from={since - 1}", str(file)],
-                             check=True, capture_output=True, text=True).stdout
-        data = json.loads(out)
-        return {data["start"] + i * data["step"]: v for i, v in enumerate(data["values"])
-                if v is not None}
+        fetched = json.loads(subprocess.run(
+            [WHISPER_PYTHON, "-c", _FETCH_ALL, str(since - 1)], input=json.dumps(found),
+            check=True, capture_output=True, text=True).stdout)
+        for path, (start, step, values) in fetched.items():
+            out[path] = {start + i * step: v for i, v in enumerate(values) if v is not None}
+        return out
 
     def paths(self) -> set[str]:
         """Every untagged path that has a whisper file."""

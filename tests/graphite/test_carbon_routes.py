@@ -269,10 +269,18 @@ def test_lines_land_in_the_carbon_cache_the_ring_says(tmp_path: Path) -> None:
             wait_for(lambda: forwarder.pending() == 0, what="lines sent")
         finally:
             assert forwarder.close(5) == 0
+        owned = [[key for key, o in zip(keys, owners, strict=True) if o == owner]
+                 for owner in (0, 1)]
+        stored: list[dict[str, dict[int, float]]] = [{}, {}]
+
+        def landed(owner: int) -> bool:
+            stored[owner] = caches[owner].values_of(owned[owner], now)
+            return all(stored[owner].values())
+
+        for owner in (0, 1):
+            wait_for(lambda owner=owner: landed(owner), 30, f"every key in carbon-cache {owner}")
         for i, (key, owner) in enumerate(zip(keys, owners, strict=True)):
-            wait_for(lambda key=key, owner=owner: caches[owner].values(key, now) != {}, 30,
-                     f"{key} in carbon-cache {owner}")
-            assert caches[owner].values(key, now) == {now: i + 0.5}
+            assert stored[owner][key] == {now: i + 0.5}
             assert not caches[1 - owner].file_of(key).exists()
 
 

@@ -66,13 +66,13 @@ def test_etsy_named_flushes_land_in_whisper_value_by_value(carbon: CarbonCache, 
     assert f"{root}.gauges.queue.depth" in expected and f"{root}.sets.users.count" in expected
 
     def landed() -> bool:
-        return all(carbon.values(path, starts[0]) == points for path, points in expected.items())
+        return carbon.values_of(list(expected), starts[0]) == expected
 
     try:
         wait_for(landed, 30, "every datapoint in whisper")
     except AssertionError:
-        missing = {p: (carbon.values(p, starts[0]), v) for p, v in expected.items()
-                   if carbon.values(p, starts[0]) != v}
+        stored = carbon.values_of(list(expected), starts[0])
+        missing = {p: (stored[p], v) for p, v in expected.items() if stored[p] != v}
         raise AssertionError(f"not in whisper as sent: {missing}\n{carbon.log()[-2000:]}") \
             from None
     assert {p for p in carbon.paths() if p.startswith(root + ".")} == set(expected)

@@ -88,8 +88,7 @@ def test_relay_only_lands_in_carbon_with_the_client_timestamps_and_aggregates_no
                                       ("relay.pickle", (old + 40, 9.25))]), port=pickle_port)
         expected = {"relay.tcp": {old: 1.5, old + 10: 2.5}, "relay.udp": {old + 20: -4.0},
                     "relay.pickle": {old + 30: 8.0, old + 40: 9.25}}
-        wait_for(lambda: all(carbon.values(path, old) == points
-                             for path, points in expected.items()), 30,
+        wait_for(lambda: carbon.values_of(list(expected), old) == expected, 30,
                  "every datapoint in whisper at its client timestamp")
         prefix = "listener.tcp.127_0_0_1_"
         wait_for(lambda: (counted(out, f"{prefix}{tcp_port}.datapoints.relayed"),

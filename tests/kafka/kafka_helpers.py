@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,12 +62,9 @@ def java_partition(key: bytes, partitions: int) -> int:
 
 
 def status(daemon: Any) -> dict[str, Any]:
-    """The Kafka forwarder's stats, as ``pystatsd --status`` prints them."""
-    result = subprocess.run([sys.executable, "-m", "pystatsd", "--status", "-c",
-                             str(daemon.config_path)], capture_output=True, text=True,
-                            timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr
-    stats: dict[str, Any] = orjson.loads(result.stdout)["forwarders"]["kafka"]
+    """The Kafka forwarder's stats, as ``pystatsd --status`` prints them (asked on the admin
+    socket from this process, not through the CLI: see DaemonProcess.status)."""
+    stats: dict[str, Any] = daemon.status()["forwarders"]["kafka"]
     return stats
 
 

@@ -80,6 +80,9 @@ class TcpProxy:
         self._forwarding.clear()
         self._refusing = True
         time.sleep(0.5)  # answers to requests that already reached the broker come back
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for client, upstream in pairs:
@@ -94,8 +97,17 @@ class TcpProxy:
         self._forwarding.set()
 
     def close(self) -> None:
+        """Stop at once: no answers are awaited (the test is over), and the listener is shut
+        down before it is closed, since a close alone does not wake the blocked ``accept``
+        (its thread's join would wait out its 2 s)."""
         self._closed.set()
+        self._forwarding.clear()
+        self._refusing = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
-        self.cut()
+        self._drop_connections()
         for thread in self._threads:
             thread.join(2)

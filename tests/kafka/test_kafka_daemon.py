@@ -50,6 +50,7 @@ def test_a_daemon_stopped_during_an_outage_sends_its_spool_after_restart(
         start_daemon, proxied_broker, topic):
     broker, proxy = proxied_broker
     config = daemon_config({"kafka_broker": broker.bootstrap, "kafka_topic": topic})
+    config["shutdown_timeout"] = 1  # the stop in the outage spools once this deadline passes
     proxy.cut()
     first = start_daemon(config)
     first.send_udp(*LINES)

@@ -26,6 +26,9 @@ def write_config(path: Path, broker: str, topic: str, linger_ms: int) -> None:
     path.write_text(yaml.safe_dump({
         "bind_port": free_port(), "state_dir": str(path.parent / "state"),
         "flush_interval": 3600, "self_metrics": {"enabled": False},
+        # The reload closes the old instance by this deadline; in the outage it spools what
+        # it holds only then (the default 10 s would be 10 s of waiting on a cut broker).
+        "shutdown_timeout": 2,
         "forwarders": {"kafka": {"kafka_broker": broker, "kafka_topic": topic,
                                  "format": "json", "linger_ms": linger_ms,
                                  "memory_queue_messages": 10}}}))

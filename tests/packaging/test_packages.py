@@ -157,24 +157,25 @@ def write_service_config(port: int, **extra: object) -> None:
 # Build both packages once per run.
 
 
-@dataclass
-class Built:
-    deb: Path
-    rpm: Path
-    deb_log: str
-    rpm_log: str
+@pytest.fixture(scope="module")
+def packages_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("packages")
+
+
+# One fixture per package, so each build falls in the set-up of a different test, under its
+# own 300 s timeout (both in one set-up took more than 300 s on a loaded 2-core machine). Both
+# builds share REPO/build/wheelhouse (the scripts' default), so the second downloads nothing
+# and later runs reuse the wheels too.
+@pytest.fixture(scope="module")
+def deb_package(packages_dir: Path) -> Path:
+    deb = run("bash", str(REPO / "tools/build_deb.sh"), str(packages_dir), timeout=600)
+    return Path(deb.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    out = tmp_path_factory.mktemp("packages")
-    # Both builds share REPO/build/wheelhouse (the scripts' default), so the second
-    # downloads nothing and later runs reuse the wheels too.
-    deb = run("bash", str(REPO / "tools/build_deb.sh"), str(out), timeout=600)
-    rpm = run("bash", str(REPO / "tools/build_rpm.sh"), str(out), timeout=600)
-    return Built(deb=Path(deb.stdout.strip().splitlines()[-1]),
-                 rpm=Path(rpm.stdout.strip().splitlines()[-1]),
-                 deb_log=deb.stderr, rpm_log=rpm.stderr)
+def rpm_package(packages_dir: Path) -> Path:
+    rpm = run("bash", str(REPO / "tools/build_rpm.sh"), str(packages_dir), timeout=600)
+    return Path(rpm.stdout.strip().splitlines()[-1])
 
 
 def upstream_version() -> str:
@@ -197,32 +198,32 @@ def install_requires() -> list[str]:
     return names
 
 
-def test_versions_come_from_pystatsd_init(built: Built) -> None:
+def test_deb_is_lintian_clean(deb_package: Path) -> None:
+    # Accepted tags are overridden, with reasons, in packaging/pystatsd.lintian-overrides.
+    result = run("lintian", "--fail-on", "error,warning", str(deb_package), check=False)
+    findings = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert result.returncode == 0 and findings == [], result.stdout
+
+
+def test_rpm_is_rpmlint_clean(rpm_package: Path) -> None:
+    result = run("rpmlint", "--strict", "-c", str(REPO / "packaging/rpmlint.toml"),
+                 "-r", str(REPO / "packaging/pystatsd.rpmlintrc"), str(rpm_package), check=False)
+    assert result.returncode == 0, result.stdout
+    assert "0 errors, 0 warnings" in result.stdout
+
+
+def test_versions_come_from_pystatsd_init(deb_package: Path, rpm_package: Path) -> None:
     version = upstream_version()
-    deb_version = run("dpkg-deb", "-f", str(built.deb), "Version").stdout.strip()
-    rpm_version = run("rpm", "-qp", "--qf", "%{VERSION}", str(built.rpm)).stdout.strip()
+    deb_version = run("dpkg-deb", "-f", str(deb_package), "Version").stdout.strip()
+    rpm_version = run("rpm", "-qp", "--qf", "%{VERSION}", str(rpm_package)).stdout.strip()
     # 2.0.0.dev0 -> 2.0.0~dev0: sorts before 2.0.0 in dpkg and rpm, as in PEP 440.
     expected = re.sub(r"\.?(dev|a|b|rc)(\d+)", r"~\1\2", version)
     assert deb_version == f"{expected}-1"
     assert rpm_version == expected
 
 
-def test_deb_is_lintian_clean(built: Built) -> None:
-    # Accepted tags are overridden, with reasons, in packaging/pystatsd.lintian-overrides.
-    result = run("lintian", "--fail-on", "error,warning", str(built.deb), check=False)
-    findings = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
-    assert result.returncode == 0 and findings == [], result.stdout
-
-
-def test_rpm_is_rpmlint_clean(built: Built) -> None:
-    result = run("rpmlint", "--strict", "-c", str(REPO / "packaging/rpmlint.toml"),
-                 "-r", str(REPO / "packaging/pystatsd.rpmlintrc"), str(built.rpm), check=False)
-    assert result.returncode == 0, result.stdout
-    assert "0 errors, 0 warnings" in result.stdout
-
-
-def test_rpm_files(built: Built) -> None:
-    files = set(run("rpm", "-qlp", str(built.rpm)).stdout.split())
+def test_rpm_files(rpm_package: Path) -> None:
+    files = set(run("rpm", "-qlp", str(rpm_package)).stdout.split())
     site = "/opt/pystatsd/lib/python3.11/site-packages"
     for path in ("/usr/bin/pystatsd", "/opt/pystatsd/bin/pystatsd", "/opt/pystatsd/bin/python3.11",
                  "/usr/lib/systemd/system/pystatsd.service", "/etc/pystatsd/pystatsd.conf",
@@ -237,24 +238,24 @@ def test_rpm_files(built: Built) -> None:
 
     attrs = run("rpm", "-qp", "--qf",
                 "[%{FILENAMES}|%{FILEFLAGS:fflags}|%{FILEUSERNAME}:%{FILEGROUPNAME}|"
-                "%{FILEMODES:perms}\n]", str(built.rpm)).stdout
+                "%{FILEMODES:perms}\n]", str(rpm_package)).stdout
     lines = {line.split("|")[0]: line.split("|")[1:] for line in attrs.splitlines()}
     flags, owner, mode = lines["/etc/pystatsd/pystatsd.conf"]
     assert "c" in flags and "n" in flags  # %config(noreplace)
     assert (owner, mode) == ("root:pystatsd", "-rw-r-----")
     assert lines["/var/lib/pystatsd"][1:] == ["pystatsd:pystatsd", "drwxr-x---"]
 
-    requires = run("rpm", "-qp", "--requires", str(built.rpm)).stdout.split("\n")
+    requires = run("rpm", "-qp", "--requires", str(rpm_package)).stdout.split("\n")
     assert "/usr/bin/python3.11" in requires
     assert not [r for r in requires if "python3dist" in r or "rdkafka" in r]
-    provides = run("rpm", "-qp", "--provides", str(built.rpm)).stdout
+    provides = run("rpm", "-qp", "--provides", str(rpm_package)).stdout
     assert ".so" not in provides  # the bundled libraries are private
 
 
-def test_rpm_payload_runs(built: Built, tmp_path: Path) -> None:
+def test_rpm_payload_runs(rpm_package: Path, tmp_path: Path) -> None:
     # Unpacked (not installed: no RPM distribution here), the RPM's venv runs on this host's
     # /usr/bin/python3.11 and validates the config it ships.
-    unpack = subprocess.Popen(["rpm2cpio", str(built.rpm)], stdout=subprocess.PIPE)
+    unpack = subprocess.Popen(["rpm2cpio", str(rpm_package)], stdout=subprocess.PIPE)
     try:
         subprocess.run(["cpio", "-idm", "--quiet"], stdin=unpack.stdout, cwd=tmp_path,
                        check=True, timeout=120)
@@ -272,8 +273,8 @@ def test_rpm_payload_runs(built: Built, tmp_path: Path) -> None:
     assert version.rstrip().endswith("; line cache: compiled)"), version
 
 
-def test_rpm_scripts(built: Built) -> None:
-    scripts = run("rpm", "-qp", "--scripts", str(built.rpm)).stdout
+def test_rpm_scripts(rpm_package: Path) -> None:
+    scripts = run("rpm", "-qp", "--scripts", str(rpm_package)).stdout
     sections = dict(re.findall(r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)",
                                scripts, re.M | re.S))
     assert set(sections) == {"preinstall", "postinstall", "preuninstall", "postuninstall"}
@@ -307,7 +308,7 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
     if not SYSTEM_INSTALL_ALLOWED:
         pytest.skip("installs and purges the .deb system-wide: runs only with CI=true or "
                     "PYSTATSD_TEST_SYSTEM_INSTALL=1")
-    built: Built = request.getfixturevalue("built")  # after the check: no build to skip
+    deb: Path = request.getfixturevalue("deb_package")  # after the check: no build to skip
     if run("dpkg-query", "-W", "pystatsd", check=False).returncode == 0:
         pytest.skip("a pystatsd package is already installed here; not touching it "
                     "(dpkg --purge pystatsd to let this test run)")
@@ -318,8 +319,8 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
         # so nothing binds the default port; the later tests allow them.
         set_policy(allow=False)
         offline = run("unshare", "--net", "true", check=False).returncode == 0
-        dpkg("-i", str(built.deb), offline=offline)
-        yield Installed(deb=built.deb, offline=offline)
+        dpkg("-i", str(deb), offline=offline)
+        yield Installed(deb=deb, offline=offline)
     finally:
         set_policy(allow=True)
         pid = service_pid() if Path("/etc/init.d/pystatsd").exists() else None
