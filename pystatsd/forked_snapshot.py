@@ -6,8 +6,9 @@ keeps ~80% of its rate for the whole snapshot; a 100,000-series table takes seco
 the way Redis saves, the child sees the finished table and the carried state as they were at
 the fork (copy-on-write), runs the same ``finish`` unpaced on the other core, and sends back
 the series and its new carried state as ``marshal`` frames over a pipe. The parent meanwhile
-waits on the pipe (without the GIL), turns each frame into objects, pausing after each, adopts
-the carried state under the ingest lock, so the result is exactly the in-process one.
+waits on the pipe (without the GIL), turns each frame into objects, pausing after each (or,
+with ``defer``, keeps the series frames as bytes: :class:`SeriesFrames`), adopts the carried
+state under the ingest lock, so the result is exactly the in-process one.
 
 Forwarders stay in the parent (librdkafka's threads do not survive a fork), but the pure part of
 their work can be done here: a :class:`Preparation` names a hook per forwarder (its
@@ -390,7 +391,7 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
         _send(pipe, _END, (len(series), len(gauges), len(traces), non_finite, shrunk))
         if preparation is not None:
-            pipe.flush()  # the parent rebuilds the series while the hooks run
+            pipe.flush()  # the parent makes the series (unless deferred) while the hooks run
             _send_prepared(pipe, preparation.hooks, series)
 
 
