@@ -34,11 +34,13 @@ receive thread's GIL), a figure the machine's load does not move:
 
     PYTHONPATH=. python bench/end_to_end.py --instructions [--series 20000] [--checkout DIR]
 
-and, with ``--forwarders kafka`` (in the same run, for this checkout and for each
-``--checkout``), the parent's share of a whole Kafka flush: the forked snapshot's frames
-received (and, where the forwarder prepares in the child, its prepared frames) plus ``send``
-or ``send_prepared``, everything the daemon's own process does for that flush but the delivery
-reports (a closed port: none come; they cost the same on every checkout).
+and (in the same run, for this checkout and for each ``--checkout``) the parent's share of a
+whole flush to each forwarder: the forked snapshot's frames received (and, where the forwarder
+prepares in the child, its prepared frames) plus ``send`` or ``send_prepared``, everything the
+daemon's own process does for that flush but Kafka's delivery reports (a closed port: none
+come; they cost the same on every checkout).
+
+``--only-flush`` counts only those whole flushes.
 
 ``--forwarders`` takes ``kafka@DIR`` (or ``file@DIR``) too: that forwarder with the daemon of
 another checkout (its own ``pystatsd`` and ``forwarders``, e.g. main's, extracted with
@@ -376,45 +378,60 @@ def count_send(forwarder: str, series: int, part: str) -> None:
         os._exit(0)  # no shutdown: its cost is not the flush's
 
 
-def count_flush(series: int) -> None:
-    """The workload under callgrind: the daemon's part of one Kafka flush of ``series``
-    counters, inside ``map()``: the forked snapshot (the child's instructions are its own
-    process's, not counted) and the forwarder's send, on the counting thread."""
+def count_flush(forwarder: str, series: int) -> None:
+    """The workload under callgrind: the daemon's part of one flush of ``series`` counters to
+    ``forwarder`` (kafka or file), inside ``map()``: the forked snapshot (the child's
+    instructions are its own process's, not counted) and the forwarder's send, on the
+    counting thread, the way ``Daemon.flush`` runs them on the checkout measured: where every
+    forwarder prepares, the series kept as the child's frames (``SeriesFrames``, never made
+    here: the forwarder reads only the count); before, made into ``SeriesStats``."""
     import functools
     import threading
 
     from forwarders.base import ForwarderContext
+    from forwarders.file import FileForwarder
     from forwarders.kafka import KafkaForwarder
     from forwarders.kafka.embedded_broker import free_port
     from pystatsd import daemon, forked_snapshot
+    from pystatsd import snapshot as snapshots
     from pystatsd.aggregation import MetricMgr
     from pystatsd.config import build_config
     from pystatsd.sample import COUNTER, Sample
-    from pystatsd.snapshot import Snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = build_config({"forwarders": {"kafka": {
-            "type": "kafka", "kafka_broker": f"127.0.0.1:{free_port()}", "kafka_topic": "count",
-            "format": "json"}}})
-        sender = KafkaForwarder("kafka", config["forwarders"]["kafka"],
-                                ForwarderContext(state_dir=Path(tmp)))
+        sections = {"kafka": {"type": "kafka", "kafka_broker": f"127.0.0.1:{free_port()}",
+                              "kafka_topic": "count", "format": "json"},
+                    "file": {"type": "file", "path": f"{tmp}/out.jsonl"}}
+        config = build_config({"forwarders": {forwarder: sections[forwarder]}})
+        kind = KafkaForwarder if forwarder == "kafka" else FileForwarder
+        sender = kind(forwarder, config["forwarders"][forwarder],
+                      ForwarderContext(state_dir=Path(tmp)))
         sender.open()
         manager = MetricMgr(config)
         for i in range(series):
             manager.add(Sample(f"bench.app{i}.requests.count", COUNTER, 7.0))
         lock = threading.Lock()
-        header = Snapshot(start=1000.0, interval=10.0, host="bench")
+        header = snapshots.Snapshot(start=1000.0, interval=10.0, host="bench")
 
         def flush(table: Any) -> None:
-            if hasattr(forked_snapshot, "Preparation"):  # the forwarder encodes in the child
-                preparation = forked_snapshot.Preparation({"kafka": functools.partial(
-                    daemon._prepare, KafkaForwarder, sender.config, header)})
-                got = forked_snapshot.finish_forked(manager, table, 10.0, lock, preparation)
-                sender.send_prepared(Snapshot(1000.0, 10.0, "bench", tuple(got)),
-                                     preparation.results["kafka"])
-            else:
+            if not hasattr(forked_snapshot, "Preparation"):  # before prepared flushes
                 got = forked_snapshot.finish_forked(manager, table, 10.0, lock)
-                sender.send(Snapshot(1000.0, 10.0, "bench", tuple(got)))
+                sender.send(snapshots.Snapshot(1000.0, 10.0, "bench", tuple(got)))
+                return
+            preparation = forked_snapshot.Preparation({forwarder: functools.partial(
+                daemon._prepare, kind, sender.config, header)})
+            if hasattr(forked_snapshot, "SeriesFrames"):  # deferred where all prepared
+                frames = forked_snapshot.finish_forked(manager, table, 10.0, lock, preparation,
+                                                       defer=True)
+                flushed: Any = snapshots.DeferredSnapshot.of(  # type: ignore[attr-defined]
+                    1000.0, 10.0, "bench", len(frames), frames.make, ())
+            else:
+                got = forked_snapshot.finish_forked(manager, table, 10.0, lock, preparation)
+                flushed = snapshots.Snapshot(1000.0, 10.0, "bench", tuple(got))
+            if forwarder in preparation.results:
+                sender.send_prepared(flushed, preparation.results[forwarder])
+            else:  # a forwarder without prepare on that checkout
+                sender.send(flushed)
 
         list(map(flush, [manager.swap()]))
         sys.stdout.flush()
@@ -463,26 +480,29 @@ def main() -> int:
                         help="series of the flush --instructions counts")
     parser.add_argument("--checkout", action="append", default=[], type=Path,
                         help="--instructions: also count another checkout's flush (repeat)")
+    parser.add_argument("--only-flush", action="store_true",
+                        help="--instructions: only the whole flushes")
     parser.add_argument("--count-send", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_send:
         forwarder, part = args.count_send.split(":")
         if part == "flush":
-            count_flush(args.series)
+            count_flush(forwarder, args.series)
         count_send(forwarder, args.series, part)
     if args.instructions:
-        for forwarder in args.forwarders.split(","):
+        for forwarder in [] if args.only_flush else args.forwarders.split(","):
             parts = ("send", "encode", "produce") if forwarder == "kafka" else ("send",)
             for part in parts:
                 per_series = instructions_per_series(forwarder, args.series, part)
                 print(f"{forwarder:5} {part:7}: {per_series:,.0f} instructions/series "
                       f"(callgrind, one flush of {args.series:,} series)", flush=True)
-        if "kafka" in args.forwarders.split(","):
+        for forwarder in args.forwarders.split(","):
             for checkout in [REPO, *args.checkout]:
-                per_series = instructions_per_series("kafka", args.series, "flush",
+                per_series = instructions_per_series(forwarder, args.series, "flush",
                                                      checkout.resolve())
-                print(f"kafka flush, the daemon's process ({checkout}): {per_series:,.0f} "
-                      f"instructions/series (callgrind, {args.series:,} series)", flush=True)
+                print(f"{forwarder} flush, the daemon's process ({checkout}): "
+                      f"{per_series:,.0f} instructions/series (callgrind, {args.series:,} "
+                      "series)", flush=True)
         return 0
     quick = {"interval": 5.0, "seconds": 12.0, "steps": 5}
     full = {"interval": 10.0, "seconds": 35.0, "steps": 6}

@@ -61,7 +61,7 @@ class AggregateForwarder(Forwarder):
     def submit(self, snapshot: Snapshot, prepared: list[Any] | None = None) -> bool:
         """Queue one flush without blocking; False (and counted) when the queue is full.
         ``prepared`` is what :meth:`prepare` returned for it, when it ran."""
-        size = len(snapshot.series)
+        size = snapshot.series_count
         try:
             self._queue.put_nowait(_Flush(snapshot, prepared))
         except queue.Full:
@@ -102,7 +102,7 @@ class AggregateForwarder(Forwarder):
         arguments: ``section`` is this forwarder's config with the defaults filled in, and
         ``snapshot`` has the flush's ``start``, ``interval``, ``host`` and ``events`` and every
         series but the daemon's self-metrics, which the snapshot :meth:`send_prepared` gets
-        has after them (``snapshot.series[len(series prepared):]``). It must not touch the
+        has after them (``snapshot.series_from(len(series prepared))``). It must not touch the
         instance (it has none: its producer, locks and counters live in the daemon), log, or
         start a thread; it returns a list of plain data that ``marshal`` can carry (bytes,
         str, numbers, tuples, lists, dicts of those), carried back 2,000 items to a frame, or
@@ -112,7 +112,13 @@ class AggregateForwarder(Forwarder):
     def send_prepared(self, snapshot: Snapshot, prepared: list[Any]) -> None:
         """Deliver one flush whose :meth:`prepare` ran: ``prepared`` is what it returned, and
         ``snapshot`` the whole flush (see :meth:`prepare`). A forwarder that has ``prepare``
-        implements this; what it delivers must be what :meth:`send` delivers."""
+        implements this; what it delivers must be what :meth:`send` delivers.
+
+        When every forwarder of the daemon prepared the flush, ``snapshot`` makes its series
+        objects only when ``series`` is first read (``pystatsd.snapshot.DeferredSnapshot``),
+        on the reading thread: read ``snapshot.series_count`` and
+        ``snapshot.series_from(covered)`` instead where they are all it needs, as the
+        built-in ones do, and the daemon's process never makes them."""
         raise NotImplementedError
 
     def describe(self, snapshot: Snapshot) -> Iterator[str]:
@@ -127,7 +133,7 @@ class AggregateForwarder(Forwarder):
             if item is _STOP:
                 return
             snapshot, prepared = item
-            size = len(snapshot.series)
+            size = snapshot.series_count
             try:
                 if self.context.debug_mode:
                     for line in self.describe(snapshot):
@@ -150,7 +156,7 @@ class AggregateForwarder(Forwarder):
             except queue.Empty:
                 break
             if item is not _STOP:
-                left += len(item.snapshot.series)
+                left += item.snapshot.series_count
         # A thread still stuck in a send past the deadline ends when that send returns.
         self._queue.put_nowait(_STOP)
         return left

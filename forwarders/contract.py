@@ -23,7 +23,8 @@ deadline with a backend that hangs, and reports (and counts) what it did not del
 counted and the forwarder goes on; every ``stats()`` key is declared in ``TOTALS`` or
 ``LEVELS``, totals never decrease, values are finite; ``debug_mode`` sends nothing and logs
 what it would have sent; a forwarder with ``prepare`` returns data ``marshal`` carries unchanged
-and delivers a prepared flush whole, the series its preparation did not see included. The suite
+and delivers a prepared flush whole, the series its preparation did not see included, from a
+plain snapshot and from a ``DeferredSnapshot`` (series made when read) alike. The suite
 stalls a forwarder by holding the hook its base class calls on the forwarder's own thread
 (``send`` for aggregate forwarders, ``send_round`` for relays), so it needs no cooperation from
 the backend.
@@ -47,7 +48,7 @@ from forwarders.aggregate import AggregateForwarder
 from forwarders.base import Forwarder
 from forwarders.relay import RelayForwarder
 from pystatsd.sample import COUNTER, GAUGE, TIMER
-from pystatsd.snapshot import SeriesStats, Snapshot
+from pystatsd.snapshot import DeferredSnapshot, SeriesStats, Snapshot
 
 __all__ = ["AggregateContract", "Harness", "RelayContract", "sample_snapshot"]
 
@@ -246,15 +247,22 @@ class AggregateContract(_Common):
         if prepared is None:
             pytest.skip("no prepare: every flush goes to send")
         assert marshal.loads(marshal.dumps(prepared)) == prepared
+        # And as the daemon hands a flush every forwarder prepared: series made on demand.
+        later = sample_snapshot(5, start=flush.start + flush.interval)
+        deferred = DeferredSnapshot.of(later.start, later.interval, later.host, 4,
+                                       lambda: list(later.series[:4]), later.series[4:])
+        prepared_later = type(forwarder).prepare(
+            forwarder.config, dataclasses.replace(later, series=later.series[:4]))
         forwarder.start()
         try:
             assert forwarder.submit(flush, prepared)
-            assert _wait(lambda: harness.delivered() >= 5), \
-                f"{harness.delivered()} of 5 delivered"
+            assert forwarder.submit(deferred, prepared_later)
+            assert _wait(lambda: harness.delivered() >= 10), \
+                f"{harness.delivered()} of 10 delivered"
         finally:
             assert forwarder.close(10) == 0
-        assert harness.delivered() == 5
-        assert forwarder.stats()["sent"] == 5
+        assert harness.delivered() == 10
+        assert forwarder.stats()["sent"] == 10
 
 
 class RelayContract(_Common):

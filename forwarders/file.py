@@ -1,5 +1,9 @@
 """Appends each flush to a file as JSON lines, rotating it by size.
 
+The lines of the series are made in the daemon's forked snapshot child (:meth:`FileForwarder.
+prepare`); the daemon's process only writes them, after those of the series the child did not
+see (the self-metrics) and of the events, which it encodes itself.
+
 Rotation is a dozen lines written here rather than borrowed from logging's
 RotatingFileHandler, which wants LogRecords and a logger around what is plain data."""
 
@@ -14,7 +18,7 @@ import orjson
 
 from forwarders.aggregate import AggregateForwarder
 from forwarders.base import ForwarderContext, NeededPath
-from forwarders.records import snapshot_records
+from forwarders.records import event_record, series_record
 from pystatsd.snapshot import Snapshot
 
 
@@ -54,8 +58,27 @@ class FileForwarder(AggregateForwarder):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self._path.open("ab")
 
+    @classmethod
+    def prepare(cls, section: Mapping[str, Any], snapshot: Snapshot) -> list[Any]:
+        """``[series covered, line...]``: one JSON line (bytes) per series of ``snapshot``;
+        its events are written by :meth:`send_prepared`, after every series."""
+        dumps = orjson.dumps
+        return [len(snapshot.series),
+                *[dumps(series_record(series, snapshot)) + b"\n" for series in snapshot.series]]
+
     def send(self, snapshot: Snapshot) -> None:
-        data = b"".join(orjson.dumps(r) + b"\n" for r in snapshot_records(snapshot))
+        self.send_prepared(snapshot, self.prepare(self.config, snapshot))
+
+    def send_prepared(self, snapshot: Snapshot, prepared: list[Any]) -> None:
+        """The prepared lines, then those of the series the preparation did not see and of
+        the events: ``snapshot_records``' order, what :meth:`send` writes."""
+        covered = prepared[0]
+        rest = snapshot.series_from(covered)
+        data = b"".join([*prepared[1:],
+                         *[orjson.dumps(series_record(series, snapshot)) + b"\n"
+                           for series in rest],
+                         *[orjson.dumps(event_record(event, snapshot)) + b"\n"
+                           for event in snapshot.events]])
         if self._file is None:  # a send that outlived close(): never reopen behind its back
             raise RuntimeError(f"{self._path} is closed")
         limit = self.config["max_bytes"]

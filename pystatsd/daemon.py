@@ -50,7 +50,7 @@ from pystatsd.pidfile import PidFile, PidFileError
 from pystatsd.route_overlay import RouteOverlay
 from pystatsd.sample import COUNTER, GAUGE
 from pystatsd.selfstats import SelfStats
-from pystatsd.snapshot import SeriesStats, Snapshot
+from pystatsd.snapshot import DeferredSnapshot, SeriesStats, Snapshot
 from pystatsd.tagging import Tagger
 from pystatsd.workers import worker_count
 from pystatsd.workers.gauge_order import TimedMetricMgr, stamp
@@ -99,6 +99,11 @@ def _prepare(kind: type[AggregateForwarder], section: dict[str, Any], flush: Sna
     """In the snapshot child: a forwarder's ``prepare`` of the flush with its finished series
     (the self-metrics, made after, are not among them)."""
     return kind.prepare(section, dataclasses.replace(flush, series=tuple(series)))
+
+
+def _prepares(kind: type[AggregateForwarder]) -> bool:
+    """Whether a forwarder class overrides ``prepare`` (the base's returns None)."""
+    return kind.prepare.__func__ is not AggregateForwarder.prepare.__func__  # type: ignore[attr-defined]
 
 
 def close_all(forwarders: Iterable[Forwarder], timeout: float = 0.0) -> None:
@@ -401,13 +406,20 @@ class Daemon:
         self._interval_started = end
         events = tuple(table.events)
         preparation = self._preparation(Snapshot(start, end - start, self.host, (), events))
-        series = self._finish(table, end - start, preparation)
+        finished = self._finish(table, end - start, preparation)
+        self_metrics: list[SeriesStats] = []
         if self.config["self_metrics"]["enabled"]:
-            series.extend(self._self_metrics(counts, end - start, len(series)))
-        snapshot = Snapshot(start, end - start, self.host, tuple(series), events)
+            self_metrics = self._self_metrics(counts, end - start, len(finished))
+        snapshot: Snapshot
+        if isinstance(finished, forked_snapshot.SeriesFrames):  # every forwarder prepared
+            snapshot = DeferredSnapshot.of(start, end - start, self.host, len(finished),
+                                           finished.make, tuple(self_metrics), events)
+        else:
+            snapshot = Snapshot(start, end - start, self.host, (*finished, *self_metrics),
+                                events)
         self.stats.incr("flush.count")
         self._last_flush = {"at": now, "interval_start": start, "interval_seconds": end - start,
-                            "series": len(snapshot.series)}
+                            "series": snapshot.series_count}
         for forwarder in self.forwarders.values():
             if isinstance(forwarder, AggregateForwarder):
                 forwarder.submit(snapshot, preparation.results.get(forwarder.name))
@@ -420,28 +432,53 @@ class Daemon:
         hooks = {forwarder.name: functools.partial(_prepare, type(forwarder), forwarder.config,
                                                    flush)
                  for forwarder in self.forwarders.values()
-                 if isinstance(forwarder, AggregateForwarder) and not forwarder.context.debug_mode}
+                 if isinstance(forwarder, AggregateForwarder) and not forwarder.context.debug_mode
+                 and _prepares(type(forwarder))}
         return forked_snapshot.Preparation(hooks)
 
     def _finish(self, table: IntervalTable, seconds: float,
-                preparation: forked_snapshot.Preparation | None = None) -> list[SeriesStats]:
+                preparation: forked_snapshot.Preparation | None = None
+                ) -> list[SeriesStats] | forked_snapshot.SeriesFrames:
         """The finished table's series: from a forked child, so that receiving keeps its
         rate (and the forwarders' ``prepare`` runs there too); in process (paced) where
-        forking is unavailable or fails, counted."""
+        forking is unavailable or fails, counted. When every aggregate forwarder has a
+        ``prepare``, the child's frames are kept as they came (``SeriesFrames``): the objects
+        are made only if a hook fails or returns None (that forwarder gets ``send``), or
+        when a forwarder reads them. Without ``preparation``: no hooks, the series made."""
         if forked_snapshot.AVAILABLE:
+            aggregate = [forwarder for forwarder in self.forwarders.values()
+                         if isinstance(forwarder, AggregateForwarder)]
+            defer = preparation is not None and len(preparation.hooks) == len(aggregate)
             try:
-                series = forked_snapshot.finish_forked(self.manager, table, seconds, self.lock,
-                                                       preparation)
+                finished = forked_snapshot.finish_forked(self.manager, table, seconds,
+                                                         self.lock, preparation, defer=defer)
                 self._collect_frozen_cycles()
                 if preparation is not None:
                     self._report_prepare_failures(preparation)
-                return series
+                if (isinstance(finished, forked_snapshot.SeriesFrames) and preparation
+                        and set(preparation.results) != set(preparation.hooks)):
+                    return self._made_paced(finished)
+                return finished
             except forked_snapshot.ForkedSnapshotError as exc:
                 self.stats.incr("flush.fork_failed")
                 if self._fork_failures % 100 == 0:  # at most one line in 100 failed flushes
                     log.warning("forked snapshot failed (%s); finishing in process", exc)
                 self._fork_failures += 1
         return self.manager.finish(table, seconds)
+
+    @staticmethod
+    def _made_paced(frames: forked_snapshot.SeriesFrames) -> list[SeriesStats]:
+        """The deferred series, made now for a forwarder that gets ``send``: paced, the
+        collector off and the result frozen, as ``finish_forked`` makes them."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            series = frames.make(pace=True)
+            gc.freeze()
+        finally:
+            if collecting:
+                gc.enable()
+        return series
 
     def _report_prepare_failures(self, preparation: forked_snapshot.Preparation) -> None:
         for name, why in preparation.failures.items():

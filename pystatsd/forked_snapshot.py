@@ -6,8 +6,9 @@ keeps ~80% of its rate for the whole snapshot; a 100,000-series table takes seco
 the way Redis saves, the child sees the finished table and the carried state as they were at
 the fork (copy-on-write), runs the same ``finish`` unpaced on the other core, and sends back
 the series and its new carried state as ``marshal`` frames over a pipe. The parent meanwhile
-waits on the pipe (without the GIL), turns each frame into objects, pausing after each, adopts
-the carried state under the ingest lock, so the result is exactly the in-process one.
+waits on the pipe (without the GIL), turns each frame into objects, pausing after each (or,
+with ``defer``, keeps the series frames as bytes: :class:`SeriesFrames`), adopts the carried
+state under the ingest lock, so the result is exactly the in-process one.
 
 Forwarders stay in the parent (librdkafka's threads do not survive a fork), but the pure part of
 their work can be done here: a :class:`Preparation` names a hook per forwarder (its
@@ -24,6 +25,7 @@ finishes the same table in process (counted).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import gc
 import marshal
@@ -34,10 +36,12 @@ import struct
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, overload
 
 from pystatsd.aggregation import (
     SNAPSHOT_PAUSE,
@@ -117,6 +121,62 @@ class ForkedSnapshotError(Exception):
     """The forked snapshot did not complete; nothing in the manager changed."""
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(SeriesStats))
+assert _FIELDS == ("name", "type", "tags", "stats", "timestamp", "partial"), _FIELDS
+_SETTERS = tuple(SeriesStats.__dict__[name].__set__ for name in _FIELDS)  # the slots' own
+_NEW = object.__new__
+
+
+def make_series(rows: list[tuple[Any, ...]]) -> list[SeriesStats]:
+    """The series of the child's rows (``_FIELDS`` in order, then ``extra_stats``).
+
+    Not through ``SeriesStats(...)``: a frozen dataclass's ``__init__`` stores each field with
+    a Python-level ``object.__setattr__`` call, ~11,800 instructions a counter series
+    (callgrind); here every series is made, and each field of every series set through its
+    slot's own descriptor, by ``map`` in C: ~5,300. The objects are the same (the fast ==
+    slow test of this module compares them with ``MetricMgr.finish``'s)."""
+    if not rows:
+        return []
+    columns = list(zip(*rows, strict=True))
+    if columns[len(_FIELDS)].count(None) != len(rows):  # extra statistics: rare, the slow way
+        return [SeriesStats(name, type_, tags, stats, stamp, partial) if extra is None else
+                ExtendedSeriesStats(name, type_, tags, stats, stamp, partial, extra)
+                for name, type_, tags, stats, stamp, partial, extra in rows]
+    made = list(map(_NEW, repeat(SeriesStats, len(rows))))
+    for setter, column in zip(_SETTERS, columns, strict=False):  # not extra_stats
+        deque(map(setter, made, column), maxlen=0)
+    return made
+
+
+class SeriesFrames:
+    """The finished series as the child sent them, ``marshal`` frames kept as bytes: made into
+    objects only by :meth:`make`, when something reads them (see
+    ``pystatsd.snapshot.DeferredSnapshot``). Keeping the bytes costs the parent a copy; loading
+    and making the objects ~8,500 instructions a counter series."""
+
+    def __init__(self, frames: list[bytes], count: int) -> None:
+        self._frames = frames
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def make(self, pace: bool = False) -> list[SeriesStats]:
+        """Every series, in order; ``pace``: sleeping after each frame as :func:`finish_forked`
+        does, for the daemon's main thread (a forwarder's thread reads them unpaced)."""
+        series: list[SeriesStats] = []
+        clock = time.perf_counter
+        for data in self._frames:
+            began = clock()
+            series.extend(make_series(marshal.loads(data)))
+            if pace:
+                time.sleep(max(SNAPSHOT_PAUSE, (clock() - began) * PARENT_PAUSE_RATIO))
+        if len(series) != self.count:
+            raise ValueError(f"snapshot child announced {self.count} series, sent "
+                             f"{len(series)}")
+        return series
+
+
 Hook = Callable[[list[SeriesStats]], "list[Any] | None"]
 """Given the finished series, in the child: plain data ``marshal`` carries, or None."""
 
@@ -132,15 +192,32 @@ class Preparation:
     failures: dict[str, str] = field(default_factory=dict)
 
 
+@overload
 def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
                   lock: threading.Lock | threading.RLock,
-                  preparation: Preparation | None = None) -> list[SeriesStats]:
+                  preparation: Preparation | None = None,
+                  defer: Literal[False] = False) -> list[SeriesStats]: ...
+
+
+@overload
+def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
+                  lock: threading.Lock | threading.RLock,
+                  preparation: Preparation | None = None, *,
+                  defer: bool) -> list[SeriesStats] | SeriesFrames: ...
+
+
+def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
+                  lock: threading.Lock | threading.RLock,
+                  preparation: Preparation | None = None,
+                  defer: bool = False) -> list[SeriesStats] | SeriesFrames:
     """What ``manager.finish(table, seconds)`` returns, computed in a forked child; the
     manager's carried state is then the child's. ``lock`` is the ingest lock (held for the
     fork, so that no :meth:`MetricMgr.forget` is half done in the child's copy, and for the
     adoption). ``table`` is left as it was: the caller frees it (see :func:`release`).
     ``preparation``'s hooks run in the child after the series are sent, and its results are
-    filled in (left empty when this raises)."""
+    filled in (left empty when this raises). ``defer``: the series as the child's frames,
+    made into objects only if asked (:class:`SeriesFrames`), for a flush whose forwarders
+    all prepared."""
     manager.start_finish(len(table.series))
     if HUGE_PAGES:
         collapse_heap()
@@ -176,7 +253,7 @@ def finish_forked(manager: MetricMgr, table: IntervalTable, seconds: float,
     gc.disable()
     try:
         with os.fdopen(read_fd, "rb", buffering=1 << 20) as pipe:
-            series, gauges, traces, marked, non_finite, shrunk = _receive(pipe)
+            series, gauges, traces, marked, non_finite, shrunk = _receive(pipe, defer)
             if preparation is not None:
                 _receive_prepared(pipe, preparation)
         gc.freeze()
@@ -315,7 +392,7 @@ def _child_work(manager: MetricMgr, table: IntervalTable, seconds: float, fd: in
         _send_chunks(pipe, _TRACES, [(key, entry[0], entry[1]) for key, entry in traces.items()])
         _send(pipe, _END, (len(series), len(gauges), len(traces), non_finite, shrunk))
         if preparation is not None:
-            pipe.flush()  # the parent rebuilds the series while the hooks run
+            pipe.flush()  # the parent makes the series (unless deferred) while the hooks run
             _send_prepared(pipe, preparation.hooks, series)
 
 
@@ -365,9 +442,11 @@ def _read_frame(pipe: BinaryIO, worked: float) -> tuple[int, bytes]:
     return kind, data
 
 
-def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[float]],
-                                      dict[SeriesKey, list[float]], set[SeriesKey], int, bool]:
+def _receive(pipe: BinaryIO, defer: bool = False) -> tuple[
+        list[SeriesStats] | SeriesFrames, dict[SeriesKey, list[float]],
+        dict[SeriesKey, list[float]], set[SeriesKey], int, bool]:
     series: list[SeriesStats] = []
+    frames: list[bytes] = []
     carried: tuple[dict[SeriesKey, list[float]], dict[SeriesKey, list[float]]] = ({}, {})
     marked: set[SeriesKey] = set()
     clock = time.perf_counter
@@ -375,12 +454,13 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
     while True:
         kind, data = _read_frame(pipe, worked)
         began = clock()
+        if kind == _SERIES and defer:
+            frames.append(data)
+            worked = 0.0  # nothing loaded: no pause owed
+            continue
         items = marshal.loads(data)
         if kind == _SERIES:
-            series.extend([SeriesStats(name, type_, tags, stats, stamp, partial=partial)
-                           if extra is None else
-                           ExtendedSeriesStats(name, type_, tags, stats, stamp, partial, extra)
-                           for name, type_, tags, stats, stamp, partial, extra in items])
+            series.extend(make_series(items))
         elif kind == _GAUGES or kind == _TRACES:
             target = carried[kind - _GAUGES]
             for key, value, idle in items:
@@ -388,10 +468,17 @@ def _receive(pipe: BinaryIO) -> tuple[list[SeriesStats], dict[SeriesKey, list[fl
         elif kind == _MARKED:
             marked.update(items)
         else:
-            sent = (len(series), len(carried[0]), len(carried[1]))
+            count = int(items[0])
+            if defer:  # every frame but the last is full; the objects count themselves later
+                if len(frames) != -(-count // FRAME_ITEMS):
+                    raise ForkedSnapshotError(f"snapshot child announced {count} series, sent "
+                                              f"{len(frames)} frames")
+            sent = (count if defer else len(series), len(carried[0]), len(carried[1]))
             if tuple(items[:3]) != sent:
                 raise ForkedSnapshotError(f"snapshot child announced {items[:3]}, sent {sent}")
-            return series, carried[0], carried[1], marked, int(items[3]), bool(items[4])
+            finished: list[SeriesStats] | SeriesFrames = (SeriesFrames(frames, count) if defer
+                                                          else series)
+            return finished, carried[0], carried[1], marked, int(items[3]), bool(items[4])
         worked = clock() - began
 
 

@@ -5,7 +5,8 @@ interval included) and every forwarder sees the same one, so none may change it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +118,85 @@ class Snapshot:
     host: str
     series: tuple[SeriesStats, ...] = ()
     events: tuple[Event, ...] = ()
+
+    @property
+    def series_count(self) -> int:
+        """``len(series)``, without making the series of a snapshot that makes them on demand
+        (see :class:`DeferredSnapshot`)."""
+        return len(self.series)
+
+    def series_from(self, index: int) -> tuple[SeriesStats, ...]:
+        """``series[index:]``, making only those of a snapshot that makes its series on demand
+        (a forwarder's ``send_prepared`` reads the series its ``prepare`` did not see so)."""
+        return self.series[index:]
+
+
+_SERIES_SLOT = Snapshot.__dict__["series"]  # the slot under DeferredSnapshot's property
+
+
+class DeferredSnapshot(Snapshot):
+    """A :class:`Snapshot` whose first ``deferred`` series are made only when ``series`` is
+    first read (then once, kept): the daemon hands one to its forwarders when every one of them
+    prepared the flush in the snapshot child, so that its process need not make 100,000
+    objects nobody reads (~5,000 instructions a series). To a reader it is a snapshot like
+    any other; ``series_count`` and ``series_from`` past the deferred ones make nothing.
+    Made with :meth:`of`; its inherited constructor (``dataclasses.replace``) makes a plain,
+    complete one."""
+
+    __slots__ = ("_make", "_deferred", "_tail", "_making")
+    _make: Callable[[], list[SeriesStats]] | None
+    _deferred: int
+    _tail: tuple[SeriesStats, ...]
+    _making: threading.Lock
+
+    @classmethod
+    def of(cls, start: float, interval: float, host: str, deferred: int,
+           make: Callable[[], list[SeriesStats]], tail: tuple[SeriesStats, ...],
+           events: tuple[Event, ...] = ()) -> DeferredSnapshot:
+        """``make()`` gives the first ``deferred`` series; ``tail`` follows them."""
+        snapshot = object.__new__(cls)
+        for name, value in (("start", start), ("interval", interval), ("host", host),
+                            ("events", events), ("_make", make), ("_deferred", deferred),
+                            ("_tail", tail), ("_making", threading.Lock())):
+            object.__setattr__(snapshot, name, value)
+        return snapshot
+
+    def _series(self) -> tuple[SeriesStats, ...]:
+        try:
+            return _SERIES_SLOT.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:  # not made yet
+            pass
+        with self._making:  # two forwarder threads reading at once make them once
+            try:
+                return _SERIES_SLOT.__get__(self)  # type: ignore[no-any-return]
+            except AttributeError:
+                pass
+            assert self._make is not None
+            made = self._make()
+            if len(made) != self._deferred:
+                raise ValueError(f"deferred series: {len(made)} made, {self._deferred} expected")
+            series = (*made, *self._tail)
+            _SERIES_SLOT.__set__(self, series)
+            object.__setattr__(self, "_make", None)  # its frames can go
+            return series
+
+    def _set_series(self, series: tuple[SeriesStats, ...]) -> None:  # the dataclass __init__
+        _SERIES_SLOT.__set__(self, series)
+
+    series = property(_series, _set_series)  # type: ignore[assignment]
+
+    @property
+    def series_count(self) -> int:
+        try:
+            return len(_SERIES_SLOT.__get__(self))
+        except AttributeError:
+            return self._deferred + len(self._tail)
+
+    def series_from(self, index: int) -> tuple[SeriesStats, ...]:
+        try:
+            return _SERIES_SLOT.__get__(self)[index:]  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
+        if index >= self._deferred:
+            return self._tail[index - self._deferred:]
+        return self.series[index:]

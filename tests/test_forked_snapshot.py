@@ -14,17 +14,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders.file import FileForwarder
+from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config
 from pystatsd.daemon import Daemon
 from pystatsd.ingest import Pipeline
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMER, TRACE, Sample
+from pystatsd.snapshot import ETSY_TIMER_STATS, DeferredSnapshot, SeriesStats, Snapshot
 from tests.line_caches import LINE_CACHES, pipelines_using
 
 
@@ -66,8 +70,8 @@ def twin_managers(**overrides: Any) -> tuple[MetricMgr, MetricMgr]:
 
 def comparable(series: list[Any]) -> list[tuple[Any, ...]]:
     # repr: equal floats print equal, and a NaN statistic would compare unequal to itself.
-    return [(s.name, s.type, s.tags, repr(sorted(s.stats.items())), s.timestamp,
-             repr(s.partial)) for s in series]
+    return [(type(s), s.name, s.type, s.tags, repr(sorted(s.stats.items())), s.timestamp,
+             repr(s.partial), repr(s.extra_stats)) for s in series]
 
 
 def carried(manager: MetricMgr) -> tuple[dict[Any, list[float]], ...]:
@@ -80,12 +84,16 @@ PARTIALS = {"global": {"kafka": {"kafka_topic": "p", "format": "partials",
 
 @settings(max_examples=40, deadline=None)
 @given(intervals=st.lists(st.lists(samples(), max_size=40), min_size=1, max_size=4),
-       cumulative=st.booleans(), exact=st.sampled_from([3, 1000]), partials=st.booleans())
+       cumulative=st.booleans(), exact=st.sampled_from([3, 1000]), partials=st.booleans(),
+       defer=st.booleans(), etsy=st.booleans())
 def test_forked_finish_equals_in_process_finish_interval_after_interval(
-        intervals: list[list[Sample]], cumulative: bool, exact: int, partials: bool) -> None:
+        intervals: list[list[Sample]], cumulative: bool, exact: int, partials: bool,
+        defer: bool, etsy: bool) -> None:
     extra = {"forwarders": PARTIALS["global"]} if partials else {}
     local, forked = twin_managers(trace_cumulative=cumulative, idle_expiry_intervals=2,
                                   timer_exact_samples=exact, **extra)
+    if etsy:  # timers as ExtendedSeriesStats
+        local.extra_stats = forked.extra_stats = frozenset({ETSY_TIMER_STATS})
     assert local.keep_partials == partials
     lock = threading.Lock()
     for interval in intervals:
@@ -93,7 +101,10 @@ def test_forked_finish_equals_in_process_finish_interval_after_interval(
             assert local.add(sample) == forked.add(sample)
         expected = local.finish(local.swap(), 7.5)
         table = forked.swap()
-        got = forked_snapshot.finish_forked(forked, table, 7.5, lock)
+        got = forked_snapshot.finish_forked(forked, table, 7.5, lock, defer=defer)
+        if defer:  # the child's frames, made into objects when asked
+            assert isinstance(got, forked_snapshot.SeriesFrames) and len(got) == len(expected)
+            got = got.make()
         assert comparable(got) == comparable(expected)
         assert carried(forked) == carried(local)
         assert forked.stats.totals() == local.stats.totals()  # flush.non_finite among them
@@ -271,6 +282,96 @@ def test_a_prepare_that_fails_in_the_child_is_counted_and_the_forwarder_sends_it
     assert "flush.prepare_failed" not in daemon.stats.take()
 
 
+class Keeping(Preparing):
+    """A preparing forwarder that keeps each snapshot it is handed."""
+
+    def send_prepared(self, snapshot: Any, prepared: list[Any]) -> None:
+        self.sent.append(("send_prepared", snapshot))
+
+
+def test_a_flush_every_forwarder_prepared_makes_no_series_in_the_daemon_until_one_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real_make = forked_snapshot.make_series
+    monkeypatch.setattr(forked_snapshot, "make_series",
+                        lambda rows: made.append(len(rows)) or real_make(rows))
+    daemon = Daemon(build_config({"forwarders": {}}))
+    daemon.pipeline = Pipeline(daemon.config, daemon.manager, daemon.stats, [])
+    forwarders = [Keeping(name, {}, ForwarderContext(state_dir=tmp_path)) for name in "ab"]
+    for forwarder in forwarders:
+        daemon.forwarders[forwarder.name] = forwarder
+        forwarder.start()
+    try:
+        for i in range(forked_snapshot.FRAME_ITEMS + 3):  # two frames
+            daemon.manager.add(Sample(f"hits{i}", COUNTER, float(i)))
+        daemon.manager.add(Sample("lat", TIMER, 3.0))
+        flushed = daemon.flush()
+    finally:
+        for forwarder in forwarders:
+            forwarder.close(5)
+    assert [kind for forwarder in forwarders for kind, _ in forwarder.sent] == \
+        ["send_prepared"] * 2
+    handed = forwarders[0].sent[0][1]
+    assert handed is forwarders[1].sent[0][1] is flushed  # one snapshot for all, as before
+    client = forked_snapshot.FRAME_ITEMS + 4
+    own = flushed.series_from(client)  # the self-metrics, made in the daemon: no series made
+    assert own and all(s.name.startswith("pystatsd.") for s in own)
+    assert flushed.series_count == client + len(own) and made == []
+    # Read, they are the interval's series, then the self-metrics: what send() would see.
+    assert [s.name for s in flushed.series[:client]] == sorted(
+        [f"hits{i}" for i in range(forked_snapshot.FRAME_ITEMS + 3)] + ["lat"])
+    assert flushed.series[client:] == own and sum(made) == client
+    assert flushed.series[0].stats == {"count": 0.0, "rate": 0.0}
+
+
+def test_a_deferred_snapshot_makes_its_series_once_and_only_when_read() -> None:
+    made: list[int] = []
+    first = [SeriesStats(f"s{i}", COUNTER, (), {"count": 1.0}) for i in range(3)]
+    tail = (SeriesStats("own", GAUGE, (), {"value": 2.0}),)
+
+    def make() -> list[SeriesStats]:
+        made.append(1)
+        time.sleep(0.05)  # long enough for the other reader to arrive meanwhile
+        return list(first)
+
+    flush = DeferredSnapshot.of(10.0, 10.0, "h", 3, make, tail)
+    assert isinstance(flush, Snapshot)
+    assert flush.series_count == 4 and flush.series_from(3) == tail and made == []
+    readers = [threading.Thread(target=lambda: flush.series) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert flush.series == (*first, *tail) and made == [1]
+    assert flush.series_from(1) == (*first[1:], *tail) and flush.series_count == 4
+
+
+def test_the_file_forwarder_prepared_in_the_child_writes_what_its_send_writes(
+        tmp_path: Path) -> None:
+    config = build_config({"forwarders": {"file": {"type": "file",
+                                                   "path": str(tmp_path / "flushed.jsonl")}}})
+    daemon = Daemon(config)
+    daemon.pipeline = Pipeline(daemon.config, daemon.manager, daemon.stats, [])
+    daemon.forwarders = {name: cls(name, section, ForwarderContext(state_dir=tmp_path))
+                         for name, section in config["forwarders"].items()
+                         for cls in [FileForwarder]}
+    daemon.forwarders["file"].start()
+    try:
+        for payload in (b"web.hits:3|c|#env:prod\nweb.hits:1|c\nlat:12|ms\nlat:30|ms",
+                        b"queue:40|g\nusers:alice|s\n_e{6,9}:deploy|v1 is out|#env:prod"):
+            daemon._deliver(payload)
+        flushed = daemon.flush()
+    finally:
+        daemon.forwarders["file"].close(5)
+    assert isinstance(flushed, DeferredSnapshot) and flushed.events
+    written = (tmp_path / "flushed.jsonl").read_bytes()
+    # The records of the whole flush, in order (what the console prints, what send wrote).
+    assert written == b"".join(orjson.dumps(record) + b"\n"
+                               for record in snapshot_records(flushed))
+    assert len(written.splitlines()) == flushed.series_count + 1  # and the event, last
+    assert b'"kind":"event"' in written.splitlines()[-1]
+
+
 def test_release_frees_every_cell() -> None:
     manager, _ = twin_managers()
     for i in range(5000):
@@ -324,6 +425,8 @@ def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: 
 CHILD_OUTLIVES = """
 import os, sys, threading, time
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders.file import FileForwarder
+from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
 from pystatsd.aggregation import MetricMgr
 from pystatsd.config import build_config

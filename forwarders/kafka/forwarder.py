@@ -489,10 +489,10 @@ class KafkaForwarder(AggregateForwarder):
             prepared = self.prepare(self.config, snapshot)
         covered, problems = prepared[0], prepared[1]
         records: list[ReadyMessage] = prepared[2:]
-        if covered < len(snapshot.series):
+        if covered < snapshot.series_count:
             rest = self.prepare(self.config, Snapshot(snapshot.start, snapshot.interval,
                                                       snapshot.host,
-                                                      snapshot.series[covered:]))
+                                                      snapshot.series_from(covered)))
             problems = problems + rest[1]
             records.extend(rest[2:])
         for counter, kind, line in problems:

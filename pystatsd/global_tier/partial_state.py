@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -177,6 +177,7 @@ _NEVER = -1
 
 
 _UNUSED_DISTRIBUTION = Distribution()
+_NO_MEMBERS: dict[int, None] = {}  # what a series that is not a set holds; nothing writes it
 
 
 class SeriesMerge:
@@ -184,11 +185,15 @@ class SeriesMerge:
 
     __slots__ = ("kind", "total", "gauge", "members", "union", "distribution", "ordered")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, new_members: Callable[[], Any] = dict) -> None:
+        """``new_members`` makes the cell a set's hashes are kept in: a dict (the global
+        tier), or the daemon's own set cell (the receive workers' merge passes
+        ``aggregation.new_set_cell``: the compiled ``MemberSet`` takes a partial's hashes in
+        C, and the merged cell is the table's without a copy)."""
         self.kind = kind
         self.total = 0.0
         self.gauge: tuple[bool, float, str, float] | None = None  # (fresh, at, host, value)
-        self.members: dict[int, None] = {}  # hashes
+        self.members: Any = new_members() if kind == SET else _NO_MEMBERS  # hashes
         self.union: hll_union | None = None  # once any host sent its set as a sketch
         # Only a distribution's own: the others share one that nothing writes (a merge of
         # 100,000 series spent a fifth of its time making empty ones).
@@ -216,7 +221,7 @@ class SeriesMerge:
             if "hll" in partial:
                 self._add_hll(partial["hll"])
             else:
-                self.members.update(dict.fromkeys(member_hashes(partial["members"])))
+                self._add_members(partial["members"])
         elif kind == TIMER or kind == HISTOGRAM:
             self._add_distribution(partial, exact_limit, accuracy)
         else:
@@ -257,6 +262,16 @@ class SeriesMerge:
         if kind == SET:
             return self.members
         return self.distribution
+
+    def _add_members(self, members: Collection[Any]) -> None:
+        cell = self.members
+        if type(cell) is dict:
+            cell.update(dict.fromkeys(member_hashes(members)))
+            return
+        try:
+            cell.update(members)  # hashes, each added in C
+        except TypeError:  # a format-1 host's text (what was added before is added again)
+            cell.update(member_hashes(members))
 
     def _add_hll(self, data: Any) -> None:
         if not isinstance(data, bytes):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pystatsd.aggregation import IntervalTable, MetricMgr, new_cell
+from pystatsd.aggregation import IntervalTable, MetricMgr, new_cell, new_set_cell
 from pystatsd.global_tier.partial_state import SeriesMerge, cell_partial, ordered_gauge_partial
 from pystatsd.sample import GAUGE, HISTOGRAM, SET, TIMER, TRACE
 from pystatsd.selfstats import SelfStats
@@ -131,7 +131,7 @@ class TableMerge:
             merge = into.get(key)
             if merge is None:
                 kind = key[1] if kind_at else key[0][1]
-                merge = into[key] = SeriesMerge(kind)
+                merge = into[key] = SeriesMerge(kind, new_set_cell)
             merge.add(partial, 0.0, "", exact_limit, accuracy)
 
     def table(self, manager: MetricMgr, stats: SelfStats) -> IntervalTable:

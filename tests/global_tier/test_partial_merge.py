@@ -216,6 +216,23 @@ def test_a_format_1_partial_joins_by_its_members_hashes_and_its_sketch_is_refuse
         decode_partial(orjson.dumps({**old, "partial": {"hll": "AgEHDAMIAQA="}}))
 
 
+@pytest.mark.parametrize("cell", ["dict", "daemon's"])
+def test_a_set_merged_into_the_daemons_own_cell_counts_what_a_dict_counts(cell: str) -> None:
+    """The receive workers' merge keeps a set's hashes in the daemon's set cell (the compiled
+    ``MemberSet``): hashes and a format-1 host's text join it as they join the dict."""
+    from pystatsd.aggregation import new_set_cell
+    from pystatsd.set_members import text_member_hash
+
+    merge = SeriesMerge(SET, new_set_cell if cell != "dict" else dict)
+    merge.add({"members": [text_member_hash(m) for m in "abc"]}, 1010.0, "a", 1000, ACCURACY)
+    merge.add({"members": ["c", "d"]}, 1010.0, "old", 1000, ACCURACY)  # format 1: text
+    merge.add({"members": [text_member_hash("e"), text_member_hash("a")]}, 1010.0, "b", 1000,
+              ACCURACY)
+    assert type(merge.cell()) is (new_set_cell if cell != "dict" else dict)
+    assert sorted(merge.cell()) == sorted(text_member_hash(m) for m in "abcde")
+    assert merge.stats(10.0, PERCENTILES, ACCURACY) == {"count": 5.0}
+
+
 @pytest.mark.parametrize("partials", [False, True], ids=["no-partials", "partials"])
 def test_only_a_daemon_sending_partials_loads_the_hll_library(partials: bool) -> None:
     """DataSketches imports numpy (~17 MB of RSS, ~0.3 s): a daemon without a `partials`

@@ -44,9 +44,11 @@ def never_in_process(self: KafkaForwarder, flush: Snapshot) -> None:
     raise AssertionError("a flush the snapshot child prepared was encoded again in process")
 
 
-def run_daemon(tmp_path: Path, bootstrap: str, topic: str, fmt: str) -> dict[str, Any]:
+def run_daemon(tmp_path: Path, bootstrap: str, topic: str, fmt: str,
+               plain: bool = True) -> dict[str, Any]:
     """One daemon's life at a fixed clock: start, the payloads, one flush, stop (whose final
-    flush is a short interval of its own); what its Kafka forwarder counted."""
+    flush is a short interval of its own); what its Kafka forwarder counted. ``plain``: a
+    forwarder without ``prepare`` beside it (else the daemon makes no series objects)."""
     now = [START + 5.0]
     config = build_config({
         "state_dir": str(tmp_path), "flush_interval": 10, "self_metrics": {"enabled": False},
@@ -56,9 +58,10 @@ def run_daemon(tmp_path: Path, bootstrap: str, topic: str, fmt: str) -> dict[str
                                  "format": fmt}}})
     daemon = Daemon(config, clock=lambda: now[0], host="testhost")
     daemon.start()
-    plain = Plain("plain", {}, ForwarderContext(state_dir=tmp_path))
-    plain.start()
-    daemon.forwarders["plain"] = plain
+    if plain:
+        beside = Plain("plain", {}, ForwarderContext(state_dir=tmp_path))
+        beside.start()
+        daemon.forwarders["plain"] = beside
     try:
         for payload in PAYLOADS:
             daemon._deliver(payload)
@@ -95,6 +98,11 @@ def test_a_flush_prepared_in_the_snapshot_child_sends_what_one_sent_in_process_s
         forked = run_daemon(tmp_path / "forked", kafka_bootstrap, f"{topic}-forked", fmt)
     forked_flushes = list(plain_flushes)
     plain_flushes.clear()
+    with monkeypatch.context() as patch:  # alone, it gets a DeferredSnapshot: the same messages
+        patch.setattr(KafkaForwarder, "send", never_in_process)
+        alone = run_daemon(tmp_path / "alone", kafka_bootstrap, f"{topic}-alone", fmt,
+                           plain=False)
+    assert plain_flushes == []
     with monkeypatch.context() as patch:
         patch.setattr(forked_snapshot, "AVAILABLE", False)  # no fork: all in process
         in_process = run_daemon(tmp_path / "in-process", kafka_bootstrap, f"{topic}-local", fmt)
@@ -108,6 +116,9 @@ def test_a_flush_prepared_in_the_snapshot_child_sends_what_one_sent_in_process_s
     assert sum(map(len, got.values())) + 1 == forked["produced"] > 8
     assert got == messages(kafka_bootstrap, f"{topic}-local")
     assert events == messages(kafka_bootstrap, f"{topic}-local-events")
+    assert (alone["sent"], alone["unencodable"]) == (forked["sent"], 1)
+    assert messages(kafka_bootstrap, f"{topic}-alone") == got
+    assert messages(kafka_bootstrap, f"{topic}-alone-events") == events
     # The forwarder without the hook got each flush whole, the same in both daemons.
     assert [len(flush.series) for flush in forked_flushes] == \
         [len(flush.series) for flush in plain_flushes] == [9, 2]
