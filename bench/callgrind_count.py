@@ -8,6 +8,11 @@ and the warm-up runs ``map`` itself (each line decoded on the slow path calls
 count repeats on a shared machine; address randomisation is off (``setarch -R``) and the hash
 seed fixed, so that the allocator's and the dicts' work repeats too.
 
+Counted code may fork (a flush's snapshot child): each process then reports its own count,
+and the child's can come first. :func:`instructions_in_map` takes the process it started (the
+one that ran the measured code), or with ``processes="all"`` the sum over it and its forked
+children, and says which by its argument, never by the order of the reports.
+
 A script that measures an older tree (copied into it) needs this file beside it."""
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def warm_then_map(run: Callable[[bytes], object], payloads: Sequence[bytes], war
     deque(starmap(run, zip(payloads[warm:])), maxlen=0)
 
 
-def instructions_in_map(script: str, arguments: Sequence[str]) -> int:
+def instructions_in_map(script: str, arguments: Sequence[str],
+                        processes: str = "started") -> int:
     """Instructions callgrind counts inside ``starmap`` while this Python runs ``script
     arguments`` (which must call :func:`warm_then_map` once, and nothing else through
     ``starmap``). The environment is passed on, so a switch set in ``os.environ`` (such as
@@ -43,7 +49,20 @@ def instructions_in_map(script: str, arguments: Sequence[str]) -> int:
              "valgrind", "--tool=callgrind", "--toggle-collect=starmap_next",
              f"--callgrind-out-file={workdir}/out", sys.executable, script, *arguments],
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1))
+    return collected(result.stderr, processes)
+
+
+def collected(report: str, processes: str = "started") -> int:
+    """The instructions in callgrind's ``report`` (its stderr): of the process it started
+    (``"started"``: the first to say anything, at start, before any fork) or summed over
+    that one and every child it forked (``"all"``)."""
+    counts = {int(pid): int(count)
+              for pid, count in re.findall(r"==(\d+)== Collected : (\d+)", report)}
+    first = re.search(r"==(\d+)==", report)
+    if first is None or int(first.group(1)) not in counts:
+        raise SystemExit("no 'Collected' line from callgrind:\n" + report[-2000:])
+    if processes == "all":
+        return sum(counts.values())
+    if processes != "started":
+        raise ValueError(f"processes: 'started' or 'all', not {processes!r}")
+    return counts[int(first.group(1))]

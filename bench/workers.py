@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import re
 import resource
 import shutil
 import signal
@@ -40,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+from callgrind_count import instructions_in_map, warm_then_map  # noqa: E402
+from senders import build_sender  # noqa: E402
 
 from pystatsd.admin import SOCKET_NAME, ask  # noqa: E402
 
@@ -184,12 +184,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def compile_loadgen(workdir: Path) -> Path:
-    binary = workdir / "loadgen"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "loadgen.c")], check=True)
-    return binary
-
-
 def blast(loadgen: Path, port: int, rate: float, seconds: float, lines: int,
           senders: int) -> tuple[int, float]:
     """Lines sent by ``senders`` loadgens at ``rate`` datagrams/s in all; their CPU."""
@@ -286,7 +280,7 @@ def live(args: argparse.Namespace) -> None:
         ("before ", Path(args.compare).resolve()), ("after ", ROOT)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        loadgen = compile_loadgen(workdir)
+        loadgen = build_sender(ROOT / "build" / "loadgen", "bench/workers.py")
         for lines, rates in ((20, [2_500, 5_000, 10_000, 20_000, 30_000]),
                              (1, [25_000, 50_000, 100_000, 150_000])):
             if args.lines_only is not None and lines != args.lines_only:
@@ -371,9 +365,10 @@ def merge_cost(series: int, workers: int) -> None:
 
 # -- instructions per line ----------------------------------------------------------------
 def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
-    """Under callgrind: warm up, then deliver ``window`` payloads through ``map``: to
-    ``Pipeline.ingest`` under a lock as one process does (``Daemon._deliver``), or (``timed``)
-    to a worker's ``deliver`` (timed gauge cells, the shared page written per payload).
+    """Under callgrind: warm up, then deliver ``window`` payloads (bench/callgrind_count.py's
+    ``warm_then_map``): to ``Pipeline.ingest`` under a lock as one process does
+    (``Daemon._deliver``), or (``timed``) to a worker's ``deliver`` on what ``Worker.start``
+    builds (timed gauge cells, the shared page written per payload).
     ``mix``: ``gauges`` (a third absolute, two thirds deltas) or ``loadgen`` (bench/loadgen.c's:
     counters, gauges, timers, sets)."""
     import mmap
@@ -387,7 +382,7 @@ def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
 
     config = build_config({"forwarders": {}})
     stats = SelfStats()
-    manager = (TimedMetricMgr if timed else MetricMgr)(config, stats)
+    manager = MetricMgr(config, stats)
     pipeline = Pipeline(config, manager, stats)
     lock = threading.Lock()
 
@@ -397,7 +392,11 @@ def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
 
     if timed:
         worker = Worker(0, None, mmap.mmap(-1, mmap.PAGESIZE))  # type: ignore[arg-type]
-        worker.manager, worker.pipeline = manager, pipeline  # what Worker.start builds
+        if hasattr(worker, "build"):
+            worker.build(config)
+        else:  # a tree before Worker.build (--instructions copied into it): what start built
+            worker.manager = TimedMetricMgr(config, worker.stats)
+            worker.pipeline = Pipeline(config, worker.manager, worker.stats)
         deliver = worker.deliver  # type: ignore[assignment]
     warm = max(NAMES, 200_000 // lines)
     if mix == "loadgen":
@@ -412,24 +411,14 @@ def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
             return b"bench.g%d:%s%d|g" % (rng.randrange(NAMES), sign, rng.randrange(1000))
 
         payloads = [b"\n".join(line() for _ in range(lines)) for _ in range(warm + window)]
-    for payload in payloads[:warm]:
-        deliver(payload)
-    deque(map(deliver, payloads[warm:]), maxlen=0)
+    warm_then_map(deliver, payloads, warm)
 
 
 def instructions(lines: int, window: int, timed: bool, mix: str) -> float:
-    with tempfile.TemporaryDirectory() as workdir:
-        result = subprocess.run(
-            ["setarch", platform.machine(), "-R", "valgrind", "--tool=callgrind",
-             "--toggle-collect=map_next", f"--callgrind-out-file={workdir}/out",
-             sys.executable, __file__, "--count-only", "--lines", str(lines),
-             "--window", str(window), "--mix", mix, *(["--timed"] if timed else [])],
-            capture_output=True, text=True, check=True, cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)})
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1)) / (window * lines)
+    collected = instructions_in_map(__file__, [
+        "--count-only", "--lines", str(lines), "--window", str(window), "--mix", mix,
+        *(["--timed"] if timed else [])])
+    return collected / (window * lines)
 
 
 def main() -> None:

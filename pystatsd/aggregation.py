@@ -167,6 +167,11 @@ class MetricMgr:
     (``pystatsd.workers.gauge_order``) sets the one-item list holding the millisecond the
     payload being applied arrived; the line caches read it once per payload and take their
     timed gauge arm (:func:`update_arm`)."""
+    reads_clock: bool = False
+    """With a ``gauge_clock``: False, whoever delivers a payload has put its millisecond there
+    (``gauge_order.stamp``, or a test's chosen times); True, the line caches read the clock
+    into it as they begin a payload (the compiled one in C), and the slow path as it changes
+    a gauge (a receive worker's manager: no Python stamp per payload)."""
 
     def __init__(self, config: Config, stats: SelfStats | None = None) -> None:
         self.stats = stats if stats is not None else SelfStats()
@@ -842,7 +847,11 @@ class PythonLineCache:
         epoch = manager.epoch
         exact_limit = manager.exact_limit
         clock = manager.gauge_clock
-        now = clock[0] if clock is not None else 0
+        now = 0
+        if clock is not None:  # timed gauge cells: this payload's millisecond (reads_clock)
+            if manager.reads_clock:
+                clock[0] = time.monotonic_ns() // 1_000_000
+            now = clock[0]
         shapes = self._shapes
         counter_lines = self._counter_lines
         hits = 0

@@ -5,10 +5,11 @@ Etsy's rule for one gauge is sequential: an absolute value replaces everything b
 each later ``+n``/``-n`` moves it. With several workers one gauge's lines can land in several
 processes; the merge needs, per worker, when its last absolute value was set and when each
 delta since came, on one clock. ``CLOCK_MONOTONIC`` is system-wide, so every worker reads the
-same clock; it is read in milliseconds when a payload is delivered (not when the kernel
-received it), and deltas within one millisecond are kept as one step. A worker's own order is
-exact; across workers, lines less than a millisecond apart (or reordered by one worker's
-backlog) are ordered as the workers applied them.
+same clock; a worker's manager (``reads_clock``) reads it in milliseconds when a line cache
+begins a payload (the compiled one in C) and when the slow path changes a gauge (not when the
+kernel received it), and deltas within one millisecond are kept as one step. A
+worker's own order is exact; across workers, lines less than a millisecond apart (or
+reordered by one worker's backlog) are ordered as the workers applied them.
 
 A :class:`TimedGauge` is a plain gauge cell (``[base or None, moved]``: everything that reads
 gauge cells reads it unchanged) with a ``record`` beside it. Whoever changes the cell notes the
@@ -25,13 +26,16 @@ from pystatsd.aggregation import MetricMgr, SeriesKey, note_gauge_change
 from pystatsd.sample import GAUGE
 
 _now = [0]
-"""The millisecond the payload being applied arrived: set once per payload by the receiver
-(:func:`stamp`), read by every gauge change in it (a clock read per line cost more than the
-rest of the line's bookkeeping). :attr:`TimedMetricMgr.gauge_clock`."""
+"""The millisecond of the payload being applied, read by every gauge change in it (a clock
+read per line cost more than the rest of the line's bookkeeping): set by whoever delivers the
+payload (:func:`stamp`), or for a manager that ``reads_clock`` (a receive worker's) by the line
+cache as it begins the payload and by :meth:`TimedMetricMgr.update` on the slow path.
+:attr:`TimedMetricMgr.gauge_clock`."""
 
 
 def stamp() -> None:
-    """Called by whoever delivers a payload to a :class:`TimedMetricMgr`, before it."""
+    """Called by whoever delivers a payload to a :class:`TimedMetricMgr` that does not
+    ``reads_clock``, before it."""
     _now[0] = time.monotonic_ns() // 1_000_000
 
 
@@ -70,6 +74,9 @@ class TimedMetricMgr(MetricMgr):
         if not super().update(kind, cell, value, weight, delta):
             return False
         if kind == GAUGE and type(cell) is TimedGauge:  # not a stamped sample's plain cell
+            if self.reads_clock:  # the slow path (JSON, other formats, a line the cache
+                # did not take) may come without a line cache's stamp before it
+                _now[0] = time.monotonic_ns() // 1_000_000
             note_gauge_change(cell.record, _now[0],
                               value if delta else None)  # type: ignore[arg-type]
         return True

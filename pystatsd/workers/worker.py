@@ -18,10 +18,12 @@ framing over a socketpair) the parent sends pickled commands:
                         daemon's stop; not at a hot restart, whose successor reads it), answer
                         the last partials and exit
 
-After each payload it writes into ``HELD_FD`` (a memfd the parent maps) how many payloads it
-holds since the last flush (and, every 16th, how many series); at a flush's swap it moves the
-swapped table's exact counts into the page's second pair, which the parent clears once it has
-the answer: what the parent reports as lost if this process dies, before or during a flush.
+Before each payload is applied it writes into ``HELD_FD`` (a memfd the parent maps) how many
+payloads it holds since the last flush, that one included (from then on the payload is in the
+table or lost with the process), and whenever the table makes a series, how many series; at a
+flush's swap it moves the swapped table's exact counts into the page's second pair, which the
+parent clears once it has the answer: what the parent reports as lost if this process dies,
+before or during a flush.
 Signals from outside are ignored (a stop of the service's whole cgroup must not lose the
 interval): the parent decides, and the kernel kills a worker whose parent died."""
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import itertools
 import logging
 import mmap
 import os
@@ -37,24 +40,23 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pystatsd.aggregation import SeriesKey
 from pystatsd.graphite_ingest import GraphiteSource
 from pystatsd.hot_restart import stop_shared_udp
 from pystatsd.ingest import Pipeline
 from pystatsd.listeners import UdpListener, open_listeners
 from pystatsd.logsetup import configure_logging
 from pystatsd.selfstats import SelfStats
-from pystatsd.workers.gauge_order import TimedMetricMgr, _now
+from pystatsd.workers.gauge_order import TimedMetricMgr
 from pystatsd.workers.merge import encode_table, encode_view
 
 log = logging.getLogger("pystatsd.workers")
 
 _CRASHED = 70
-_monotonic_ns = time.monotonic_ns
 FROZEN_COLLECTION_FLUSHES = 360
 """As the daemon's (``Daemon._collect_frozen_cycles``): the heap is frozen after each flush,
 and unfrozen and collected once in this many."""
@@ -74,6 +76,25 @@ def held_counts(page: mmap.mmap) -> memoryview:
     """The shared page as the words above (a memoryview store costs half a
     ``struct.pack_into``, and is made per payload)."""
     return memoryview(page).cast("Q")
+
+
+class HeldSeriesMgr(TimedMetricMgr):
+    """A worker's manager: each time it hands out a cell (a series made, or a line cache
+    entry bound to this interval's cell, once per series and interval) it writes the table's
+    series count into the shared page, so that the count is exact at any moment without a
+    check per payload; and it ``reads_clock``, so that the payload's arrival stamp is the
+    line cache's (in C), not a clock read in Python per payload."""
+
+    reads_clock = True
+
+    def __init__(self, config: dict[str, Any], stats: SelfStats, held: memoryview) -> None:
+        super().__init__(config, stats)
+        self.held = held
+
+    def cell(self, key: SeriesKey) -> Any:
+        cell = super().cell(key)
+        self.held[HELD_SERIES] = len(self._table.series)
+        return cell
 
 
 def hold_after_swap(index: int) -> Callable[[], None] | None:
@@ -104,29 +125,32 @@ class Worker:
         self.held = held_counts(held)
         self.lock = threading.Lock()
         self.stats = SelfStats()
-        self.payloads = 0
+        self._counted = itertools.count(1)
+        """The payloads delivered since the last flush, that one included: ``next`` is the
+        cheapest count there is in Python (the page is where the count is read)."""
         self._flushes = 0
         self._hold_after_swap = hold_after_swap(index)
 
-    def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+    def build(self, config: dict[str, Any]) -> None:
+        """What receiving needs: the table and the pipeline (``start`` then opens the
+        listeners; bench/workers.py measures ``deliver`` on this alone)."""
         self.config = config
-        self.manager = TimedMetricMgr(config, self.stats)
+        self.manager = HeldSeriesMgr(config, self.stats, self.held)
         self.pipeline = Pipeline(config, self.manager, self.stats)
+
+    def start(self, config: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+        self.build(config)
         self.listeners = open_listeners(specs, self.deliver, self.stats)
         for listener in self.listeners:
             listener.start()
 
     def deliver(self, payload: bytes, fmt: str = "statsd", absolute_gauges: bool = False,
                 graphite: GraphiteSource | None = None) -> None:
-        # Per payload, so kept to stores: at one line a datagram this is a third of the cost.
-        _now[0] = _monotonic_ns() // 1_000_000  # gauge_order.stamp, inlined
+        # Per payload, what one process does not pay: a count and a store (the arrival stamp
+        # for the gauges' order is the line cache's, gauge_order says).
         with self.lock:
+            self.held[HELD_PAYLOADS] = next(self._counted)
             self.pipeline.ingest(payload, fmt, absolute_gauges, graphite)
-            payloads = self.payloads = self.payloads + 1
-            held = self.held
-            held[0] = payloads
-            if not payloads & 15:  # the series count, every 16th payload: what a loss reports
-                held[1] = self.manager.series_count()
 
     def flush(self) -> bytes:
         with self.lock:
@@ -135,10 +159,10 @@ class Worker:
             counts = self.stats.take()
             held = self.held
             # Until the parent has the answer, this table is what a death here would lose.
-            held[SWAPPED_PAYLOADS] = self.payloads
+            held[SWAPPED_PAYLOADS] = held[HELD_PAYLOADS]
             held[SWAPPED_SERIES] = len(table.series) + len(table.stamped)
             held[HELD_PAYLOADS] = held[HELD_SERIES] = 0
-            self.payloads = 0
+            self._counted = itertools.count(1)
         if self._hold_after_swap is not None:
             self._hold_after_swap()
         encoded = encode_table(table, counts, self.manager.accuracy)
@@ -203,6 +227,7 @@ class Worker:
             elif command[0] == "forget":
                 with self.lock:
                     self.manager.forget(command[1])
+                    self.held[HELD_SERIES] = self.manager.series_count()
                 self.control.send_bytes(b"ok")
             elif command[0] == "reload":
                 self.reload(command[1])
