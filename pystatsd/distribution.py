@@ -114,9 +114,9 @@ def fold_values_python(values: array[float], sketch: BaseDDSketch) -> bool:
     if not math.isfinite(total) or type(sketch._mapping) is not LogarithmicMapping:
         return False
     mapping: Any = sketch._mapping
-    key, limit = mapping.key, mapping.min_possible
-    positive = Counter(map(key, filter(limit.__lt__, values)))
-    negative = Counter(map(key, map(operator.neg, filter((-limit).__gt__, values))))
+    limit = mapping.min_possible
+    positive = Counter(_keys(mapping, filter(limit.__lt__, values)))
+    negative = Counter(_keys(mapping, map(operator.neg, filter((-limit).__gt__, values))))
     _add_counts(sketch._store, positive)
     _add_counts(sketch._negative_store, negative)
     zeros = len(values) - positive.total() - negative.total()
@@ -128,6 +128,16 @@ def fold_values_python(values: array[float], sketch: BaseDDSketch) -> bool:
         sketch._min = min(sketch._min, min(values))
         sketch._max = max(sketch._max, max(values))
     return True
+
+
+def _keys(mapping: Any, values: Iterable[float]) -> Iterable[int]:
+    """``map(mapping.key, values)`` without its two Python calls a value: the library's
+    ``int(math.ceil(math.log(value, 2) * multiplier) + offset)`` by ``map`` alone, where the
+    offset is 0.0 (``int(n + 0.0)`` is ``n`` for any key a double can make)."""
+    if mapping._offset != 0.0:
+        return map(mapping.key, values)
+    return map(math.ceil, map(operator.mul, map(math.log, values, repeat(2)),
+                              repeat(mapping._multiplier)))
 
 
 def _add_counts(store: Any, counts: Counter[int]) -> None:

@@ -109,6 +109,18 @@ def test_a_fold_leaves_what_the_librarys_add_per_sample_leaves(
 
 
 @pytest.mark.parametrize("fold", FOLDS)
+def test_a_bin_holding_a_sampled_weight_rounds_as_one_addition_after_another(fold: Any) -> None:
+    # 10/3 + 1.0 thirteen times is 16.333333333333336; 10/3 + 13 is 16.333333333333332
+    reference, folded = new_sketch(ACCURACY), new_sketch(ACCURACY)
+    for sketch in (reference, folded):
+        sketch.add(3.0, 1 / 0.3)
+    for _ in range(13):
+        reference.add(3.0)
+    assert fold(array("d", [3.0] * 13), folded) is True
+    assert sketch_state(folded) == sketch_state(reference)
+
+
+@pytest.mark.parametrize("fold", FOLDS)
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
 def test_a_value_not_finite_is_declined_untouched(fold: Any, bad: float) -> None:
     sketch = new_sketch(ACCURACY)
