@@ -144,7 +144,8 @@ def fold_values(array values, object sketch):
 from libc.math cimport fabs, isinf, isnan
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 
-DEF PARTIALS = 32
+cdef enum:
+    PARTIALS = 32  # partials kept on the stack before the heap (math.fsum keeps 32 too)
 
 
 cdef struct _Fsum:

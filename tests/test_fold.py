@@ -182,3 +182,12 @@ def test_the_compiled_moments_are_math_fsum_min_and_max(unit: list[float], mean:
     assert outcome(sum_min_max, samples) == outcome(distribution.sum_min_max_python, samples)
     assert (outcome(squared_deviations, samples, mean)
             == outcome(distribution.squared_deviations_python, samples, mean))
+
+
+@needs_compiled
+def test_the_compiled_exact_sum_outgrows_its_32_partials_on_the_stack() -> None:
+    # values 2**20 apart in magnitude share no bits: each one is a partial of its own
+    samples = array("d", [(-1) ** e * 1.1 * 2.0 ** e for e in range(-1000, 1000, 20)] * 2)
+    assert outcome(sum_min_max, samples) == outcome(distribution.sum_min_max_python, samples)
+    assert (outcome(squared_deviations, samples, 0.5)
+            == outcome(distribution.squared_deviations_python, samples, 0.5))
