@@ -1,9 +1,11 @@
-"""Builds pystatsd's optional C extensions: the compiled line cache (pystatsd/_linecache.pyx)
-and the native UDP receive (pystatsd/_receive.pyx, Linux only).
+"""Builds pystatsd's optional C extensions: the compiled line cache (pystatsd/_linecache.pyx),
+a timer's fold into its sketch (pystatsd/_fold.pyx) and the native UDP receive
+(pystatsd/_receive.pyx, Linux only).
 
 Everything else is in setup.cfg. The extensions are optional: without Cython or a C compiler,
 or if one fails to build, the install goes on without it (saying so loudly in the build log)
-and the daemon runs the pure-Python line cache or receive loop, which are the reference anyway.
+and the daemon runs the pure-Python line cache, fold or receive loop, which are the reference
+anyway.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ def extensions() -> list:
         warn("Cython is not installed, so the compiled extensions are not built")
         return []
     from setuptools import Extension
-    modules = [Extension("pystatsd._linecache", ["pystatsd/_linecache.pyx"])]
+    modules = [Extension("pystatsd._linecache", ["pystatsd/_linecache.pyx"]),
+               # no fused multiply-add (aarch64's compilers contract by default): the fold
+               # must round each product and sum as CPython does, to leave the same doubles
+               Extension("pystatsd._fold", ["pystatsd/_fold.pyx"],
+                         extra_compile_args=[] if sys.platform == "win32"
+                         else ["-ffp-contract=off"])]
     if sys.platform == "linux":  # recvmmsg, futexes, MADV_DONTFORK
         modules.append(Extension("pystatsd._receive", ["pystatsd/_receive.pyx"]))
     return cythonize(modules, compiler_directives={"language_level": "3"}, quiet=True)

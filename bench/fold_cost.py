@@ -1,26 +1,36 @@
 """Instructions per sample folded into a timer's sketch (``Distribution.fold``), by callgrind.
 
-Past ``timer_exact_samples`` a timer's kept samples are folded into its DDSketch, one
-``sketch.add`` each: the cost a timer line pays, later, once its series passes the cap. 60
-distributions of 1,000 samples (1,000 distinct values, 0-500 with three decimals, as
-bench/loadgen.c sends) are made, 10 folded to warm up, 50 counted (``bench/callgrind_count.py``).
-``--repo`` counts another checkout's code under the same harness.
+Past ``timer_exact_samples`` a timer's kept samples are folded into its DDSketch: the cost a
+timer line pays, later, once its series passes the cap. 60 distributions of 1,000 samples
+(1,000 distinct values, 0-500 with three decimals, as bench/loadgen.c sends) are made, 10
+folded to warm up, 50 counted, for each fold the ``PYSTATSD_FOLD`` switch selects
+(pystatsd.distribution): ``library`` (the ddsketch library's ``add`` per sample, as before),
+``python`` (``fold_values_python``) and ``compiled`` (pystatsd/_fold.pyx).
 
-    python bench/fold_cost.py [--repo /work/main]
+The folds are driven through ``itertools.starmap`` and callgrind counts inside its C ``next``
+only (``--toggle-collect=starmap_next``), not through ``map`` as bench/callgrind_count.py
+does: the fold calls ``map`` itself, and a nested ``map_next`` would toggle the count off
+while it runs. Address randomisation is off and the hash seed fixed, as there.
+``--repo`` counts another checkout's code (without the switch: its own fold only).
+
+    python bench/fold_cost.py [--fold library,python,compiled] [--repo /work/main]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import random
+import re
+import subprocess
 import sys
+import tempfile
+from collections import deque
+from itertools import starmap
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from callgrind_count import instructions_in_map, warm_then_map  # noqa: E402
-
 FOLDS, WARM, SAMPLES = 60, 10, 1000
 
 
@@ -36,19 +46,42 @@ def count(repo: str) -> None:
         for _ in range(SAMPLES):
             cell.values.append(rng.choice(pool))
         cells.append(cell)
-    warm_then_map(lambda cell: cell.fold(0.01), cells, WARM)
+    for cell in cells[:WARM]:
+        cell.fold(0.01)
+    deque(starmap(Distribution.fold, ((cell, 0.01) for cell in cells[WARM:])), maxlen=0)
+
+
+def instructions(repo: str, fold: str | None) -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if fold:
+        env["PYSTATSD_FOLD"] = fold
+    with tempfile.TemporaryDirectory() as workdir:
+        result = subprocess.run(
+            ["setarch", platform.machine(), "-R",
+             "valgrind", "--tool=callgrind", "--toggle-collect=starmap_next",
+             f"--callgrind-out-file={workdir}/out", sys.executable, __file__, "--count",
+             "--repo", repo], capture_output=True, text=True, check=True, env=env)
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
+    return int(found.group(1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=str(BENCH.parent))
+    parser.add_argument("--fold", default="library,python,compiled",
+                        help="which folds (PYSTATSD_FOLD values), comma-separated; empty: "
+                        "the checkout's default")
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count:
         count(args.repo)
         return
-    total = instructions_in_map(__file__, ["--count", "--repo", args.repo])
-    print(f"{args.repo}: {total / (FOLDS - WARM) / SAMPLES:,.0f} instructions a sample folded")
+    for fold in args.fold.split(",") if args.fold else [None]:
+        total = instructions(args.repo, fold)
+        print(f"{args.repo} [{fold or 'default'}]: {total / (FOLDS - WARM) / SAMPLES:,.0f} "
+              "instructions a sample folded", flush=True)
 
 
 if __name__ == "__main__":

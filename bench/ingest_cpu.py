@@ -83,11 +83,13 @@ def make_payloads(count: int, lines: int, names: int, seed: int = 1) -> list[byt
 
 
 def count_only(lines: int, names: int, window: int, mapping: str | None = None,
-               batch: int = 0) -> None:
+               batch: int = 0, timer_cap: int | None = None) -> None:
     """The workload run under callgrind: warm up, then ingest ``window`` payloads through
     ``starmap``. Without ``batch`` it uses only ``Pipeline.ingest``, so it runs on older
-    trees too (without ``mapping``, a ``mapping_file``)."""
-    config = build_config({"forwarders": {}, **({"mapping_file": mapping} if mapping else {})})
+    trees too (without ``mapping``, a ``mapping_file``; without ``timer_cap``, a
+    ``timer_exact_samples``)."""
+    config = build_config({"forwarders": {}, **({"mapping_file": mapping} if mapping else {}),
+                           **({"timer_exact_samples": timer_cap} if timer_cap else {})})
     pipeline = Pipeline(config, MetricMgr(config), SelfStats())
     warm = max(names, 200_000 // lines)  # ~200k lines: every name is seen (coupon collector)
     if batch:
@@ -105,13 +107,15 @@ def count_only(lines: int, names: int, window: int, mapping: str | None = None,
 
 
 def instructions_per_line(lines: int, names: int, window: int,
-                          mapping: str | None = None, batch: int = 0) -> float:
+                          mapping: str | None = None, batch: int = 0,
+                          timer_cap: int | None = None) -> float:
     """Instructions callgrind counts per line inside ``count_only``'s ``map`` (the line cache:
     PYSTATSD_LINE_CACHE in os.environ, set by main)."""
     collected = instructions_in_map(__file__, [
         "--lines", str(lines), "--names", str(names), "--window", str(window), "--count-only",
         "--mix", MIX, *(["--mapping", mapping] if mapping else []),
-        *(["--batch", str(batch)] if batch else [])])
+        *(["--batch", str(batch)] if batch else []),
+        *(["--timer-exact-samples", str(timer_cap)] if timer_cap else [])])
     return collected / (window * lines)
 
 
@@ -134,6 +138,10 @@ def main() -> None:
                         "50 rules)")
     parser.add_argument("--line-cache", choices=["python", "compiled", "both"],
                         help="which line cache to measure (default: the one selected)")
+    parser.add_argument("--timer-exact-samples", type=int, help="timer_exact_samples for "
+                        "--instructions: a cap the window's timers pass (at 100, with a window "
+                        "of 1M lines each timer folds about once in it), so the count includes "
+                        "the fold")
     parser.add_argument("--mix", choices=["loadgen", "sets"], default="loadgen",
                         help="the lines: loadgen's mix, or set lines only")
     args = parser.parse_args()
@@ -160,11 +168,12 @@ def run(args: argparse.Namespace) -> None:
     if args.batch:  # whole batches only
         window = -(-window // args.batch) * args.batch
     if args.count_only:
-        count_only(args.lines, args.names, window, args.mapping, args.batch)
+        count_only(args.lines, args.names, window, args.mapping, args.batch,
+                   args.timer_exact_samples)
         return
     if args.instructions:
         per_line = instructions_per_line(args.lines, args.names, window, args.mapping,
-                                         args.batch)
+                                         args.batch, args.timer_exact_samples)
         entry = f"ingest_batch of {args.batch}" if args.batch else "ingest"
         print(f"{args.lines} lines/payload, {entry}: {per_line:,.0f} instructions/line "
               f"(callgrind, {window * args.lines:,} lines measured)")

@@ -14,7 +14,9 @@ import bisect
 import functools
 import math
 import operator
+import os
 from array import array
+from collections import Counter
 from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
@@ -95,6 +97,119 @@ def new_sketch(accuracy: float) -> BaseDDSketch:
                         negative_store=ArrayStore(), zero_count=0.0)
 
 
+def fold_values_python(values: array[float], sketch: BaseDDSketch) -> bool:
+    """``sketch.add(value)`` for every value, in fewer Python steps: the keys by ``map``, one
+    store update per distinct key with how many samples it has. The reference (and
+    :mod:`pystatsd._fold`'s model); tests/test_fold.py checks both against the library's add.
+
+    Exactly the library's state, because: a key's first sample is the only one that can fall
+    outside the store's range, and ``Counter`` keeps first-seen order, so ``_extend_range``
+    runs with the same keys in the same order; adding n to a whole bin (or count) gives what
+    n additions of 1.0 give (below 2**53), and a bin holding a fraction (a sample-rated
+    weight) gets its n additions one by one; the sum is added value after value as the
+    library adds it (``functools.reduce``, not ``sum``, which compensates from Python 3.12).
+    False, with nothing changed, for a value that is not finite: the caller's per-sample add
+    then does whatever the library does with it."""
+    total = functools.reduce(operator.add, values, sketch._sum)
+    if not math.isfinite(total) or type(sketch._mapping) is not LogarithmicMapping:
+        return False
+    mapping: Any = sketch._mapping
+    limit = mapping.min_possible
+    positive = Counter(_keys(mapping, filter(limit.__lt__, values)))
+    negative = Counter(_keys(mapping, map(operator.neg, filter((-limit).__gt__, values))))
+    _add_counts(sketch._store, positive)
+    _add_counts(sketch._negative_store, negative)
+    zeros = len(values) - positive.total() - negative.total()
+    if zeros:
+        sketch._zero_count = _add_ones(sketch._zero_count, zeros)
+    if values:
+        sketch._count = _add_ones(sketch._count, len(values))
+        sketch._sum = total
+        sketch._min = min(sketch._min, min(values))
+        sketch._max = max(sketch._max, max(values))
+    return True
+
+
+def _keys(mapping: Any, values: Iterable[float]) -> Iterable[int]:
+    """``map(mapping.key, values)`` without its two Python calls a value: the library's
+    ``int(math.ceil(math.log(value, 2) * multiplier) + offset)`` by ``map`` alone, where the
+    offset is 0.0 (``int(n + 0.0)`` is ``n`` for any key a double can make)."""
+    if mapping._offset != 0.0:
+        return map(mapping.key, values)
+    return map(math.ceil, map(operator.mul, map(math.log, values, repeat(2)),
+                              repeat(mapping._multiplier)))
+
+
+def _add_counts(store: Any, counts: Counter[int]) -> None:
+    for key, count in counts.items():
+        if key < store.min_key or key > store.max_key:
+            store._extend_range(key)
+        index = key - store.offset
+        store.bins[index] = _add_ones(store.bins[index], count)
+        store.count = _add_ones(store.count, count)
+
+
+def _add_ones(start: float, count: int) -> float:
+    """``start`` plus ``count`` additions of 1.0, as the library makes them one by one."""
+    start = float(start)
+    if start.is_integer() and abs(start) + count <= 2.0 ** 53:
+        return start + count
+    for _ in range(count):
+        start += 1.0
+    return start
+
+
+def sum_min_max_python(values: array[float]) -> tuple[float, float, float]:
+    """The exact sum, the least and the greatest of ``values`` (the reference of the
+    compiled ``sum_min_max``)."""
+    return math.fsum(values), min(values, default=math.inf), max(values, default=-math.inf)
+
+
+def squared_deviations_python(values: array[float], mean: float) -> float:
+    """The exact sum of ``(value - mean) ** 2`` (the reference of the compiled one)."""
+    deviations = list(map(operator.sub, values, repeat(mean)))
+    return math.fsum(map(operator.mul, deviations, deviations))
+
+
+FOLD_ENV = "PYSTATSD_FOLD"
+"""``python`` folds timers with :func:`fold_values_python` even where :mod:`pystatsd._fold` is
+built (for tests, and for an operator who suspects the compiled one); ``library`` calls the
+ddsketch library's ``add`` per sample, as before either existed (what bench/fold_cost.py
+compares them with); ``compiled`` refuses to start without it; unset or ``auto``: the compiled
+one if it imports."""
+
+
+def _decline(values: array[float], sketch: BaseDDSketch) -> bool:
+    return False
+
+
+def _select_fold() -> tuple[Any, Any, Any, str]:
+    """The functions :meth:`Distribution.fold` uses (the sketch's add, the exact sum with the
+    extremes, the squared deviations), and a phrase saying which and why."""
+    python = (sum_min_max_python, squared_deviations_python)
+    wanted = os.environ.get(FOLD_ENV, "auto").strip().lower() or "auto"
+    if wanted == "library":
+        return _decline, *python, f"the library's add per sample ({FOLD_ENV}=library)"
+    if wanted == "python":
+        return fold_values_python, *python, f"python ({FOLD_ENV}=python)"
+    if wanted not in ("auto", "compiled"):
+        raise RuntimeError(f"{FOLD_ENV}={wanted!r}: expected library, python, compiled or "
+                           f"auto")
+    try:
+        from pystatsd._fold import fold_values as fold
+        from pystatsd._fold import squared_deviations as squares
+        from pystatsd._fold import sum_min_max as extremes
+    except ImportError as exc:
+        if wanted == "compiled":
+            raise RuntimeError(f"{FOLD_ENV}=compiled but pystatsd._fold does not import: "
+                               f"{exc}") from exc
+        return fold_values_python, *python, f"python (pystatsd._fold does not import: {exc})"
+    return fold, extremes, squares, "compiled"
+
+
+fold_values, sum_min_max, squared_deviations, FOLD = _select_fold()
+
+
 class Distribution:
     """The samples of one timer or histogram series in one interval.
 
@@ -139,19 +254,19 @@ class Distribution:
         if self.sketch is None:
             self.sketch = new_sketch(accuracy)
         add = self.sketch.add
-        for value in values:
-            add(value)
+        if not fold_values(values, self.sketch):
+            for value in values:
+                add(value)
         for value, weight in weighted:
             add(value, weight)
+        unit_total, unit_low, unit_high = sum_min_max(values)
         count = len(values) + math.fsum(w for _, w in weighted)
-        total = math.fsum(values) + math.fsum(v * w for v, w in weighted)
+        total = unit_total + math.fsum(v * w for v, w in weighted)
         mean = total / count
-        deviations = list(map(operator.sub, values, repeat(mean)))
-        m2 = (math.fsum(map(operator.mul, deviations, deviations))
+        m2 = (squared_deviations(values, mean)
               + math.fsum(w * (v - mean) ** 2 for v, w in weighted))
-        low = min(min(values, default=math.inf), min((v for v, _ in weighted), default=math.inf))
-        high = max(max(values, default=-math.inf),
-                   max((v for v, _ in weighted), default=-math.inf))
+        low = min(unit_low, min((v for v, _ in weighted), default=math.inf))
+        high = max(unit_high, max((v for v, _ in weighted), default=-math.inf))
         if self.count:
             delta = mean - self.mean
             merged = self.count + count

@@ -17,9 +17,10 @@ fi
 # compiled line cache's source, which the editable install compiles into pystatsd/ once: an
 # edited .pyx, or a built module gone (git clean), must rebuild it.
 stamp=.venv/.installed-from
-want="$( (cat setup.cfg setup.py pystatsd/_linecache.pyx pystatsd/_receive.pyx
+want="$( (cat setup.cfg setup.py pystatsd/_linecache.pyx pystatsd/_fold.pyx pystatsd/_receive.pyx
           sed -n '/^\[build-system\]/,/^$/p' pyproject.toml) | sha1sum | cut -d' ' -f1)"
-if ! compgen -G 'pystatsd/_linecache.*.so' > /dev/null; then
+if ! compgen -G 'pystatsd/_linecache.*.so' > /dev/null \
+        || ! compgen -G 'pystatsd/_fold.*.so' > /dev/null; then
     rm -f "$stamp"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
