@@ -6,6 +6,7 @@ line costs with the workers' timed gauge cells.
     python bench/workers.py                  # 5 s steps
     python bench/workers.py --merge          # merge cost per series only (no sockets)
     python bench/workers.py --instructions   # callgrind: per line, one process vs a worker
+    python bench/workers.py --instructions --batch 64   # the same, as the native receive calls
     python bench/workers.py --quick --no-merge --compare ../before   # before/after, one run
 
 The live part runs ``python -m pystatsd`` with ``workers`` 1 and 2 (no forwarder; counts from
@@ -364,11 +365,13 @@ def merge_cost(series: int, workers: int) -> None:
 
 
 # -- instructions per line ----------------------------------------------------------------
-def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
+def count_only(lines: int, window: int, timed: bool, mix: str, batch: int = 0) -> None:
     """Under callgrind: warm up, then deliver ``window`` payloads (bench/callgrind_count.py's
     ``warm_then_map``): to ``Pipeline.ingest`` under a lock as one process does
     (``Daemon._deliver``), or (``timed``) to a worker's ``deliver`` on what ``Worker.start``
-    builds (timed gauge cells, the shared page written per payload).
+    builds (timed gauge cells, the shared page written per payload). With ``batch``, the
+    native receive's way: batches of that many payloads to ``Pipeline.ingest_batch`` under
+    the lock (``Daemon._deliver_batch``), or to the worker's ``deliver_batch``.
     ``mix``: ``gauges`` (a third absolute, two thirds deltas) or ``loadgen`` (bench/loadgen.c's:
     counters, gauges, timers, sets)."""
     import mmap
@@ -411,13 +414,32 @@ def count_only(lines: int, window: int, timed: bool, mix: str) -> None:
             return b"bench.g%d:%s%d|g" % (rng.randrange(NAMES), sign, rng.randrange(1000))
 
         payloads = [b"\n".join(line() for _ in range(lines)) for _ in range(warm + window)]
-    warm_then_map(deliver, payloads, warm)
+    if not batch:
+        warm_then_map(deliver, payloads, warm)
+        return
+
+    def failed(payload: bytes) -> None:
+        raise AssertionError("a bench payload failed")
+
+    def deliver_batch(chunk: list[bytes]) -> None:  # Daemon._deliver_batch
+        with lock:
+            pipeline.ingest_batch(chunk, failed)
+
+    if timed:
+        def deliver_batch(chunk: list[bytes]) -> None:
+            worker.deliver_batch(chunk, failed)
+
+    warm = -(-warm // batch) * batch
+    batches = [payloads[at:at + batch] for at in range(0, len(payloads), batch)]
+    warm_then_map(deliver_batch, batches, warm // batch)
 
 
-def instructions(lines: int, window: int, timed: bool, mix: str) -> float:
+def instructions(lines: int, window: int, timed: bool, mix: str, batch: int = 0) -> float:
+    if batch:
+        window = -(-window // batch) * batch
     collected = instructions_in_map(__file__, [
         "--count-only", "--lines", str(lines), "--window", str(window), "--mix", mix,
-        *(["--timed"] if timed else [])])
+        *(["--timed"] if timed else []), *(["--batch", str(batch)] if batch else [])])
     return collected / (window * lines)
 
 
@@ -441,20 +463,26 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--mix", default="loadgen", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=0,
+                        help="with --instructions: payloads per call, as the native receive "
+                             "delivers them (0: one call per payload)")
     parser.add_argument("--cases", default="loadgen:20,loadgen:1,gauges:20",
                         help="with --instructions: mix:lines per payload, comma-separated")
     args = parser.parse_args()
     if args.count_only:
-        count_only(args.lines, args.window, args.timed, args.mix)
+        count_only(args.lines, args.window, args.timed, args.mix, args.batch)
         return
     if args.instructions:
         for case in args.cases.split(","):
             mix, lines_text = case.split(":")
             lines = int(lines_text)
             for timed in (False, True):
-                per_line = instructions(lines, args.window, timed, mix)
-                print(f"{mix} lines, {lines} per payload, "
-                      f"{'a worker (deliver)' if timed else 'one process (_deliver)'}: "
+                per_line = instructions(lines, args.window, timed, mix, args.batch)
+                entry = (("a worker (deliver_batch)" if timed else "one process (_deliver_batch)")
+                         if args.batch else
+                         ("a worker (deliver)" if timed else "one process (_deliver)"))
+                print(f"{mix} lines, {lines} per payload, {entry}"
+                      f"{f' of {args.batch}' if args.batch else ''}: "
                       f"{per_line:,.0f} instructions per line (callgrind)", flush=True)
         return
     if not args.no_merge:

@@ -51,6 +51,29 @@ def test_the_page_counts_every_payload_and_series_a_death_would_lose(line_cache:
 
 
 @pytest.mark.parametrize("line_cache", LINE_CACHES)
+def test_a_batch_of_the_native_receive_is_counted_whole_and_the_count_goes_on(
+        line_cache: Any) -> None:
+    with pipelines_using(line_cache):
+        worker = built_worker()
+    failed: list[bytes] = []
+    worker.deliver(b"a:1|c")
+    # The cache's, the slow path's (a new shape), JSON and a bad line in one batch.
+    worker.deliver_batch([b"a:1|c", b"b:2|g\na:3|c", b'{"metric_name": "j", '
+                          b'"metric_type": "counter", "value": 1}', b"not a metric"],
+                         failed.append)
+    assert page(worker) == (5, 3, 0, 0)
+    assert failed == []  # a bad line is the pipeline's to count, not a failed delivery
+    worker.deliver(b"c:1|c")  # one at a time again: the count continues after the batch
+    assert page(worker)[:2] == (6, 4)
+    table_series = worker.manager.current_series()
+    assert table_series[("a", "counter", ())][0] == 5.0  # every line of the batch applied
+    worker.flush()
+    assert page(worker) == (0, 0, 6, 4)
+    worker.deliver_batch([b"a:1|c", b"a:1|c"], failed.append)  # a new interval
+    assert page(worker)[:2] == (2, 1)
+
+
+@pytest.mark.parametrize("line_cache", LINE_CACHES)
 def test_a_workers_gauges_take_the_clocks_millisecond_on_every_path(line_cache: Any) -> None:
     with pipelines_using(line_cache):
         worker = built_worker()
