@@ -174,7 +174,8 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
 
 def one_run(mode: str, receive: str, args: argparse.Namespace,
             payloads: SharedPayloads) -> str:
-    config = build_config({"forwarders": {},
+    # max_series above the table: the default (250,000) would cap a --names 1000000 run.
+    config = build_config({"forwarders": {}, "max_series": max(250_000, 2 * args.names),
                            "listeners": [{"protocol": "udp", "address": "127.0.0.1",
                                           "port": 0}]})
     manager = MetricMgr(config)
