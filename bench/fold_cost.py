@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,10 @@ from itertools import starmap
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from callgrind_count import collected  # noqa: E402
+
 FOLDS, WARM, SAMPLES = 60, 10, 1000
 
 
@@ -61,10 +64,7 @@ def instructions(repo: str, fold: str | None) -> int:
              "valgrind", "--tool=callgrind", "--toggle-collect=starmap_next",
              f"--callgrind-out-file={workdir}/out", sys.executable, __file__, "--count",
              "--repo", repo], capture_output=True, text=True, check=True, env=env)
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + result.stderr[-2000:])
-    return int(found.group(1))
+    return collected(result.stderr)  # the started process's count, as the shared harness reads it
 
 
 def main() -> None:
