@@ -141,7 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_forwarders()
     if args.check_config:
         return _check_config(args.check_config, args.as_user)
-        return 0
     path = args.config
     validate_in_child()  # a daemon (or --status) keeps jsonschema out of its memory
     if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
