@@ -176,7 +176,10 @@ def test_status_reports_what_the_daemon_is_doing(start_daemon: Any) -> None:
         result = status(daemon)
         assert result.returncode == 0, result.stderr
         state = json.loads(result.stdout)
-        if state["counters"].get("received.lines"):
+        # the lines are counted at receive, the forwarder's sends only after the next flush:
+        # wait for both, or a status read between the two sees no sends yet
+        if (state["counters"].get("received.lines")
+                and state["forwarders"]["console"]["sent"] >= 2):
             break
         time.sleep(0.2)
     assert state["counters"]["received.lines"] == 3
