@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from callgrind_count import collected  # noqa: E402
 
 SINK = ("import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
         "print(s.getsockname()[1], flush=True)\nc, _ = s.accept()\nwhile c.recv(1 << 20): pass")
@@ -59,10 +61,7 @@ def instructions(lines: int) -> int:
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
          __file__, "--lines", str(lines), "--run"], capture_output=True, text=True,
         check=True)  # the same PYTHONPATH: the tree being measured
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise SystemExit("no 'Collected' line from callgrind:\n" + out.stderr[-2000:])
-    return int(found.group(1))
+    return collected(out.stderr)
 
 
 def main() -> None:
