@@ -215,6 +215,8 @@ def _append_double(values: Any, value: float, cap: int = 0) -> None:
 
 
 def _extend_doubles(values: Any, more: Iterable[float]) -> None:
+    if isinstance(more, array) and more.typecode != values.typecode:
+        more = more.tolist()  # array.extend takes only an array of its own kind
     values.extend(more)
 
 
