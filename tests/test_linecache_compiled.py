@@ -459,3 +459,19 @@ def test_a_pickled_timer_comes_back_with_this_processs_samples_exactly(
     again = pickle.loads(pickle.dumps(narrow))  # where only doubles are kept: doubles
     assert again.values.typecode == "d" and again.values.tolist() == [1.0, 2.5]
     assert pickle.loads(floats).values.tolist() == [1.0, 2.5, 0.1]
+
+
+@needs_compiled
+def test_merges_into_a_timers_floats_keep_every_value_exact() -> None:
+    # A hot restart's hand-over and the global tier's partials extend a timer's samples.
+    from pystatsd.global_tier.partial_state import SeriesMerge
+    from pystatsd.hot_restart import _merge_distribution
+
+    newer, older = Distribution(), Distribution()
+    distribution.extend_samples(newer.values, [1.0, 2.0])
+    distribution.extend_samples(older.values, [3.0, 0.1])  # widened: another kind of array
+    _merge_distribution(newer, older, 0.01)
+    assert newer.values.tolist() == [1.0, 2.0, 3.0, 0.1]
+    merge = SeriesMerge("timer")
+    merge.add({"values": [1.0, 0.1, 123.456]}, 0.0, "a", 1_000, 0.01)
+    assert merge.distribution.values.tolist() == [1.0, 0.1, 123.456]
