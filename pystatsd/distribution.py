@@ -90,10 +90,19 @@ def _zeros(count: int) -> array[float]:
     return array("d", bytes(8 * count))
 
 
+@functools.lru_cache(maxsize=16)
+def _mapping(accuracy: float) -> LogarithmicMapping:
+    """One ``LogarithmicMapping`` per accuracy, shared by every sketch of it: the library
+    never changes a mapping after making it (its sketches only read gamma, the multiplier and
+    the offset). Measured with tracemalloc: 4,462 -> 4,238 bytes a folded timer (1,001
+    samples of 500 whole milliseconds), 0.56 MB at the lossless rate's 2,500 folded timers."""
+    return LogarithmicMapping(accuracy)
+
+
 def new_sketch(accuracy: float) -> BaseDDSketch:
     """What ``DDSketch(relative_accuracy=accuracy)`` makes (its mapping, unbounded dense
     stores), with :class:`ArrayStore` for both stores."""
-    return BaseDDSketch(mapping=LogarithmicMapping(accuracy), store=ArrayStore(),
+    return BaseDDSketch(mapping=_mapping(accuracy), store=ArrayStore(),
                         negative_store=ArrayStore(), zero_count=0.0)
 
 

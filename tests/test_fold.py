@@ -233,3 +233,15 @@ def test_the_compiled_fold_declines_and_the_moments_refuse_another_kind_of_array
         sum_min_max(array("l", [1, 2]))
     with pytest.raises(TypeError, match="array\\('q'\\)"):
         squared_deviations(array("q", [1, 2]), 0.0)
+
+
+def test_sketches_of_one_accuracy_share_one_mapping_that_nothing_changes() -> None:
+    first, second = new_sketch(ACCURACY), new_sketch(ACCURACY)
+    assert first._mapping is second._mapping
+    assert new_sketch(0.02)._mapping is not first._mapping
+    before = dict(vars(first._mapping))
+    folded = Distribution()
+    distribution.extend_samples(folded.values, [float(v) for v in range(-50, 3_000)])
+    folded.fold(ACCURACY)
+    assert folded.sketch is not None and folded.sketch._mapping is first._mapping
+    assert vars(first._mapping) == before
