@@ -17,6 +17,11 @@ members of loadgen's 1,000) and 60,000 at one line (~99.8% of the names).
 interval puts in the table, so a rate R with interval I holds what R x I / 10 holds at the
 default 10 s (the lossless rate of a quiet machine, emulated on a busy one).
 
+loadgen's timers are milliseconds with 3 decimals (``123.456|ms``); ``--integer-timers`` sends
+whole milliseconds (``123|ms``), what most clients send: a timer's samples take 4 bytes each
+while every one of its interval is a float exactly, 8 once one is not (``new_samples`` in
+``pystatsd/_linecache.pyx``), so the two mixes hold different memory.
+
 ``--breakdown`` samples /proc/PID/smaps each half second (``bench/rss_breakdown.py``: heap,
 glibc's thread arenas, stacks, the ring, other anonymous, files) and prints it at the peak and
 at the end. ``--probe`` also asks the daemon (``bench/rss_probe``, on its PYTHONPATH only) for
@@ -25,7 +30,8 @@ tracemalloc's largest sites, just before and just after the last flush of the ru
 ``--probe-dir``.
 
     python bench/daemon_rss.py [--rates 6000,20000] [--lines 20] [--seconds 25] [--interval 10]
-        [--repo /work/main --repo .] [--pool N] [--breakdown] [--probe --probe-dir DIR]
+        [--repo /work/main --repo .] [--pool N] [--integer-timers] [--breakdown]
+        [--probe --probe-dir DIR]
 """
 
 from __future__ import annotations
@@ -125,6 +131,8 @@ def main() -> None:
                         help="the daemon's flush_interval: at rate R and interval I the table "
                         "holds what R x I / 10 gives at the default 10 s")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--integer-timers", action="store_true",
+                        help="timers in whole milliseconds (loadgen's default: 3 decimals)")
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--probe-dir", type=Path, default=Path("rss-probe"))
@@ -132,6 +140,8 @@ def main() -> None:
     args.tags, args.statsite = True, None
     args.pool = args.pool or DEFAULT_POOL.get(args.lines, 40_000)
     repos = args.repo or [side_by_side.REPO]
+    if args.integer_timers:
+        os.environ["LOADGEN_INTEGER_TIMERS"] = "1"  # read by loadgen (bench/loadgen.c)
     pythonpath: tuple[str, ...] = ()
     if args.probe:
         args.probe_dir.mkdir(parents=True, exist_ok=True)

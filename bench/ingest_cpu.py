@@ -7,7 +7,10 @@ plus the cost of one snapshot. For profiling: ``--profile`` prints the top cProf
                                [--batch 64]
 
 ``--mix sets`` makes every line a set line (the same names, members drawn from 10,000, so an
-interval's sets hold new members and repeats), to measure a set's update alone.
+interval's sets hold new members and repeats), to measure a set's update alone; ``--mix
+timers`` every line a timer line (loadgen's 2,500 timer names, its 3-decimal milliseconds,
+which a float does not hold: 8-byte samples), ``--mix integer-timers`` the same in whole
+milliseconds (4-byte samples, ``pystatsd._linecache.new_samples``).
 
 ``--line-cache python|compiled|both`` measures the pure-Python line cache, the compiled one, or
 both in one run, one after the other (default: the one the daemon would run; the
@@ -56,14 +59,19 @@ from pystatsd.selfstats import SelfStats  # noqa: E402
 from pystatsd.tagging import Tagger  # noqa: E402
 
 MIX = "loadgen"
-"""Which lines ``make_line`` makes: ``loadgen`` (its mix) or ``sets`` (set lines only)."""
+"""Which lines ``make_line`` makes: ``loadgen`` (its mix), ``sets`` (set lines only),
+``timers`` or ``integer-timers`` (timer lines only)."""
 
 
 def make_line(rng: random.Random, names: int) -> bytes:
     i = rng.randrange(names)
+    if MIX in ("timers", "integer-timers"):
+        i += 2 - i % 4  # loadgen's timer names (even: never tagged)
     tags = "|#region:eu-1,shard:7" if i & 1 else ""
     if MIX == "sets":
         return f"bench.svc{i % 100}.users{i}:u{rng.randrange(10_000)}|s{tags}".encode()
+    if MIX == "integer-timers":
+        return f"bench.svc{i % 100}.latency{i}:{rng.randrange(500)}|ms{tags}".encode()
     kind = i % 4
     if kind == 0:
         text = f"bench.svc{i % 100}.requests{i}:1|c{tags}"
@@ -142,8 +150,9 @@ def main() -> None:
                         "--instructions: a cap the window's timers pass (at 100, with a window "
                         "of 1M lines each timer folds about once in it), so the count includes "
                         "the fold")
-    parser.add_argument("--mix", choices=["loadgen", "sets"], default="loadgen",
-                        help="the lines: loadgen's mix, or set lines only")
+    parser.add_argument("--mix", choices=["loadgen", "sets", "timers", "integer-timers"],
+                        default="loadgen", help="the lines: loadgen's mix, set lines only, "
+                        "timer lines only (3 decimals, or whole milliseconds)")
     args = parser.parse_args()
     global MIX
     MIX = args.mix

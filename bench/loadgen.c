@@ -7,6 +7,9 @@
  * over 10,000 names), and at one line per datagram only ~3,400 of 10,000 names ever come.
  * Name i always has type i % 4 (counter, gauge, timer, set) and, for odd i, DogStatsD tags
  * (unless TAGS is 0: statsite rejects a line with tags), so NAMES names make NAMES series.
+ * Timers are milliseconds with 3 decimals ("123.456|ms"), or whole milliseconds ("123|ms", the
+ * same draws) when the environment has LOADGEN_INTEGER_TIMERS=1 (bench/daemon_rss.py
+ * --integer-timers: what most clients send).
  * Prints "sent_datagrams sent_lines" on stdout when done. */
 #include "paced_udp.h"
 
@@ -17,6 +20,7 @@ struct mix {
     uint64_t rng_state;
     int names;
     int with_tags;
+    int integer_timers;
 };
 
 static uint32_t rnd(struct mix *m) {
@@ -41,6 +45,9 @@ static int mixed_line(char *out, int index, void *state) {
     case 2: {
         /* two calls in the order the original's arguments drew them (gcc: right to left) */
         uint32_t millis = rnd(m) % 1000, whole = rnd(m) % 500;
+        if (m->integer_timers)
+            return len + sprintf(out + len, "bench.svc%d.latency%d:%u|ms%s", i % 100, i, whole,
+                                 tags);
         return len + sprintf(out + len, "bench.svc%d.latency%d:%u.%03u|ms%s", i % 100, i, whole,
                              millis, tags);
     }
@@ -57,7 +64,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct mix mix = {strtoull(argv[7], NULL, 10) * 2654435761u + 1, atoi(argv[6]),
-                      argc >= 9 ? atoi(argv[8]) : 1};
+                      argc >= 9 ? atoi(argv[8]) : 1, 0};
+    const char *integer_timers = getenv("LOADGEN_INTEGER_TIMERS");
+    mix.integer_timers = integer_timers != NULL && strcmp(integer_timers, "1") == 0;
     int pool = argc == 10 ? atoi(argv[9]) : POOL;
     double rate = atof(argv[3]), seconds = atof(argv[4]);
     int lines = atoi(argv[5]);

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """A timer's fold into its DDSketch in C: ``BaseDDSketch.add(value)`` for every value of an
-``array('d')``, leaving exactly what the library's per-sample add leaves.
+``array('d')`` or ``array('f')`` (a timer's samples while floats hold them exactly:
+``pystatsd._linecache.new_samples``), leaving exactly what the library's per-sample add leaves.
 
 :meth:`pystatsd.distribution.Distribution.fold` calls :func:`fold_values`; its pure-Python
 code is the reference and the fallback (tests/test_fold.py runs both against the library).
@@ -32,6 +33,23 @@ import math
 from ddsketch.mapping import LogarithmicMapping
 
 cdef double LN2 = math.log(2.0)  # Python's own: log(v, 2) divides by exactly this
+
+
+cdef inline double sample_at(const char *data, bint wide, Py_ssize_t i) noexcept:
+    """Item ``i`` of a samples array's buffer: a double, or a float read as the double it
+    holds exactly."""
+    return (<const double *>data)[i] if wide else <double>(<const float *>data)[i]
+
+
+cdef int samples_width(array values) except -1:
+    """1 for an array('d'), 0 for an array('f'); TypeError for any other kind, whose items
+    these functions would misread."""
+    cdef char code = values.ob_descr.typecode
+    if code == 100:  # "d"
+        return 1
+    if code == 102:  # "f"
+        return 0
+    raise TypeError(f"expected an array('d') or array('f'), not array({values.typecode!r})")
 
 
 cdef inline long key_of(double value, double multiplier, double offset) noexcept:
@@ -78,14 +96,19 @@ cdef class _Store:
 
 
 def fold_values(array values, object sketch):
-    """Add every value of ``values`` (an ``array('d')``) to ``sketch`` (a ``BaseDDSketch``
-    with :class:`ArrayStore` stores and a ``LogarithmicMapping``), as ``sketch.add(value)``
-    each would. True when done; False, with nothing changed, where it declines."""
+    """Add every value of ``values`` (an ``array('d')`` or ``array('f')``) to ``sketch`` (a
+    ``BaseDDSketch`` with :class:`ArrayStore` stores and a ``LogarithmicMapping``), as
+    ``sketch.add(value)`` each would. True when done; False, with nothing changed, where it
+    declines."""
     cdef Py_ssize_t n = len(values), i
-    cdef double *data = values.data.as_doubles
+    cdef char code = values.ob_descr.typecode
+    if code != 100 and code != 102:  # neither "d" nor "f"
+        return False
+    cdef bint wide = code == 100
+    cdef const char *data = values.data.as_chars
     cdef double value
     for i in range(n):
-        if not isfinite(data[i]):
+        if not isfinite(sample_at(data, wide, i)):
             return False
     mapping = sketch._mapping
     if type(mapping) is not LogarithmicMapping:
@@ -106,7 +129,7 @@ def fold_values(array values, object sketch):
     cdef double low = sketch._min, high = sketch._max
     try:
         for i in range(n):
-            value = data[i]
+            value = sample_at(data, wide, i)
             if value > min_possible:
                 positive.add(key_of(value, multiplier, key_offset))
             elif value < -min_possible:
@@ -242,19 +265,21 @@ cdef inline void fsum_free(_Fsum *s) noexcept:
 def sum_min_max(array values):
     """``(math.fsum(values), min(values, default=inf), max(values, default=-inf))``."""
     cdef Py_ssize_t n = len(values), i
-    cdef double *data = values.data.as_doubles
-    cdef double low = float("inf"), high = float("-inf")
+    cdef bint wide = samples_width(values)
+    cdef const char *data = values.data.as_chars
+    cdef double low = float("inf"), high = float("-inf"), value
     cdef _Fsum s
     fsum_init(&s)
     try:
         if n:
-            low = high = data[0]
+            low = high = sample_at(data, wide, 0)
         for i in range(n):
-            fsum_add(&s, data[i])
-            if data[i] < low:
-                low = data[i]
-            if data[i] > high:
-                high = data[i]
+            value = sample_at(data, wide, i)
+            fsum_add(&s, value)
+            if value < low:
+                low = value
+            if value > high:
+                high = value
         return fsum_result(&s), low, high
     finally:
         fsum_free(&s)
@@ -263,13 +288,14 @@ def sum_min_max(array values):
 def squared_deviations(array values, double mean):
     """``math.fsum((v - mean) * (v - mean) for v in values)``."""
     cdef Py_ssize_t n = len(values), i
-    cdef double *data = values.data.as_doubles
+    cdef bint wide = samples_width(values)
+    cdef const char *data = values.data.as_chars
     cdef double deviation
     cdef _Fsum s
     fsum_init(&s)
     try:
         for i in range(n):
-            deviation = data[i] - mean
+            deviation = sample_at(data, wide, i) - mean
             fsum_add(&s, deviation * deviation)
         return fsum_result(&s)
     finally:

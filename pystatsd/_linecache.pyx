@@ -36,12 +36,12 @@ its limits are read from there when an instance is made, and on each ``remember`
 that patches them sees them honoured as by the Python class.
 """
 
-from cpython.array cimport array, extend_buffer
+from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromString
 from cpython.object cimport PyObject, Py_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -53,6 +53,7 @@ cdef extern from "Python.h":
     void _list_set_item "PyList_SET_ITEM"(object items, Py_ssize_t index, PyObject *value) noexcept
     # NULL for the overflow exception, as float() passes: an overflow gives inf, no error.
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
+    void Py_SET_SIZE(object ob, Py_ssize_t size) noexcept
 
 
 # Entry kinds, as in the Python class (``LineCache.__init__`` checks that they are its).
@@ -88,7 +89,7 @@ cdef class _Entry:
     cdef bint member_set  # a set's cell is a MemberSet: added to in C (beside kind: no padding)
     cdef long long epoch
     cdef object cell
-    cdef bint is_array  # a distribution's ``values`` is an array('d'): appended to in C
+    cdef bint is_array  # a distribution's ``values`` is an array('f') or ('d'): appended to in C
     # A timed gauge cell's record (a receive worker's TimedGauge: when each change came).
     cdef list record
     cdef double weight
@@ -429,6 +430,150 @@ def _seed_probes(bytes key):
     memcpy(&_PROBE_KEY, PyBytes_AS_STRING(key), 8)
 
 
+# -- a timer's samples: 4 bytes each while they fit, 8 once one does not ---------------------
+# A Distribution's ``values`` is an array('f') here (``new_samples``) while every sample of it
+# is a double that a C float holds exactly (integers up to 2**24, 12.5, 0.25: most clients send
+# whole milliseconds), and becomes an array('d') in place, the same object, at the first
+# sample that is not (0.1, 2**24 + 1, 1e39): so every sample stays the double it was, and the
+# line cache's entries, which hold the array itself, all see the wider one. Only these
+# functions write into a samples array in place (a line cache entry, Distribution.add, the
+# merges); anything may read it as an array (a float item reads as the double it came from).
+# The array's fields are CPython's arrayobject's (Cython's arrayarray.h declares them for its
+# own resize); the descriptors are the array module's own static ones, taken from an array of
+# each kind at import. A buffer exported from the array (a memoryview) forbids any resize, as
+# array.append itself refuses.
+
+cdef extern from *:
+    ctypedef struct _ArrayDescr "struct arraydescr":
+        int itemsize
+    ctypedef struct _ArrayObject "struct arrayobject":
+        Py_ssize_t allocated
+        char *ob_item "data.ob_item"
+        _ArrayDescr *ob_descr
+        int ob_exports
+
+cdef extern from "float.h":
+    const float FLT_MAX
+
+
+cdef array _FLOAT_ARRAY = array("f"), _DOUBLE_ARRAY = array("d")
+cdef const _ArrayDescr *_FLOATS = (<_ArrayObject *>_FLOAT_ARRAY).ob_descr
+cdef const _ArrayDescr *_DOUBLES = (<_ArrayObject *>_DOUBLE_ARRAY).ob_descr
+
+
+cdef int _reserve(array values, Py_ssize_t needed, Py_ssize_t cap) except -1:
+    """Room for ``needed`` items: half as many again as needed (Cython's resize_smart), but
+    never past ``cap`` when ``needed`` fits under it. A timer's array is folded and emptied at
+    ``timer_exact_samples`` + 1 samples, so the room past that was never used: up to a third
+    of the array at its largest."""
+    cdef _ArrayObject *a = <_ArrayObject *>values
+    cdef Py_ssize_t room = needed + needed // 2 + 1
+    cdef char *items
+    if needed <= a.allocated:
+        return 0
+    if a.ob_exports > 0:
+        raise BufferError("cannot resize an array that is exporting buffers")
+    if needed <= cap < room:
+        room = cap
+    items = <char *>PyMem_Realloc(a.ob_item, room * a.ob_descr.itemsize)
+    if items is NULL:
+        raise MemoryError()
+    a.ob_item = items
+    a.allocated = room
+    return 0
+
+
+cdef int _widen(array values) except -1:
+    """An array('f') becomes an array('d') in place, every item the double it was."""
+    cdef _ArrayObject *a = <_ArrayObject *>values
+    cdef Py_ssize_t n = Py_SIZE(values), i
+    cdef char *items
+    if a.ob_descr != _FLOATS:
+        return 0
+    if a.allocated > 0:
+        if a.ob_exports > 0:
+            raise BufferError("cannot resize an array that is exporting buffers")
+        items = <char *>PyMem_Realloc(a.ob_item, a.allocated * sizeof(double))
+        if items is NULL:
+            raise MemoryError()
+        a.ob_item = items
+        # From the last down: item i's 8 bytes cover floats 2i and 2i + 1, never one below i.
+        for i in range(n - 1, -1, -1):
+            (<double *>items)[i] = <double>(<float *>items)[i]
+    a.ob_descr = <_ArrayDescr *>_DOUBLES
+    return 0
+
+
+cdef inline int _append_sample(array values, double number, Py_ssize_t cap) except -1:
+    """``values.append(number)``, exactly, into an array('f') or ('d')."""
+    cdef _ArrayObject *a = <_ArrayObject *>values
+    cdef Py_ssize_t n = Py_SIZE(values)
+    cdef float narrow
+    if a.ob_descr == _FLOATS:
+        if -FLT_MAX <= number <= FLT_MAX:  # else the cast is undefined (C11 6.3.1.5)
+            narrow = <float>number
+            if <double>narrow == number:
+                if n >= a.allocated:
+                    _reserve(values, n + 1, cap)
+                (<float *>a.ob_item)[n] = narrow
+                Py_SET_SIZE(values, n + 1)
+                return 0
+        _widen(values)
+    if n >= a.allocated:
+        _reserve(values, n + 1, cap)
+    (<double *>a.ob_item)[n] = number
+    Py_SET_SIZE(values, n + 1)
+    return 0
+
+
+cdef inline bint _is_samples(object values) noexcept:
+    return type(values) is array and (
+        (<_ArrayObject *>values).ob_descr == _FLOATS
+        or (<_ArrayObject *>values).ob_descr == _DOUBLES)
+
+
+def new_samples():
+    """A timer's empty samples array: 4 bytes a sample until one needs 8 (see above)."""
+    return array("f")
+
+
+def append_sample(values, double value, Py_ssize_t cap=0):
+    """Append ``value`` to a samples array, widening it first if a float would not hold it
+    exactly (its room grows past ``cap`` items only when it must); any other array or
+    sequence: its own ``append``."""
+    if _is_samples(values):
+        _append_sample(<array>values, value, cap)
+    else:
+        values.append(value)
+
+
+def extend_samples(values, more):
+    """Append each of ``more`` (numbers: a list, another samples array of either width)."""
+    cdef double value
+    if not _is_samples(values):
+        values.extend(more)
+        return
+    for value in more:
+        _append_sample(<array>values, value, 0)
+
+
+def narrow_samples(values):
+    """An empty samples array('d') becomes an array('f') again, its memory given back (a fold
+    emptied it: the next samples start at 4 bytes). Nothing if it holds samples."""
+    cdef _ArrayObject *a
+    if not _is_samples(values) or Py_SIZE(values) != 0:
+        return
+    a = <_ArrayObject *>values
+    if a.ob_descr == _FLOATS:
+        return
+    if a.ob_exports > 0:
+        raise BufferError("cannot resize an array that is exporting buffers")
+    PyMem_Free(a.ob_item)
+    a.ob_item = NULL
+    a.allocated = 0
+    a.ob_descr = <_ArrayDescr *>_FLOATS
+
+
 # -- line shapes: their hash -----------------------------------------------------------------
 
 cdef uint64_t _SHAPE_KEY = 0
@@ -718,7 +863,7 @@ cdef class LineCache:
             entry.member_set = entry.kind == _SET and type(cell) is MemberSet
             if entry.kind == _DISTRIBUTION:
                 cell = cell.values
-                entry.is_array = type(cell) is array and cell.typecode == "d"
+                entry.is_array = _is_samples(cell)
             elif entry.kind == _TIMED_GAUGE:
                 record = getattr(cell, "record", None)
                 # Stored into unchecked below, as a list: a list subclass that changed how
@@ -754,7 +899,7 @@ cdef class LineCache:
                 return 1
             if entry.is_array:
                 values = <array>entry.cell
-                extend_buffer(values, <char *>&number, 1)
+                _append_sample(values, number, self._exact_limit + 1)
                 if Py_SIZE(values) > self._exact_limit:
                     manager.fold(entry.key)
             else:

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from pystatsd.distribution import Distribution, Percentiles, percentile_key
+from pystatsd.distribution import Distribution, Percentiles, append_sample, percentile_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE, Sample, Tags
 from pystatsd.selfstats import SelfStats
 from pystatsd.set_members import member_hash, text_member_hash
@@ -924,7 +924,7 @@ class PythonLineCache:
                     self.unplaced += 1
                     epoch = manager.epoch  # the cell may have left the table
                     continue
-                cell.append(number)
+                append_sample(cell, number, exact_limit + 1)  # float or double: see there
                 if len(cell) > exact_limit:
                     manager.fold(key)
             elif kind == _GAUGE or kind == _TIMED_GAUGE:  # a sign makes a delta, as the

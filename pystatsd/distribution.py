@@ -90,10 +90,19 @@ def _zeros(count: int) -> array[float]:
     return array("d", bytes(8 * count))
 
 
+@functools.lru_cache(maxsize=16)
+def _mapping(accuracy: float) -> LogarithmicMapping:
+    """One ``LogarithmicMapping`` per accuracy, shared by every sketch of it: the library
+    never changes a mapping after making it (its sketches only read gamma, the multiplier and
+    the offset). Measured with tracemalloc: 4,462 -> 4,238 bytes a folded timer (1,001
+    samples of 500 whole milliseconds), 0.56 MB at the lossless rate's 2,500 folded timers."""
+    return LogarithmicMapping(accuracy)
+
+
 def new_sketch(accuracy: float) -> BaseDDSketch:
     """What ``DDSketch(relative_accuracy=accuracy)`` makes (its mapping, unbounded dense
     stores), with :class:`ArrayStore` for both stores."""
-    return BaseDDSketch(mapping=LogarithmicMapping(accuracy), store=ArrayStore(),
+    return BaseDDSketch(mapping=_mapping(accuracy), store=ArrayStore(),
                         negative_store=ArrayStore(), zero_count=0.0)
 
 
@@ -210,6 +219,45 @@ def _select_fold() -> tuple[Any, Any, Any, str]:
 fold_values, sum_min_max, squared_deviations, FOLD = _select_fold()
 
 
+def _append_double(values: Any, value: float, cap: int = 0) -> None:
+    values.append(value)
+
+
+def _extend_doubles(values: Any, more: Iterable[float]) -> None:
+    if isinstance(more, array) and more.typecode != values.typecode:
+        more = more.tolist()  # array.extend takes only an array of its own kind
+    values.extend(more)
+
+
+def _keep_doubles(values: Any) -> None:
+    pass
+
+
+def _new_doubles() -> array[float]:
+    return array("d")
+
+
+def _select_samples() -> tuple[Any, Any, Any, Any, str]:
+    """How a timer keeps its exact samples: ``new_samples()`` makes the array, and only
+    ``append_sample(values, value, cap)``, ``extend_samples(values, more)`` and
+    ``narrow_samples(values)`` (after a fold emptied it) write into it. Where the compiled line
+    cache runs (the set cells follow the same rule, ``aggregation.new_set_cell``), its
+    functions: 4 bytes a sample (an ``array('f')``) while every sample of the interval is a
+    double that a float holds exactly, the array made an ``array('d')`` in place at the first
+    that is not, so every sample stays exact (``pystatsd/_linecache.pyx``). Else the
+    pure-Python reference's ``array('d')`` and its own methods."""
+    if os.environ.get("PYSTATSD_LINE_CACHE", "auto").strip().lower() == "python":
+        return _new_doubles, _append_double, _extend_doubles, _keep_doubles, "doubles"
+    try:
+        from pystatsd._linecache import append_sample, extend_samples, narrow_samples, new_samples
+    except ImportError:
+        return _new_doubles, _append_double, _extend_doubles, _keep_doubles, "doubles"
+    return new_samples, append_sample, extend_samples, narrow_samples, "floats while exact"
+
+
+new_samples, append_sample, extend_samples, narrow_samples, SAMPLES = _select_samples()
+
+
 class Distribution:
     """The samples of one timer or histogram series in one interval.
 
@@ -222,8 +270,9 @@ class Distribution:
     __slots__ = ("values", "weighted", "sketch", "count", "total", "low", "high", "mean", "m2")
 
     def __init__(self) -> None:
-        # An array of C doubles: 8 bytes a sample where a list of floats takes 32.
-        self.values: array[float] = array("d")
+        # An array of C floats (4 bytes a sample) or doubles (8) where a list of floats takes
+        # 32: see _select_samples.
+        self.values: array[float] = new_samples()
         self.weighted: list[tuple[float, float]] = []
         self.sketch: BaseDDSketch | None = None
         # Exact moments of what was folded into the sketch (Chan et al.'s parallel update).
@@ -238,7 +287,7 @@ class Distribution:
         # Each list is checked on its own, as the fast path checks ``values`` alone: so a series
         # mixing rates stays exact up to twice the limit, and both paths fold at the same sample.
         if weight == 1.0:
-            self.values.append(value)
+            append_sample(self.values, value, exact_limit + 1)
             if len(self.values) > exact_limit:
                 self.fold(accuracy)
         else:
@@ -279,6 +328,7 @@ class Distribution:
         self.low = min(self.low, low)
         self.high = max(self.high, high)
         del self.values[:]  # in place: the fast path holds this very array
+        narrow_samples(self.values)
         self.weighted.clear()
 
     def stats(self, percentiles: Percentiles, accuracy: float) -> dict[str, float]:
@@ -410,8 +460,18 @@ class Distribution:
     def release(self) -> None:
         """Free the samples once reported (a stale fast-path cache entry may still hold them)."""
         del self.values[:]
+        narrow_samples(self.values)
         self.weighted.clear()
         self.sketch = None
+
+    def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
+        # A pickled Distribution (a hot restart's hand-over) keeps this process's kind of
+        # samples array, whichever kind the pickling process had.
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        values = new_samples()
+        extend_samples(values, self.values)
+        self.values = values
 
 
 def _pairs(values: array[float], weighted: list[tuple[float, float]]) -> list[tuple[float, float]]:

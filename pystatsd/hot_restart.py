@@ -49,7 +49,7 @@ import orjson
 from forwarders import Forwarder, RelayForwarder
 from pystatsd import systemd
 from pystatsd.aggregation import MetricMgr
-from pystatsd.distribution import Distribution
+from pystatsd.distribution import Distribution, extend_samples
 from pystatsd.ingest import Pipeline
 from pystatsd.inherited_sockets import SOCKETS_ENV, socket_key
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
@@ -171,7 +171,7 @@ def merge_state(manager: MetricMgr, state: dict[str, Any]) -> None:
 
 def _merge_distribution(newer: Distribution, older: Distribution, accuracy: float) -> None:
     if newer.sketch is None and older.sketch is None:
-        newer.values.extend(older.values)  # in place: the fast path holds this array
+        extend_samples(newer.values, older.values)  # in place: the fast path holds this array
         newer.weighted.extend(older.weighted)
         return
     older.fold(accuracy)

@@ -146,7 +146,7 @@ def test_distribution_fold_uses_it_with_the_same_stats(fold: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     def cell() -> Distribution:
         made = Distribution()
-        made.values.extend(float(i % 437) / 7 - 20 for i in range(2_500))
+        distribution.extend_samples(made.values, (float(i % 437) / 7 - 20 for i in range(2_500)))
         made.weighted.append((12.5, 4.0))
         return made
 
@@ -191,3 +191,57 @@ def test_the_compiled_exact_sum_outgrows_its_32_partials_on_the_stack() -> None:
     assert outcome(sum_min_max, samples) == outcome(distribution.sum_min_max_python, samples)
     assert (outcome(squared_deviations, samples, 0.5)
             == outcome(distribution.squared_deviations_python, samples, 0.5))
+
+
+# -- the samples' two widths: an array('f') while floats hold every sample exactly ---------
+
+float_values = st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False),
+                         st.integers(-2**24, 2**24).map(float),
+                         st.sampled_from([0.0, -0.0, 12.5, 2.0**-149, -(2.0**-149),
+                                         3.4028234663852886e38]))
+
+
+@pytest.mark.parametrize("fold", FOLDS)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(unit=st.lists(float_values, max_size=300))
+def test_a_fold_of_float_samples_leaves_what_the_same_doubles_leave(fold: Any,
+                                                                    unit: list[float]) -> None:
+    narrow, wide = new_sketch(ACCURACY), new_sketch(ACCURACY)
+    floats = array("f", unit)
+    assert floats.tolist() == unit  # each held exactly: the strategy's promise
+    assert fold(floats, narrow) == fold(array("d", unit), wide)
+    assert sketch_state(narrow) == sketch_state(wide)
+
+
+@needs_compiled
+@settings(max_examples=200, deadline=None)
+@given(unit=st.lists(float_values, max_size=200), mean=values)
+def test_the_compiled_moments_of_float_samples_are_those_of_the_same_doubles(
+        unit: list[float], mean: float) -> None:
+    floats, doubles = array("f", unit), array("d", unit)
+    assert outcome(sum_min_max, floats) == outcome(sum_min_max, doubles)
+    assert outcome(squared_deviations, floats, mean) == outcome(squared_deviations, doubles, mean)
+
+
+@needs_compiled
+def test_the_compiled_fold_declines_and_the_moments_refuse_another_kind_of_array() -> None:
+    sketch = new_sketch(ACCURACY)
+    before = sketch_state(sketch)
+    assert compiled_fold(array("l", [1, 2]), sketch) is False
+    assert sketch_state(sketch) == before
+    with pytest.raises(TypeError, match="array\\('l'\\)"):
+        sum_min_max(array("l", [1, 2]))
+    with pytest.raises(TypeError, match="array\\('q'\\)"):
+        squared_deviations(array("q", [1, 2]), 0.0)
+
+
+def test_sketches_of_one_accuracy_share_one_mapping_that_nothing_changes() -> None:
+    first, second = new_sketch(ACCURACY), new_sketch(ACCURACY)
+    assert first._mapping is second._mapping
+    assert new_sketch(0.02)._mapping is not first._mapping
+    before = dict(vars(first._mapping))
+    folded = Distribution()
+    distribution.extend_samples(folded.values, [float(v) for v in range(-50, 3_000)])
+    folded.fold(ACCURACY)
+    assert folded.sketch is not None and folded.sketch._mapping is first._mapping
+    assert vars(first._mapping) == before

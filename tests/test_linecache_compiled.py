@@ -5,16 +5,20 @@ compiled one unless told not to, or unless it is not built."""
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
+import struct
 import subprocess
 import sys
+from array import array
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pystatsd import aggregation
+from pystatsd import aggregation, distribution
 from pystatsd.aggregation import MetricMgr, PythonLineCache
 from pystatsd.config import build_config
 from pystatsd.decoders import DecodeError, parse_statsd_line
@@ -43,11 +47,12 @@ def test_the_compiled_line_cache_is_built_and_runs_by_default() -> None:
 
 # -- the same lines taken, the same cells, on any value --------------------------------------
 
-def cell_state(cell: Any) -> Any:
-    """What a cell holds, comparable with == (-0.0 and 0.0 told apart, nan equal to nan)."""
+def cell_state(cell: Any, width: bool = True) -> Any:
+    """What a cell holds, comparable with == (-0.0 and 0.0 told apart, nan equal to nan);
+    ``width``: with its samples' width (4 or 8 bytes)."""
     if isinstance(cell, Distribution):
         return ("distribution", [repr(v) for v in cell.values], cell.weighted, cell.count,
-                cell.total, cell.sketch is not None)
+                cell.total, cell.sketch is not None, cell.values.itemsize if width else None)
     if isinstance(cell, dict | MemberSet):  # a set: its members' hashes, in no order
         return ("set", sorted(cell))
     if isinstance(cell, TimedGauge):  # a receive worker's: when each change came, too
@@ -84,7 +89,7 @@ def run_lines(line_cache: Any, lines: list[bytes], absolute: bool,
     return cells, taken, dict(manager.stats.counters)
 
 
-def by_decoder(lines: list[bytes], absolute: bool, **config: Any) -> dict:
+def by_decoder(lines: list[bytes], absolute: bool, width: bool = True, **config: Any) -> dict:
     manager = MetricMgr(build_config({"forwarders": {}, **config}), SelfStats())
     for line in lines:
         try:
@@ -93,7 +98,25 @@ def by_decoder(lines: list[bytes], absolute: bool, **config: Any) -> dict:
             continue
         for sample in samples:
             manager.add(sample)
-    return {key: cell_state(cell) for key, cell in manager.swap().series.items()}
+    return {key: cell_state(cell, width) for key, cell in manager.swap().series.items()}
+
+
+def in_doubles(lines: list[bytes], absolute: bool, **config: Any) -> dict:
+    """:func:`by_decoder` with the pure-Python reference's samples (an array('d'), its own
+    append), not the compiled module's floats-while-exact: the same values, whatever the
+    width. The other three paths all append through the compiled module's one function."""
+    saved = (distribution.new_samples, distribution.append_sample, distribution.narrow_samples)
+    distribution.new_samples, distribution.append_sample, distribution.narrow_samples = (
+        distribution._new_doubles, distribution._append_double, distribution._keep_doubles)
+    try:
+        return by_decoder(lines, absolute, width=False, **config)
+    finally:
+        distribution.new_samples, distribution.append_sample, distribution.narrow_samples = saved
+
+
+def without_width(cells: dict) -> dict:
+    return {key: (state[:-1] + (None,) if state[0] == "distribution" else state)
+            for key, state in cells.items()}
 
 
 def assert_twins(lines: list[bytes], absolute: bool = False, **config: Any) -> list[bool]:
@@ -103,6 +126,7 @@ def assert_twins(lines: list[bytes], absolute: bool = False, **config: Any) -> l
     assert compiled[0] == reference[0]
     assert compiled[2] == reference[2]  # the same rejects (overflow, too_many_series)
     assert compiled[0] == by_decoder(lines, absolute, **config)
+    assert without_width(compiled[0]) == in_doubles(lines, absolute, **config)
     return compiled[1]
 
 
@@ -330,3 +354,124 @@ def test_shapes_made_to_collide_are_aggregated_right_on_the_slow_path() -> None:
     assert 64 <= pipeline.cached_shapes < len(names)  # the rest were not remembered
     counts = {s.name: s.stats["count"] for s in manager.finish(manager.swap(), 1.0)}
     assert counts == {name.decode(): 6.0 for name in names}
+
+
+# -- a timer's samples: 4 bytes while a float holds each exactly, 8 from the first that not ---
+
+def fits_a_float(value: float) -> bool:
+    """A finite double that a C float holds exactly (inf and nan take 8 bytes: no timer
+    sample is either, the decoders refuse them)."""
+    try:
+        return math.isfinite(value) and struct.unpack("f", struct.pack("f", value))[0] == value
+    except OverflowError:  # past a float's range
+        return False
+
+
+SAMPLE_VALUES = st.one_of(st.floats(width=32), st.floats(), st.integers(-2**25, 2**25).map(float),
+                          st.sampled_from([0.1, 12.5, 2.0**24 + 1, 1e39, -0.0, 1e-46, 5e-324]))
+
+
+@needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SAMPLE_VALUES, max_size=60), st.integers(0, 80))
+def test_samples_stay_exact_and_take_4_bytes_until_one_does_not_fit_a_float(
+        values: list[float], cap: int) -> None:
+    from pystatsd._linecache import append_sample, new_samples
+
+    samples = new_samples()
+    for n, value in enumerate(values):
+        append_sample(samples, value, cap)
+        assert samples.itemsize == (4 if all(map(fits_a_float, values[:n + 1])) else 8)
+    assert [repr(v) for v in samples] == [repr(v) for v in values]
+
+
+@needs_compiled
+def test_a_timers_array_never_grows_past_the_fold_and_a_fold_starts_it_at_4_bytes() -> None:
+    from pystatsd._linecache import append_sample, new_samples
+
+    samples = new_samples()
+    empty = sys.getsizeof(samples)
+    for value in range(1_001):
+        append_sample(samples, float(value), 1_001)
+    assert sys.getsizeof(samples) == empty + 1_001 * 4  # no room past the cap (1,229 before)
+    uncapped = new_samples()
+    for value in range(1_001):
+        append_sample(uncapped, float(value), 0)
+    assert sys.getsizeof(uncapped) > empty + 1_100 * 4
+    config = build_config({"forwarders": {}, "timer_exact_samples": 3})
+    manager = MetricMgr(config, SelfStats())
+    cache = CompiledLineCache(manager)
+    cache.remember(b"t:1|ms", parse_statsd_line(b"t:1|ms")[0])
+    assert cache.apply([b"t:0.1|ms", b"t:2|ms", b"t:3|ms"]) is None
+    cell = manager.current_series()[("t", "timer", ())]
+    assert cell.values.itemsize == 8 and cell.values.tolist() == [0.1, 2.0, 3.0]
+    assert cache.apply([b"t:4|ms"]) is None  # the fourth: folded, emptied, floats again
+    assert cell.sketch is not None and cell.values.itemsize == 4 and len(cell.values) == 0
+    assert cache.apply([b"t:5|ms"]) is None
+    assert cell.values.tolist() == [5.0] and cell.values.itemsize == 4
+
+
+@needs_compiled
+@pytest.mark.parametrize("line_cache", [PythonLineCache, CompiledLineCache],
+                         ids=["python", "compiled"])
+def test_one_series_bound_by_two_shapes_widens_for_both(line_cache: Any) -> None:
+    # Two shapes of one series hold the same array: widened in place, both see it.
+    manager = MetricMgr(build_config({"forwarders": {}}), SelfStats())
+    cache = line_cache(manager)
+    for seed in (b"t:1|ms|#a:1,b:2", b"t:1|ms|#b:2,a:1"):
+        cache.remember(seed, parse_statsd_line(seed)[0])
+    assert cache.apply([b"t:1|ms|#a:1,b:2", b"t:2|ms|#b:2,a:1", b"t:0.3|ms|#a:1,b:2",
+                        b"t:4|ms|#b:2,a:1", b"t:16777217|ms|#b:2,a:1"]) is None
+    (cell,) = manager.current_series().values()
+    assert cell.values.typecode == "d"
+    assert cell.values.tolist() == [1.0, 2.0, 0.3, 4.0, 16777217.0]
+
+
+@needs_compiled
+def test_samples_exported_as_a_buffer_are_not_resized_under_it() -> None:
+    from pystatsd._linecache import append_sample, new_samples
+
+    samples = new_samples()
+    with memoryview(samples):
+        with pytest.raises(BufferError):
+            append_sample(samples, 1.0)
+        with pytest.raises(BufferError):
+            append_sample(samples, 0.1)
+    append_sample(samples, 0.1)
+    assert samples.tolist() == [0.1]
+
+
+@needs_compiled
+def test_a_pickled_timer_comes_back_with_this_processs_samples_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hot restart hands its table over pickled; the successor may keep the other width.
+    doubles = Distribution()
+    doubles.values = array("d", [1.0, 2.5])  # as a process keeping doubles made it
+    again = pickle.loads(pickle.dumps(doubles))
+    assert again.values.typecode == "f" and again.values.tolist() == [1.0, 2.5]
+    distribution.append_sample(again.values, 0.1)
+    assert again.values.tolist() == [1.0, 2.5, 0.1]
+    floats = pickle.dumps(again)
+    monkeypatch.setattr(distribution, "new_samples", distribution._new_doubles)
+    monkeypatch.setattr(distribution, "extend_samples", distribution._extend_doubles)
+    narrow = Distribution()
+    narrow.values = array("f", [1.0, 2.5])
+    again = pickle.loads(pickle.dumps(narrow))  # where only doubles are kept: doubles
+    assert again.values.typecode == "d" and again.values.tolist() == [1.0, 2.5]
+    assert pickle.loads(floats).values.tolist() == [1.0, 2.5, 0.1]
+
+
+@needs_compiled
+def test_merges_into_a_timers_floats_keep_every_value_exact() -> None:
+    # A hot restart's hand-over and the global tier's partials extend a timer's samples.
+    from pystatsd.global_tier.partial_state import SeriesMerge
+    from pystatsd.hot_restart import _merge_distribution
+
+    newer, older = Distribution(), Distribution()
+    distribution.extend_samples(newer.values, [1.0, 2.0])
+    distribution.extend_samples(older.values, [3.0, 0.1])  # widened: another kind of array
+    _merge_distribution(newer, older, 0.01)
+    assert newer.values.tolist() == [1.0, 2.0, 3.0, 0.1]
+    merge = SeriesMerge("timer")
+    merge.add({"values": [1.0, 0.1, 123.456]}, 0.0, "a", 1_000, 0.01)
+    assert merge.distribution.values.tolist() == [1.0, 0.1, 123.456]

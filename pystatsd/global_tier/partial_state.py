@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ddsketch.ddsketch import BaseDDSketch, DDSketch
 from ddsketch.store import DenseStore
 
-from pystatsd.distribution import Distribution, Percentiles
+from pystatsd.distribution import Distribution, Percentiles, extend_samples
 from pystatsd.sample import COUNTER, GAUGE, HISTOGRAM, SET, TIMER, TRACE
 from pystatsd.set_members import text_member_hash
 
@@ -298,7 +298,7 @@ class SeriesMerge:
         merged = self.distribution
         values = partial.get("values", ())
         if merged.sketch is None and len(merged.values) + len(values) <= exact_limit:
-            merged.values.extend(values)  # what adding one by one does, at C speed
+            extend_samples(merged.values, values)  # what adding one by one does, at C speed
         else:
             for value in values:
                 merged.add(float(value), 1.0, exact_limit, accuracy)
