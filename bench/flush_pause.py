@@ -186,6 +186,36 @@ def timed(gaps: Gaps, deliver: Callable[..., None], batch: bool) -> Callable[...
     return deliver_one
 
 
+class PartTimes:
+    """The longest call of each part of the flush that holds the GIL (or the ingest lock) in
+    one piece: ``fork()`` (the kernel copies the page tables; the lock is held), the carried
+    state's adoption (under the lock), freeing the finished table."""
+
+    def __init__(self, daemon: Any) -> None:
+        from pystatsd import forked_snapshot  # noqa: PLC0415
+
+        self.longest: dict[str, float] = {}
+        os.fork = self.wrap("fork", os.fork)  # type: ignore[assignment]
+        daemon.manager.adopt_carried = self.wrap("adopt", daemon.manager.adopt_carried)
+        forked_snapshot.release = self.wrap("release", forked_snapshot.release)
+
+    def wrap(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        clock, longest = time.perf_counter, self.longest
+        pid = os.getpid()
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            began = clock()
+            result = call(*args, **kwargs)
+            if os.getpid() == pid:  # not in the child
+                longest[name] = max(longest.get(name, 0.0), clock() - began)
+            return result
+        return timed_call
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name} {seconds * 1000:,.1f} ms"
+                         for name, seconds in sorted(self.longest.items()))
+
+
 def status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field))
@@ -232,6 +262,7 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
     forked_snapshot.HUGE_PAGES = mode == "forked"  # forked-4k: none, as the daemon runs
     if mode == "local":
         forked_snapshot.AVAILABLE = False
+    parts = PartTimes(daemon)
     daemon.start()
     blast: subprocess.Popen[bytes] | None = None
     try:
@@ -264,6 +295,7 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
             rss = status_mb("VmRSS:")
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM from now
             collections.armed, collections.longest = True, 0.0
+            parts.longest.clear()
             count = delivered.count
             began = daemon.last_loop = time.monotonic()
             snapshot = daemon.flush()
@@ -288,7 +320,8 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
                   f"(before {deliver_before * 1000:.1f} ms); delivered {rate:,.0f}/s during "
                   f"it; lost {dropped:,} (kernel drops, flush + {AFTER:.0f} s), ring full "
                   f"{full} times; longest collection {collections.longest * 1000:.0f} ms "
-                  f"(load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})", flush=True)
+                  f"{parts} (load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})",
+                  flush=True)
         blast.send_signal(signal.SIGTERM)
         blast.wait()
         time.sleep(0.3)
