@@ -44,7 +44,6 @@ import ctypes
 import gc
 import mmap
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -67,6 +66,9 @@ BEFORE = 1.0
 SETTLE = 0.02
 """Seconds after a window before its drain gap is read: a stalled drain notes its gap only
 when its next ``recvmmsg`` returns."""
+HUGE_HEAP = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+"""``--huge-heap``: every object from glibc's malloc (not pymalloc's 1 MiB arenas, which no
+huge page can back), and malloc's heap advised for transparent huge pages (glibc >= 2.35)."""
 FILL_BATCH = 256
 """Payloads per hold of the ingest lock while the bench fills the table (the native receive's
 largest batch)."""
@@ -198,6 +200,7 @@ class PartTimes:
         os.fork = self.wrap("fork", os.fork)  # type: ignore[assignment]
         daemon.manager.adopt_carried = self.wrap("adopt", daemon.manager.adopt_carried)
         forked_snapshot.release = self.wrap("release", forked_snapshot.release)
+        forked_snapshot.release_dict = self.wrap("release carried", forked_snapshot.release_dict)
 
     def wrap(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
         clock, longest = time.perf_counter, self.longest
@@ -216,6 +219,25 @@ class PartTimes:
                          for name, seconds in sorted(self.longest.items()))
 
 
+def raise_drain_thread() -> None:
+    """``--drain-priority``: the native receive's drain thread (``udp-drain``) to SCHED_FIFO
+    priority 1, ahead of every ordinary thread on the machine (an experiment: is a drain gap
+    the scheduler's?)."""
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "udp-drain":
+            os.sched_setscheduler(int(task.name), os.SCHED_FIFO, os.sched_param(1))
+            return
+    raise RuntimeError("no udp-drain thread")
+
+
+def huge_pages_mb() -> float:
+    """The process's anonymous memory in transparent huge pages (after the flush's window:
+    smaps_rollup walks the page tables)."""
+    with open("/proc/self/smaps_rollup") as rollup:
+        return next((int(line.split()[1]) / 1024 for line in rollup
+                     if line.startswith("AnonHugePages:")), 0.0)
+
+
 def status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field))
@@ -226,11 +248,15 @@ def fill(daemon: Any, payloads: PayloadFile) -> float:
     listener's thread gets the lock and the GIL between two); its seconds."""
     began = time.monotonic()
     ingest, lock = daemon.pipeline.ingest_batch, daemon.lock
-    for batch in payloads.batches(FILL_BATCH):
-        with lock:
-            ingest(batch, _failed)
-        daemon.last_loop = time.monotonic()  # the watchdog's sign of life, as the loop gives
-        time.sleep(0)  # the GIL to the listener's thread between two holds
+    gc.disable()  # a first fill of a million series spent 16% of it in full collections
+    try:
+        for batch in payloads.batches(FILL_BATCH):
+            with lock:
+                ingest(batch, _failed)
+            daemon.last_loop = time.monotonic()  # the watchdog's sign of life
+            time.sleep(0)  # the GIL to the listener's thread between two holds
+    finally:
+        gc.enable()
     return time.monotonic() - began
 
 
@@ -249,6 +275,9 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
     from pystatsd.listeners import UdpListener  # noqa: PLC0415
 
     receive = os.environ["PYSTATSD_UDP_RECEIVE"]
+    huge_heap = os.environ.get("GLIBC_TUNABLES") == HUGE_HEAP["GLIBC_TUNABLES"]
+    heap = ("free under lock " if args.free_under_lock else "") + (
+        "huge heap " if huge_heap else "")
     payloads = PayloadFile(args.names, args.max_samples, args.max_members)
     config = build_config({
         "flush_interval": 10, "max_series": max(250_000, 2 * args.names),
@@ -262,6 +291,15 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
     forked_snapshot.HUGE_PAGES = mode == "forked"  # forked-4k: none, as the daemon runs
     if mode == "local":
         forked_snapshot.AVAILABLE = False
+    if args.free_under_lock:  # as before: the replaced carried state freed in the adoption
+        adopt = daemon.manager.adopt_carried
+
+        def adopt_and_free(*adopted: Any) -> None:
+            replaced = daemon.manager.carried()
+            adopt(*adopted)
+            for carried in replaced:
+                carried.clear()
+        daemon.manager.adopt_carried = adopt_and_free  # type: ignore[method-assign,assignment]
     parts = PartTimes(daemon)
     daemon.start()
     blast: subprocess.Popen[bytes] | None = None
@@ -270,11 +308,11 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
         assert isinstance(listener, UdpListener)
         assert listener.receive == receive, f"{receive} receive is not available"
         ring = listener._ring
+        if args.drain_priority:
+            raise_drain_thread()
         port = listener.address[1]
         watch = DropWatch(port)
         watch.start()
-        blast = subprocess.Popen([str(build_blast()), "127.0.0.1", str(port), str(args.rate),
-                                  "86400", "1", "1000"], stdout=subprocess.DEVNULL)
         collections = GcTimer()
 
         def gaps() -> tuple[float, float]:
@@ -285,8 +323,11 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
                     delivery)
 
         for flush in range(1, args.flushes + 1):
-            filled = fill(daemon, payloads)
+            filled = fill(daemon, payloads)  # the sender stopped: a fill is not measured
             series = daemon.manager.series_count()
+            blast = subprocess.Popen([str(build_blast()), "127.0.0.1", str(port),
+                                      str(args.rate), "86400", "1", "1000"],
+                                     stdout=subprocess.DEVNULL)
             time.sleep(max(0.0, args.lead - BEFORE))
             gaps()
             time.sleep(BEFORE)
@@ -306,27 +347,25 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
             drain_during, deliver_during = gaps()
             time.sleep(AFTER)  # the forwarder's thread writes the snapshot meanwhile
             drain_after, deliver_after = gaps()
+            blast.kill()
+            blast.wait()
             collections.armed = False
             del snapshot
             peak = status_mb("VmHWM:")
             dropped = watch.between(began, ended + AFTER)
             full = (ring.ring_full - full_before) if ring is not None else "-"
-            print(f"{mode:9} {receive:6} flush {flush}: {series:,} series -> {flushed:,} "
+            huge = huge_pages_mb()
+            print(f"{mode:9} {receive:6} {heap}flush {flush}: {series:,} series -> {flushed:,} "
                   f"(filled in {filled:.1f} s); flush {(ended - began) * 1000:,.0f} ms; RSS "
-                  f"{rss:,.0f} MB, peak {peak:,.0f} MB; drain gap during "
-                  f"{drain_during * 1000:.1f} ms, after {drain_after * 1000:.1f} ms (before "
+                  f"{rss:,.0f} MB, peak {peak:,.0f} MB, {huge:,.0f} MB in huge pages; drain gap "
+                  f"during {drain_during * 1000:.1f} ms, after {drain_after * 1000:.1f} ms (before "
                   f"{drain_before * 1000:.1f} ms); delivery gap during "
                   f"{deliver_during * 1000:.1f} ms, after {deliver_after * 1000:.1f} ms "
                   f"(before {deliver_before * 1000:.1f} ms); delivered {rate:,.0f}/s during "
                   f"it; lost {dropped:,} (kernel drops, flush + {AFTER:.0f} s), ring full "
-                  f"{full} times; longest collection {collections.longest * 1000:.0f} ms "
+                  f"{full} times; longest collection {collections.longest * 1000:.0f} ms; "
                   f"{parts} (load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})",
                   flush=True)
-        blast.send_signal(signal.SIGTERM)
-        blast.wait()
-        time.sleep(0.3)
-        print(f"{mode:9} {receive:6} whole run: {watch.read():,} kernel drops, "
-              f"{delivered.count:,} datagrams delivered", flush=True)
         watch.stopping = True
     finally:  # no daemon.stop(): its final flush would be one more of the whole table
         if blast is not None and blast.poll() is None:
@@ -411,6 +450,15 @@ def main() -> None:
                         help="seconds of receiving alone after each fill, before the flush")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds one daemon's runs may take before it is killed")
+    parser.add_argument("--huge-heap", action="store_true",
+                        help="the daemon with PYTHONMALLOC=malloc and GLIBC_TUNABLES="
+                             "glibc.malloc.hugetlb=1: its heap in transparent huge pages from "
+                             "the start, so fork() copies a page-table entry per 2 MiB")
+    parser.add_argument("--free-under-lock", action="store_true",
+                        help="free the replaced carried state under the ingest lock, as before "
+                             "(for a before/after in one run)")
+    parser.add_argument("--drain-priority", action="store_true",
+                        help="the native drain thread at SCHED_FIFO 1 (root; an experiment)")
     parser.add_argument("--max-members", type=int, default=100)
     parser.add_argument("--max-samples", type=int, default=100)
     parser.add_argument("--bare-forks", action="store_true",
@@ -442,12 +490,16 @@ def main() -> None:
                                "--rate", str(args.rate), "--flushes", str(args.flushes),
                                "--lead", str(args.lead), "--max-samples",
                                str(args.max_samples), "--max-members", str(args.max_members)]
+                    command += [option for option, on in (
+                        ("--drain-priority", args.drain_priority),
+                        ("--free-under-lock", args.free_under_lock)) if on]
                     uptime = subprocess.run(["uptime"], capture_output=True, text=True)
                     print(f"-- {names} series, {receive} receive, {mode} (uptime: "
                           f"{uptime.stdout.strip()})", flush=True)
                     try:
                         subprocess.run(command, check=False, timeout=args.timeout,
-                                       env={**os.environ, "PYSTATSD_UDP_RECEIVE": receive})
+                                       env={**os.environ, "PYSTATSD_UDP_RECEIVE": receive,
+                                            **(HUGE_HEAP if args.huge_heap else {})})
                     except subprocess.TimeoutExpired:
                         print(f"   timed out after {args.timeout:.0f} s", flush=True)
 

@@ -381,6 +381,40 @@ def test_release_frees_every_cell() -> None:
     assert len(table) == 0
 
 
+class CheckingLock:
+    """A lock that records, at each release, how many entries ``watched`` still had."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.watched: dict[Any, Any] = {}
+        self.sizes: list[int] = []
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sizes.append(len(self.watched))
+        self._lock.release()
+
+
+def test_the_replaced_carried_state_is_freed_after_the_lock_not_under_it() -> None:
+    """The old carried gauges (25,000 at 100,000 series took 34-57 ms to free) are freed
+    once the adoption has let the ingest lock go, and all of them."""
+    manager, _ = twin_managers()
+    lock = CheckingLock()
+    for i in range(3000):
+        manager.add(Sample(f"g{i}", GAUGE, 1.0))
+    forked_snapshot.finish_forked(manager, manager.swap(), 10.0, lock)  # type: ignore[arg-type]
+    lock.watched = old = manager.carried()[0]
+    assert len(old) == 3000
+    got = forked_snapshot.finish_forked(manager, manager.swap(), 10.0,
+                                        lock)  # type: ignore[arg-type]
+    assert {s.name for s in got} == {f"g{i}" for i in range(3000)}  # carried
+    assert lock.sizes[-1] == 3000  # still whole when the adoption let the lock go
+    assert old == {}  # then freed
+    assert len(manager.carried()[0]) == 3000
+
+
 @pytest.mark.parametrize("line_cache", LINE_CACHES)
 def test_a_forked_flush_frees_the_samples_a_cache_entry_still_holds(line_cache: Any) -> None:
     """An idle timer or set keeps no samples or members after its flush: its line-cache
