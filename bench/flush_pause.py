@@ -46,6 +46,7 @@ import mmap
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from array import array
@@ -282,7 +283,8 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
     config = build_config({
         "flush_interval": 10, "max_series": max(250_000, 2 * args.names),
         "listeners": [{"protocol": "udp", "address": "127.0.0.1", "port": 0}],
-        "forwarders": {"file": {"path": "/dev/null"}}})
+        "forwarders": {"file": {"path": "/dev/null"}},
+        "state_dir": tempfile.mkdtemp(prefix="flush_pause-")})  # admin sockets of its own
     daemon = Daemon(config)
     delivered = Gaps()
     daemon._deliver = timed(delivered, daemon._deliver, batch=False)  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders import file as file_forwarder
 from forwarders.file import FileForwarder
 from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
@@ -346,8 +347,10 @@ def test_a_deferred_snapshot_makes_its_series_once_and_only_when_read() -> None:
     assert flush.series_from(1) == (*first[1:], *tail) and flush.series_count == 4
 
 
+@pytest.mark.parametrize("write_lines", [10_000, 2])  # 2: the writes' slices meet mid-flush
 def test_the_file_forwarder_prepared_in_the_child_writes_what_its_send_writes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, write_lines: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_forwarder, "WRITE_LINES", write_lines)
     config = build_config({"forwarders": {"file": {"type": "file",
                                                    "path": str(tmp_path / "flushed.jsonl")}}})
     daemon = Daemon(config)
@@ -459,6 +462,7 @@ def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: 
 CHILD_OUTLIVES = """
 import os, sys, threading, time
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders import file as file_forwarder
 from forwarders.file import FileForwarder
 from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
