@@ -220,6 +220,47 @@ class PartTimes:
                          for name, seconds in sorted(self.longest.items()))
 
 
+IDLE = frozenset({"wait", "select", "serve_forever", "_run", "run", "get", "accept"})
+"""Where a thread that holds no GIL waits: left out of ``--stalls``' notes."""
+
+
+class StallWatch(threading.Thread):
+    """``--stalls``: a thread that asks for the GIL every millisecond; when it waited longer
+    than ``threshold``, it notes where every other thread stands as it gets the GIL back
+    (the frame that just let go: the line after the long hold, or the call still in it)."""
+
+    def __init__(self, threshold: float = 0.02) -> None:
+        super().__init__(daemon=True, name="stall-watch")
+        self.threshold = threshold
+        self.armed = False
+        self.stalls: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        import traceback  # noqa: PLC0415
+
+        clock = time.monotonic
+        last = clock()
+        while True:
+            time.sleep(0.001)
+            now = clock()
+            if self.armed and now - last > self.threshold:
+                where = []
+                names = {thread.ident: thread.name for thread in threading.enumerate()}
+                for ident, frame in sys._current_frames().items():
+                    top = traceback.extract_stack(frame)[-2:]
+                    if ident == self.ident or top[-1].name in IDLE:
+                        continue
+                    where.append(f"{names.get(ident, '?')}: " + " < ".join(
+                        f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(top)))
+                self.stalls.append((now - last, " | ".join(where)))
+            last = now
+
+    def take(self, count: int = 4) -> str:
+        worst = sorted(self.stalls, reverse=True)[:count]
+        self.stalls = []
+        return "".join(f"\n    stall {gap * 1000:.0f} ms: {where}" for gap, where in worst)
+
+
 def raise_drain_thread() -> None:
     """``--drain-priority``: the native receive's drain thread (``udp-drain``) to SCHED_FIFO
     priority 1, ahead of every ordinary thread on the machine (an experiment: is a drain gap
@@ -316,6 +357,9 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
         watch = DropWatch(port)
         watch.start()
         collections = GcTimer()
+        stalls = StallWatch()
+        if args.stalls:
+            stalls.start()
 
         def gaps() -> tuple[float, float]:
             """The longest drain gap and delivery gap since the last call (one thread does
@@ -339,6 +383,8 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM from now
             collections.armed, collections.longest = True, 0.0
             parts.longest.clear()
+            stalls.take()
+            stalls.armed = True
             count = delivered.count
             began = daemon.last_loop = time.monotonic()
             snapshot = daemon.flush()
@@ -352,6 +398,7 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
             blast.kill()
             blast.wait()
             collections.armed = False
+            stalls.armed = False
             del snapshot
             peak = status_mb("VmHWM:")
             dropped = watch.between(began, ended + AFTER)
@@ -366,8 +413,8 @@ def daemon_runs(mode: str, args: argparse.Namespace) -> None:
                   f"(before {deliver_before * 1000:.1f} ms); delivered {rate:,.0f}/s during "
                   f"it; lost {dropped:,} (kernel drops, flush + {AFTER:.0f} s), ring full "
                   f"{full} times; longest collection {collections.longest * 1000:.0f} ms; "
-                  f"{parts} (load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})",
-                  flush=True)
+                  f"{parts} (load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S')})"
+                  f"{stalls.take() if args.stalls else ''}", flush=True)
         watch.stopping = True
     finally:  # no daemon.stop(): its final flush would be one more of the whole table
         if blast is not None and blast.poll() is None:
@@ -459,6 +506,8 @@ def main() -> None:
     parser.add_argument("--free-under-lock", action="store_true",
                         help="free the replaced carried state under the ingest lock, as before "
                              "(for a before/after in one run)")
+    parser.add_argument("--stalls", action="store_true",
+                        help="name what held the GIL in each wait over 20 ms during a flush")
     parser.add_argument("--drain-priority", action="store_true",
                         help="the native drain thread at SCHED_FIFO 1 (root; an experiment)")
     parser.add_argument("--max-members", type=int, default=100)
@@ -493,7 +542,7 @@ def main() -> None:
                                "--lead", str(args.lead), "--max-samples",
                                str(args.max_samples), "--max-members", str(args.max_members)]
                     command += [option for option, on in (
-                        ("--drain-priority", args.drain_priority),
+                        ("--drain-priority", args.drain_priority), ("--stalls", args.stalls),
                         ("--free-under-lock", args.free_under_lock)) if on]
                     uptime = subprocess.run(["uptime"], capture_output=True, text=True)
                     print(f"-- {names} series, {receive} receive, {mode} (uptime: "
