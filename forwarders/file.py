@@ -21,6 +21,9 @@ from forwarders.base import ForwarderContext, NeededPath
 from forwarders.records import event_record, series_record
 from pystatsd.snapshot import Snapshot
 
+WRITE_LINES = 10_000
+"""Lines joined into one write (~1.5 MB, ~1.5 ms of GIL) by :meth:`FileForwarder.send_prepared`."""
+
 
 class FileForwarder(AggregateForwarder):
     """JSON lines, one per series; ``path`` is renamed to ``path.1`` (``path.1`` to ``path.2``...)
@@ -74,19 +77,31 @@ class FileForwarder(AggregateForwarder):
         the events: ``snapshot_records``' order, what :meth:`send` writes."""
         covered = prepared[0]
         rest = snapshot.series_from(covered)
-        data = b"".join([*prepared[1:],
-                         *[orjson.dumps(series_record(series, snapshot)) + b"\n"
-                           for series in rest],
-                         *[orjson.dumps(event_record(event, snapshot)) + b"\n"
-                           for event in snapshot.events]])
+        tail = [*[orjson.dumps(series_record(series, snapshot)) + b"\n" for series in rest],
+                *[orjson.dumps(event_record(event, snapshot)) + b"\n"
+                  for event in snapshot.events]]
         if self._file is None:  # a send that outlived close(): never reopen behind its back
             raise RuntimeError(f"{self._path} is closed")
         limit = self.config["max_bytes"]
-        if limit and self._file.tell() and self._file.tell() + len(data) > limit:
+        if limit and self._file.tell() and self._file.tell() + self._size(prepared,
+                                                                         tail) > limit:
             self._rotate()
         assert self._file is not None
-        self._file.write(data)
+        # Joined and written WRITE_LINES at a time: one join of a million lines (~150 MB) held
+        # the GIL ~140 ms, a pause for the receive thread; each write lets it go.
+        for lines in (prepared, tail):
+            start = 1 if lines is prepared else 0
+            for at in range(start, len(lines), WRITE_LINES):
+                self._file.write(b"".join(lines[at:at + WRITE_LINES]))
         self._file.flush()
+
+    @staticmethod
+    def _size(prepared: list[Any], tail: list[bytes]) -> int:
+        """The bytes :meth:`send_prepared` writes, summed WRITE_LINES at a time (one sum over
+        a million lines would hold the GIL as long as a join)."""
+        return sum(sum(map(len, lines[at:at + WRITE_LINES]))
+                   for lines, start in ((prepared, 1), (tail, 0))
+                   for at in range(start, len(lines), WRITE_LINES))
 
     def _rotate(self) -> None:
         assert self._file is not None

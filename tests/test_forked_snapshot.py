@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders import file as file_forwarder
 from forwarders.file import FileForwarder
 from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
@@ -346,8 +347,10 @@ def test_a_deferred_snapshot_makes_its_series_once_and_only_when_read() -> None:
     assert flush.series_from(1) == (*first[1:], *tail) and flush.series_count == 4
 
 
+@pytest.mark.parametrize("write_lines", [10_000, 2])  # 2: the writes' slices meet mid-flush
 def test_the_file_forwarder_prepared_in_the_child_writes_what_its_send_writes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, write_lines: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_forwarder, "WRITE_LINES", write_lines)
     config = build_config({"forwarders": {"file": {"type": "file",
                                                    "path": str(tmp_path / "flushed.jsonl")}}})
     daemon = Daemon(config)
@@ -379,6 +382,40 @@ def test_release_frees_every_cell() -> None:
     table = manager.swap()
     forked_snapshot.release(table)
     assert len(table) == 0
+
+
+class CheckingLock:
+    """A lock that records, at each release, how many entries ``watched`` still had."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.watched: dict[Any, Any] = {}
+        self.sizes: list[int] = []
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sizes.append(len(self.watched))
+        self._lock.release()
+
+
+def test_the_replaced_carried_state_is_freed_after_the_lock_not_under_it() -> None:
+    """The old carried gauges (25,000 at 100,000 series took 34-57 ms to free) are freed
+    once the adoption has let the ingest lock go, and all of them."""
+    manager, _ = twin_managers()
+    lock = CheckingLock()
+    for i in range(3000):
+        manager.add(Sample(f"g{i}", GAUGE, 1.0))
+    forked_snapshot.finish_forked(manager, manager.swap(), 10.0, lock)  # type: ignore[arg-type]
+    lock.watched = old = manager.carried()[0]
+    assert len(old) == 3000
+    got = forked_snapshot.finish_forked(manager, manager.swap(), 10.0,
+                                        lock)  # type: ignore[arg-type]
+    assert {s.name for s in got} == {f"g{i}" for i in range(3000)}  # carried
+    assert lock.sizes[-1] == 3000  # still whole when the adoption let the lock go
+    assert old == {}  # then freed
+    assert len(manager.carried()[0]) == 3000
 
 
 @pytest.mark.parametrize("line_cache", LINE_CACHES)
@@ -425,6 +462,7 @@ def test_the_running_daemon_carries_a_gauge_across_forked_flushes(start_daemon: 
 CHILD_OUTLIVES = """
 import os, sys, threading, time
 from forwarders import AggregateForwarder, ForwarderContext
+from forwarders import file as file_forwarder
 from forwarders.file import FileForwarder
 from forwarders.records import snapshot_records
 from pystatsd import forked_snapshot
