@@ -10,7 +10,7 @@ RotatingFileHandler, which wants LogRecords and a logger around what is plain da
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -89,19 +89,23 @@ class FileForwarder(AggregateForwarder):
         assert self._file is not None
         # Joined and written WRITE_LINES at a time: one join of a million lines (~150 MB) held
         # the GIL ~140 ms, a pause for the receive thread; each write lets it go.
-        for lines in (prepared, tail):
-            start = 1 if lines is prepared else 0
-            for at in range(start, len(lines), WRITE_LINES):
-                self._file.write(b"".join(lines[at:at + WRITE_LINES]))
+        for chunk in self._chunks(prepared, tail):
+            self._file.write(b"".join(chunk))
         self._file.flush()
 
     @staticmethod
-    def _size(prepared: list[Any], tail: list[bytes]) -> int:
-        """The bytes :meth:`send_prepared` writes, summed WRITE_LINES at a time (one sum over
+    def _chunks(prepared: list[Any], tail: list[bytes]) -> Iterator[list[bytes]]:
+        """The lines :meth:`send_prepared` writes (``prepared`` past its count, then ``tail``),
+        WRITE_LINES at a time."""
+        for lines, start in ((prepared, 1), (tail, 0)):
+            for at in range(start, len(lines), WRITE_LINES):
+                yield lines[at:at + WRITE_LINES]
+
+    @classmethod
+    def _size(cls, prepared: list[Any], tail: list[bytes]) -> int:
+        """The bytes :meth:`send_prepared` writes, summed a chunk at a time (one sum over
         a million lines would hold the GIL as long as a join)."""
-        return sum(sum(map(len, lines[at:at + WRITE_LINES]))
-                   for lines, start in ((prepared, 1), (tail, 0))
-                   for at in range(start, len(lines), WRITE_LINES))
+        return sum(sum(map(len, chunk)) for chunk in cls._chunks(prepared, tail))
 
     def _rotate(self) -> None:
         assert self._file is not None
